@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The whole test suite, prerequisites included. README.md's second command and
+# .ci/run both run exactly this script.
+#
+# It installs what the tests need (Debian packages, a Linux kernel image for
+# the microVM tests, staticcheck) when missing, so a second run does no
+# installing. Then it checks formatting, go vet and staticcheck, runs every
+# test under the race detector, and runs each fuzz target briefly from its
+# seed corpus.
+#
+# Environment:
+#   CI=true          a missing prerequisite fails its test instead of skipping it
+#   FUZZTIME=5s      how long each fuzz target runs (0 skips fuzzing)
+#   TEST_TIMEOUT=45m the go test -timeout
+#   SKIP_INSTALL=1   do not install anything (for machines that are already set up)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+FUZZTIME=${FUZZTIME:-5s}
+TEST_TIMEOUT=${TEST_TIMEOUT:-45m}
+STATICCHECK_VERSION=v0.8.2
+export PATH="$PATH:$(go env GOPATH)/bin"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# ---------------------------------------------------------------------------
+# Prerequisites
+# ---------------------------------------------------------------------------
+apt_packages=(qemu-system-x86 postgresql openssl chromium cpio ca-certificates)
+
+install_prereqs() {
+	local missing=()
+	for p in "${apt_packages[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	if ! ls /boot/vmlinuz-*-cloud-amd64 >/dev/null 2>&1; then
+		missing+=(linux-image-cloud-amd64)
+	fi
+	if [ ${#missing[@]} -gt 0 ]; then
+		step "installing Debian packages: ${missing[*]}"
+		sudo_ apt-get update -qq
+		sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	fi
+	if ! command -v staticcheck >/dev/null 2>&1; then
+		step "installing staticcheck $STATICCHECK_VERSION"
+		GOFLAGS= go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+	fi
+}
+
+if [ "${SKIP_INSTALL:-}" != 1 ]; then
+	install_prereqs
+fi
+
+# The newest Debian cloud kernel on this machine, for the microVM tests.
+kernel=$(ls -1 /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -n "$kernel" ]; then
+	kver=${kernel#/boot/vmlinuz-}
+	export CLOISTER_TEST_KERNEL="$kernel"
+	export CLOISTER_TEST_MODULES="/lib/modules/$kver"
+fi
+
+# A throw-away PostgreSQL cluster on loopback for the key service's store tests.
+pg_dir=""
+cleanup() {
+	if [ -n "$pg_dir" ] && [ -d "$pg_dir" ]; then
+		sudo_ -u postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+		rm -rf "$pg_dir"
+	fi
+}
+trap cleanup EXIT
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ]; then
+	step "starting a temporary PostgreSQL on 127.0.0.1"
+	pg_dir=$(mktemp -d /tmp/cloister-pg.XXXXXX)
+	chmod 0755 "$pg_dir"
+	pg_port=$(( 20000 + RANDOM % 20000 ))
+	if [ "$(id -u)" -eq 0 ]; then chown postgres "$pg_dir"; fi
+	sudo_ -u postgres "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres >/dev/null
+	sudo_ -u postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -w -l "$pg_dir/log" \
+		-o "-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories=$pg_dir -c fsync=on" start >/dev/null
+	export CLOISTER_TEST_POSTGRES="postgres://postgres@127.0.0.1:$pg_port/postgres?sslmode=disable"
+fi
+
+# ---------------------------------------------------------------------------
+# Static checks
+# ---------------------------------------------------------------------------
+step "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change:"; echo "$unformatted"; exit 1
+fi
+
+step "go vet"
+go vet ./...
+
+step "staticcheck"
+staticcheck ./...
+
+# ---------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------
+step "go test -race ./..."
+go test -race -count=1 -timeout "$TEST_TIMEOUT" ./...
+
+if [ "$FUZZTIME" != 0 ] && [ "$FUZZTIME" != 0s ]; then
+	step "fuzz targets, $FUZZTIME each"
+	# Every func FuzzXxx(f *testing.F) in every package.
+	grep -rl --include='*_test.go' -E '^func Fuzz[A-Za-z0-9_]+\(f \*testing\.F\)' . | sort | while read -r file; do
+		pkg="./$(dirname "${file#./}")"
+		grep -oE '^func Fuzz[A-Za-z0-9_]+' "$file" | sed 's/^func //' | while read -r target; do
+			echo "--- $pkg $target"
+			go test -run='^$' -fuzz="^${target}\$" -fuzztime="$FUZZTIME" "$pkg"
+		done
+	done
+fi
+
+step "all checks passed"
