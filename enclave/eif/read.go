@@ -1,0 +1,173 @@
+package eif
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// ReadOptions configures [Read]. The zero value is the strict default.
+type ReadOptions struct {
+	// IgnoreCRC accepts an image whose CRC does not match (describe-eif
+	// reports CheckCRC instead of failing); use [CheckCRC] afterwards.
+	IgnoreCRC bool
+}
+
+// Read parses and validates an untrusted EIF of the given size from r. It
+// checks, in this order, and reports the first failure:
+//   - the file holds a whole header (ErrTruncated) starting with ".eif" (ErrBadMagic);
+//   - version is 2, 3 or 4 (ErrUnsupportedVersion);
+//   - only flag bit 0 (arm64) is set and the reserved fields are zero (ErrFlags);
+//   - 1 ≤ num_sections ≤ 32 (ErrTooManySections, ErrSectionCount) and the
+//     unused table slots are zero (ErrBounds);
+//   - sections are contiguous in table order, the first at offset 548, each
+//     inside the file, and the file ends after the last (ErrBounds: no gaps,
+//     overlaps or trailing bytes, as nitro-cli writes them);
+//   - each section header has a known type (ErrSectionType), flags 0
+//     (ErrFlags) and the size given in the table (ErrSectionHeaderMismatch);
+//   - a signature section is at most 32768 bytes (ErrTooLarge);
+//   - the section types obey the count and order rules: exactly one kernel
+//     and one cmdline, at least one ramdisk, every ramdisk after the kernel,
+//     at most one signature (version ≥ 3), exactly one metadata section in
+//     version 4 (ErrSectionCount, ErrSectionOrder);
+//   - the CRC matches, unless opts.IgnoreCRC (ErrCRC).
+//
+// Section data is read only after the layout was validated, so the memory
+// allocated never exceeds size. Metadata and signature contents are not
+// interpreted here (see [ParseMetadata], [DecodeSignatureSection]).
+func Read(r io.ReaderAt, size int64, opts ReadOptions) (*Image, error) {
+	if size < 4 {
+		return nil, fmt.Errorf("%w: %d bytes", ErrTruncated, size)
+	}
+	var magic [4]byte
+	if _, err := r.ReadAt(magic[:], 0); err != nil {
+		return nil, readErr(err)
+	}
+	if string(magic[:]) != Magic {
+		return nil, fmt.Errorf("%w: starts with %x", ErrBadMagic, magic)
+	}
+	if size < HeaderSize {
+		return nil, fmt.Errorf("%w: %d bytes, the header alone has %d", ErrTruncated, size, HeaderSize)
+	}
+	hb := make([]byte, HeaderSize)
+	if _, err := r.ReadAt(hb, 0); err != nil {
+		return nil, readErr(err)
+	}
+	h := decodeHeader(hb)
+	if h.Version < 2 || h.Version > CurrentVersion {
+		return nil, fmt.Errorf("%w: version %d (supported: 2 to %d)", ErrUnsupportedVersion, h.Version, CurrentVersion)
+	}
+	if h.Flags&^FlagArm64 != 0 || h.Reserved != 0 || h.Unused != 0 {
+		return nil, fmt.Errorf("%w: flags %#x, reserved %#x, unused %#x", ErrFlags, h.Flags, h.Reserved, h.Unused)
+	}
+	n := int(h.NumSections)
+	if n > MaxSections {
+		return nil, fmt.Errorf("%w: header declares %d (max %d)", ErrTooManySections, n, MaxSections)
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%w: header declares no section", ErrSectionCount)
+	}
+	for i := n; i < MaxSections; i++ {
+		if h.SectionOffsets[i] != 0 || h.SectionSizes[i] != 0 {
+			return nil, fmt.Errorf("%w: unused section slot %d is not zero", ErrBounds, i)
+		}
+	}
+	types := make([]SectionType, n)
+	expected := uint64(HeaderSize)
+	var sh [SectionHeaderSize]byte
+	for i := 0; i < n; i++ {
+		off, sz := h.SectionOffsets[i], h.SectionSizes[i]
+		if off != expected {
+			return nil, fmt.Errorf("%w: section %d at offset %d, expected %d (gap or overlap)", ErrBounds, i, off, expected)
+		}
+		if sz > uint64(size) || off+SectionHeaderSize+sz > uint64(size) {
+			return nil, fmt.Errorf("%w: section %d (offset %d, size %d) ends beyond the file (%d bytes)", ErrBounds, i, off, sz, size)
+		}
+		if _, err := r.ReadAt(sh[:], int64(off)); err != nil {
+			return nil, readErr(err)
+		}
+		t := SectionType(binary.BigEndian.Uint16(sh[0:]))
+		flags := binary.BigEndian.Uint16(sh[2:])
+		hsz := binary.BigEndian.Uint64(sh[4:])
+		if t == SectionInvalid || t > SectionMetadata {
+			return nil, fmt.Errorf("%w: section %d has type %d", ErrSectionType, i, uint16(t))
+		}
+		if flags != 0 {
+			return nil, fmt.Errorf("%w: section %d header flags %#x", ErrFlags, i, flags)
+		}
+		if hsz != sz {
+			return nil, fmt.Errorf("%w: section %d header says %d bytes, table says %d", ErrSectionHeaderMismatch, i, hsz, sz)
+		}
+		if t == SectionSignature && sz > MaxSignatureSize {
+			return nil, fmt.Errorf("%w: signature section of %d bytes (max %d)", ErrTooLarge, sz, MaxSignatureSize)
+		}
+		types[i] = t
+		expected = off + SectionHeaderSize + sz
+	}
+	if expected != uint64(size) {
+		return nil, fmt.Errorf("%w: %d trailing bytes after the last section", ErrBounds, uint64(size)-expected)
+	}
+	if err := checkLayout(h.Version, types); err != nil {
+		return nil, err
+	}
+	img := &Image{Header: h, Sections: make([]Section, n)}
+	for i := 0; i < n; i++ {
+		data := make([]byte, h.SectionSizes[i])
+		if _, err := r.ReadAt(data, int64(h.SectionOffsets[i])+SectionHeaderSize); err != nil {
+			return nil, readErr(err)
+		}
+		img.Sections[i] = Section{Type: types[i], Data: data}
+	}
+	if !opts.IgnoreCRC && !CheckCRC(img) {
+		return nil, fmt.Errorf("%w: header says %08x, content gives %08x", ErrCRC, h.CRC32, computeCRC(&h, img.Sections))
+	}
+	return img, nil
+}
+
+func readErr(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: %w", ErrTruncated, err)
+	}
+	return fmt.Errorf("eif: read: %w", err)
+}
+
+// Unmarshal is [Read] over a byte slice.
+func Unmarshal(b []byte, opts ReadOptions) (*Image, error) {
+	return Read(byteReaderAt(b), int64(len(b)), opts)
+}
+
+type byteReaderAt []byte
+
+func (b byteReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off > int64(len(b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// Open reads and validates the EIF file at path with [Read].
+func Open(path string, opts ReadOptions) (*Image, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("eif: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("eif: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("eif: %s is not a regular file", path)
+	}
+	img, err := Read(f, fi.Size(), opts)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return img, nil
+}
