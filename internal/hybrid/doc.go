@@ -1,0 +1,51 @@
+// Package hybrid implements "hybrid vsock": vsock connections carried over
+// Unix-domain sockets, the protocol Firecracker introduced and
+// cloud-hypervisor and rust-vmm's vhost-device-vsock copied. It is the host
+// side of every Cloister world that has no kernel AF_VSOCK between parent and
+// enclave (the process sandbox, and the QEMU microVM whose vsock device the
+// daemon serves), and it also talks to a real Firecracker or cloud-hypervisor
+// VMM.
+//
+// Per enclave the daemon owns a directory D:
+//
+//   - D/vsock.sock is the CONNECT socket (host → enclave). A client connects,
+//     writes "CONNECT <port>\n", and reads "OK <n>\n"; the stream that follows
+//     is the connection to the enclave's port. [Dial] is the client, [Server]
+//     the server (a [Connector] reaches the enclave side).
+//   - D/host/vsock_<port> are host listeners for connections the enclave opens
+//     to (CID 3, port): Firecracker's "<uds_path>_<port>" naming. [Listen]
+//     creates one and [Registry] manages the set for one enclave.
+//   - D/guest/vsock_<port> (sandbox world only) are the enclave's own
+//     listeners; [UnixConnector] dials them for the [Server].
+//
+// # Compatibility with existing VMMs
+//
+// The implementation handles these quirks of the reference implementations
+// (nitro-reference §8.1–8.3):
+//
+//   - Firecracker reads the request from a non-blocking socket, so a request
+//     split over several writes can be dropped: [Dial] sends the whole
+//     "CONNECT <port>\n" line in one write. [Server] is more tolerant and
+//     assembles the line from partial writes until its handshake deadline.
+//   - Firecracker and cloud-hypervisor never consume bytes after the '\n' of
+//     the request, and the guest may start sending right after "OK": both
+//     [Dial] (for the reply) and [Server] (for the request) read the line one
+//     byte at a time, so no stream byte is ever swallowed by a buffer.
+//     (vhost-device-vsock loses bytes sent after the request in the same
+//     segment; [Dial] never sends data before "OK", so it is safe there too.)
+//   - The number in "OK <n>\n" is the host-side port on Firecracker and
+//     cloud-hypervisor (allocated round-robin from 1<<30) and the guest port
+//     on vhost-device-vsock. [Dial] accepts any u32 and reports it as the
+//     port of LocalAddr; [Server] allocates host ports like Firecracker.
+//   - "Nobody listening on the guest port" is signalled by closing the Unix
+//     connection without a single byte, and a request sent before the guest's
+//     vsock driver is up is answered late or not at all (firecracker#1253):
+//     [Dial] retries EOF, resets and timeouts with backoff until its context
+//     ends, and reports the class of the last failure.
+//   - Firecracker accepts and immediately closes connections beyond 1023;
+//     [Server] does the same beyond MaxConns.
+//
+// Errors are classified with the sentinels [ErrNoListener], [ErrTimeout],
+// [ErrReset] and [ErrProtocol] (match with errors.Is); failed operations
+// return a *net.OpError on network "vsock" whose Err is an [*Error].
+package hybrid

@@ -1,0 +1,280 @@
+package hybrid
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Connector opens the enclave side of host-initiated connections for a
+// [Server].
+type Connector interface {
+	// ConnectGuest opens the enclave side of a host-initiated connection to
+	// the enclave's port. An error of class ErrNoListener means nobody
+	// listens there. ctx bounds the attempt.
+	ConnectGuest(ctx context.Context, port uint32) (net.Conn, error)
+}
+
+// UnixConnector is the sandbox world's [Connector]: the enclave's listeners
+// are Unix sockets "<Dir>/vsock_<port>" (Dir is the enclave directory's
+// guest/ folder).
+type UnixConnector struct {
+	// Dir holds the enclave's listener sockets.
+	Dir string
+}
+
+// ConnectGuest dials "<Dir>/vsock_<port>". A missing socket file or a
+// refused connection is class [ErrNoListener]; ctx's deadline gives
+// [ErrTimeout]. The result is a *net.UnixConn, which the [Server] splices
+// without copying through user space.
+func (u UnixConnector) ConnectGuest(ctx context.Context, port uint32) (net.Conn, error) {
+	path := filepath.Join(u.Dir, "vsock_"+strconv.FormatUint(uint64(port), 10))
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("hybrid: connect to enclave port %d: %w", port, Classify(ctx, err, port))
+	}
+	return c, nil
+}
+
+// Server defaults.
+const (
+	// DefaultMaxConns is Firecracker's MAX_CONNECTIONS.
+	DefaultMaxConns = 1023
+	// DefaultHandshakeTimeout bounds reading a request and connecting the
+	// guest when Server.HandshakeTimeout is zero.
+	DefaultHandshakeTimeout = 5 * time.Second
+	// FirstHostPort is the first host-side port the server allocates
+	// (Firecracker allocates round-robin in [1<<30, 1<<31)).
+	FirstHostPort uint32 = 1 << 30
+)
+
+// Server serves a hybrid-vsock CONNECT socket, the host → enclave direction.
+// For each accepted connection it reads the request "CONNECT <port>\n" one
+// byte at a time (so bytes the client sends right after the '\n' stay in the
+// stream), waiting for a request split over several writes until
+// HandshakeTimeout; asks the Connector for the enclave side; answers
+// "OK <hostport>\n" with a host port allocated round-robin from
+// [FirstHostPort] (like Firecracker); then relays both directions until both
+// are finished. End of stream in one direction is forwarded as a half-close
+// (CloseWrite) and the other direction keeps flowing; an error in either
+// direction closes both. A malformed request, a failed Connector or an
+// expired handshake closes the client connection without sending a byte,
+// which clients read as "nobody listening". Connections beyond MaxConns are
+// accepted and closed at once. Between two Unix sockets the relay uses
+// splice(2) through a pipe, so payload bytes never enter user space.
+//
+// The fields must not change while Serve runs; a Server may serve several
+// listeners at once.
+type Server struct {
+	// Connector reaches the enclave side; required.
+	Connector Connector
+	// Logger receives per-connection diagnostics at debug level and
+	// accept failures at warn level; nil discards them.
+	Logger *slog.Logger
+	// MaxConns bounds the concurrent connections; zero means
+	// DefaultMaxConns.
+	MaxConns int
+	// HandshakeTimeout bounds reading the request plus connecting the
+	// guest; zero means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+
+	mu       sync.Mutex
+	nextPort uint32
+	inUse    map[uint32]struct{}
+}
+
+// Serve accepts connections on l and serves them until ctx ends or Accept
+// fails with a permanent error. When ctx ends it closes l and every active
+// connection, waits for their goroutines, and returns nil. Otherwise it
+// returns the Accept error (after the same cleanup). Transient Accept errors
+// (out of file descriptors or memory, aborted connections) are retried with
+// a short backoff.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	if s.Connector == nil {
+		return errors.New("hybrid: Server.Connector is nil")
+	}
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	maxConns := s.MaxConns
+	if maxConns <= 0 {
+		maxConns = DefaultMaxConns
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+
+	sem := make(chan struct{}, maxConns)
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if isTransientAccept(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				log.Warn("hybrid: accept failed, retrying", "err", err, "in", backoff)
+				select {
+				case <-time.After(backoff):
+					continue
+				case <-ctx.Done():
+					return nil
+				}
+			}
+			return fmt.Errorf("hybrid: serve: accept: %w", err)
+		}
+		backoff = 0
+		select {
+		case sem <- struct{}{}:
+		default:
+			log.Debug("hybrid: too many connections, closing new one", "max", maxConns)
+			c.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			s.handle(ctx, c, log)
+		}()
+	}
+}
+
+func isTransientAccept(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// handle serves one client connection c.
+func (s *Server) handle(ctx context.Context, c net.Conn, log *slog.Logger) {
+	var (
+		mu     sync.Mutex
+		guest  net.Conn
+		closed bool
+	)
+	closeAll := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		closed = true
+		c.Close()
+		if guest != nil {
+			guest.Close()
+		}
+	}
+	defer closeAll()
+	stop := context.AfterFunc(ctx, closeAll)
+	defer stop()
+
+	hto := s.HandshakeTimeout
+	if hto <= 0 {
+		hto = DefaultHandshakeTimeout
+	}
+	deadline := time.Now().Add(hto)
+	if err := c.SetDeadline(deadline); err != nil {
+		return
+	}
+	line, err := ReadLine(c)
+	if err != nil {
+		log.Debug("hybrid: bad request", "err", err)
+		return
+	}
+	port, err := ParseConnect(line)
+	if err != nil {
+		log.Debug("hybrid: bad request", "line", string(line), "err", err)
+		return
+	}
+	cctx, cancel := context.WithDeadline(ctx, deadline)
+	g, err := s.Connector.ConnectGuest(cctx, port)
+	cancel()
+	if err != nil {
+		log.Debug("hybrid: cannot reach enclave port", "port", port, "err", err)
+		return
+	}
+	mu.Lock()
+	if closed {
+		mu.Unlock()
+		g.Close()
+		return
+	}
+	guest = g
+	mu.Unlock()
+
+	hostPort := s.allocPort()
+	defer s.freePort(hostPort)
+	if _, err := c.Write(AppendOK(make([]byte, 0, MaxLineLen), hostPort)); err != nil {
+		log.Debug("hybrid: writing OK failed", "port", port, "err", err)
+		return
+	}
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		return
+	}
+	log.Debug("hybrid: connected", "port", port, "hostport", hostPort)
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.pipe(g, c, closeAll)
+	}()
+	s.pipe(c, g, closeAll)
+	<-done
+}
+
+// pipe copies src to dst; at end of stream it half-closes dst, on error it
+// closes everything.
+func (s *Server) pipe(dst, src net.Conn, closeAll func()) {
+	_, err := relay(dst, src)
+	if err != nil {
+		closeAll()
+		return
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		if cw.CloseWrite() == nil {
+			return
+		}
+	}
+	closeAll()
+}
+
+// allocPort returns the next free host port, round-robin in
+// [FirstHostPort, 1<<31).
+func (s *Server) allocPort() uint32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inUse == nil {
+		s.inUse = make(map[uint32]struct{})
+	}
+	for {
+		p := s.nextPort
+		if p < FirstHostPort || p >= 1<<31 {
+			p = FirstHostPort
+		}
+		s.nextPort = p + 1
+		if _, busy := s.inUse[p]; !busy {
+			s.inUse[p] = struct{}{}
+			return p
+		}
+	}
+}
+
+func (s *Server) freePort(p uint32) {
+	s.mu.Lock()
+	delete(s.inUse, p)
+	s.mu.Unlock()
+}

@@ -1,0 +1,27 @@
+// Package wellknown holds the addresses and constants every Cloister
+// component agrees on: the parent's CID, the reserved parent ports and the
+// heartbeat byte. See docs/ARCHITECTURE.md ("Worlds and addresses").
+package wellknown
+
+const (
+	// ParentCID is the parent instance's vsock CID as seen from an enclave
+	// (VMADDR_CID_PARENT on Nitro).
+	ParentCID = 3
+	// HostCID is VMADDR_CID_HOST; the microVM device treats it as an alias
+	// of ParentCID.
+	HostCID = 2
+	// MinEnclaveCID and MaxEnclaveCID bound enclave CIDs (nitro-cli's rule).
+	MinEnclaveCID = 4
+	MaxEnclaveCID = 0xFFFFFFFE
+
+	// HeartbeatPort is the parent port init sends the boot heartbeat to.
+	HeartbeatPort = 9000
+	// HeartbeatByte is the byte init sends and the parent echoes.
+	HeartbeatByte = 0xB7
+
+	// NSMPort is the parent port of the emulated security module ("NSM" in
+	// ASCII) in the sandbox and microVM worlds.
+	NSMPort = 0x4E534D
+	// EgressPort is the parent port of the default egress proxy.
+	EgressPort = 8000
+)
