@@ -1,0 +1,208 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cloister/cloister/enclave/eif"
+	"github.com/cloister/cloister/internal/cgroups"
+	"github.com/cloister/cloister/internal/hybrid"
+	"github.com/cloister/cloister/parent/backend"
+)
+
+// Backend runs enclaves as process sandboxes. It implements
+// backend.Backend and backend.Cleaner for the daemon.
+type Backend struct {
+	// CgroupParent is the cgroup under which enclave groups are created
+	// ("" means "cloister").
+	CgroupParent string
+	// PidsMax bounds the processes of one enclave (0 means 1024).
+	PidsMax int
+}
+
+var (
+	_ backend.Backend = (*Backend)(nil)
+	_ backend.Cleaner = (*Backend)(nil)
+)
+
+// Name returns "sandbox".
+func (*Backend) Name() string { return "sandbox" }
+
+// Check reports whether this host can run sandboxes: root, user namespaces
+// and the cgroup controllers the sandbox needs.
+func (b *Backend) Check(ctx context.Context) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%w: the sandbox backend needs root (run the daemon with sudo)", backend.ErrUnavailable)
+	}
+	if _, err := os.Stat("/proc/self/ns/user"); err != nil {
+		return fmt.Errorf("%w: user namespaces are not available: %v (see cloister doctor)", backend.ErrUnavailable, err)
+	}
+	if _, err := cgroups.New(cgroups.Config{Parent: b.CgroupParent}); err != nil {
+		return fmt.Errorf("%w: %v (see cloister doctor)", backend.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// HostListen listens on the enclave's host-side socket for port
+// (D/host/vsock_<port>). The socket is mode 0666 and D/host searchable,
+// because the sandbox runs under unprivileged host uids; only the sandbox
+// it is bind-mounted into can reach it.
+func (*Backend) HostListen(ctx context.Context, spec backend.Spec, port uint32) (net.Listener, error) {
+	dir := filepath.Join(spec.Dir, "host")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	l, err := hybrid.Listen(filepath.Join(dir, "vsock"), port)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(hybrid.HostPath(filepath.Join(dir, "vsock"), port), 0o666); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// Launch extracts the image's ramdisks and starts the sandbox.
+func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
+	if err := backend.ValidateSpec(spec); err != nil {
+		return nil, err
+	}
+	img, err := eif.Open(spec.EIFPath, eif.ReadOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: read %s: %w", spec.EIFPath, err)
+	}
+	ramdisks := img.Ramdisks()
+	if len(ramdisks) < 2 {
+		return nil, fmt.Errorf("%w: %s has %d ramdisk(s); the sandbox needs the bootstrap and the customer ramdisk that build-enclave writes", backend.ErrUnsupportedImage, spec.EIFPath, len(ramdisks))
+	}
+	// The ramdisks are handed to the launcher as files, then removed:
+	// nothing of the image stays on disk once the sandbox has unpacked it
+	// into its tmpfs.
+	var paths []string
+	defer func() {
+		for _, p := range paths {
+			_ = os.Remove(p)
+		}
+	}()
+	for i, rd := range ramdisks {
+		p := filepath.Join(spec.Dir, fmt.Sprintf("ramdisk%d.cpio", i))
+		if err := os.WriteFile(p, rd, 0o600); err != nil {
+			return nil, fmt.Errorf("sandbox: stage ramdisk: %w", err)
+		}
+		paths = append(paths, p)
+	}
+	for _, sub := range []string{"host", "guest"} {
+		if err := os.MkdirAll(filepath.Join(spec.Dir, sub), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	p, err := Start(ctx, Spec{
+		ID: spec.ID, CID: spec.CID, Ramdisks: paths, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
+		PidsMax: b.PidsMax, VsockDir: spec.Dir, Console: spec.Console, Debug: spec.Debug, CgroupParent: b.CgroupParent,
+	})
+	if err != nil {
+		return nil, err
+	}
+	inst := &instance{p: p, dir: spec.Dir, done: make(chan struct{})}
+	go inst.wait()
+	return inst, nil
+}
+
+// Cleanup kills and removes what is left of an enclave whose monitor died:
+// its cgroup (and every process in it) and its sockets.
+func (b *Backend) Cleanup(ctx context.Context, spec backend.Spec) error {
+	mgr, err := cgroups.New(cgroups.Config{Parent: b.CgroupParent})
+	if err != nil {
+		return err
+	}
+	_, err = mgr.Cleanup(ctx, spec.ID)
+	return err
+}
+
+type instance struct {
+	p    *Process
+	dir  string
+	done chan struct{}
+
+	mu   sync.Mutex
+	exit backend.Exit
+}
+
+func (i *instance) wait() {
+	st, err := i.p.Wait()
+	x := backend.Exit{Code: st.ExitCode(), Reason: st.String()}
+	if st.Signal != 0 {
+		x.Signal = st.Signal.String()
+	}
+	if st.OOMKills > 0 {
+		x.Reason += ": out of memory"
+	}
+	if err != nil {
+		x.Reason = fmt.Sprintf("%s (wait: %v)", x.Reason, err)
+	}
+	i.mu.Lock()
+	i.exit = x
+	i.mu.Unlock()
+	close(i.done)
+}
+
+func (i *instance) Pid() int              { return i.p.Pid() }
+func (i *instance) Done() <-chan struct{} { return i.done }
+
+func (i *instance) Exit() backend.Exit {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.exit
+}
+
+// Terminate asks init to stop the application (SIGTERM, forwarded to it),
+// and kills the sandbox if it has not ended after a grace period.
+func (i *instance) Terminate(ctx context.Context) error {
+	select {
+	case <-i.done:
+		return nil
+	default:
+	}
+	_ = i.p.Signal(syscall.SIGTERM)
+	t := time.NewTimer(terminateGrace)
+	defer t.Stop()
+	select {
+	case <-i.done:
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	if err := i.p.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return err
+	}
+	select {
+	case <-i.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// terminateGrace is how long an application may take to exit on SIGTERM.
+const terminateGrace = 5 * time.Second
+
+// Dial connects to the enclave's listener for port (D/guest/vsock_<port>).
+func (i *instance) Dial(ctx context.Context, port uint32) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", filepath.Join(i.dir, "guest", fmt.Sprintf("vsock_%d", port)))
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: nobody listening on port %d in the enclave: %w", port, err)
+	}
+	return c, nil
+}

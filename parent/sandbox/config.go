@@ -1,0 +1,27 @@
+package sandbox
+
+// childConfig is what the parent sends the child over the release pipe
+// (JSON), once the child is in its cgroup.
+type childConfig struct {
+	CID       uint32 `json:"cid"`
+	MemoryMiB int    `json:"memory_mib"`
+	PidsMax   int    `json:"pids_max"`
+	Ramdisks  int    `json:"ramdisks"` // number of ramdisk fds after the fixed ones
+	Debug     bool   `json:"debug"`
+}
+
+// File descriptors of the child (exec.Cmd.ExtraFiles start at 3).
+const (
+	fdConfig   = 3 // read: childConfig, then EOF
+	fdStatus   = 4 // write: progress and errors; close-on-exec marks success
+	fdHostDir  = 5 // open_tree clone of VsockDir/host
+	fdGuestDir = 6 // open_tree clone of VsockDir/guest
+	fdRamdisk0 = 7 // read: ramdisk archives
+)
+
+// Status-pipe messages: the child writes statusReady right before execve
+// and statusError followed by a message when a step fails.
+const (
+	statusReady = 'R'
+	statusError = 'E'
+)

@@ -1,0 +1,41 @@
+// Package sandbox runs an enclave image in Cloister's process sandbox: the
+// "sandbox" world, for hosts without Nitro or KVM. It is pure Go (no cgo)
+// and needs root on the host.
+//
+// [Start] re-executes the running binary (/proc/self/exe) as a child in new
+// user, mount, PID, network, IPC and UTS namespaces; the binary's main (and
+// the TestMain of any test that starts sandboxes) must call [IsChild] and
+// [ChildMain] first. The parent attaches the child to the enclave's cgroup
+// (internal/cgroups) while the child waits on a pipe, then releases it. The
+// child, on one locked OS thread:
+//
+//  1. enters a new cgroup namespace rooted at the enclave's group;
+//  2. makes "/" private and mounts a tmpfs of Spec.MemoryMiB as the new root;
+//  3. unpacks the ramdisks (newc cpio) into it: entries under "rootfs/"
+//     become "/", everything else (init, modules, cmd, env, workdir, user)
+//     goes under "/.cloister/" — see [Spec.Ramdisks];
+//  4. mounts proc, a minimal /dev (host null, zero, full, random, urandom
+//     and tty bind-mounted, a private devpts, /dev/shm), tmpfs /tmp and
+//     /run, and binds the vsock directories at /run/cloister/vsock/host
+//     (read-only) and /run/cloister/vsock/guest;
+//  5. sets the host name "enclave" (the network namespace has only lo, down);
+//  6. pivot_root, detaches and removes the old root;
+//  7. sets rlimits, reduces the capability bounding, permitted and effective
+//     sets to {CAP_SETUID, CAP_SETGID} and clears the ambient and
+//     inheritable sets, sets no_new_privs, installs the seccomp filter of
+//     internal/seccomp (which makes every socket family but AF_UNIX, and so
+//     AF_VSOCK, impossible);
+//  8. executes /.cloister/init with CLOISTER_WORLD=sandbox,
+//     CLOISTER_VSOCK_DIR=/run/cloister/vsock, CLOISTER_CID and PATH.
+//
+// A failure in any step comes back from Start as a [*SetupError] naming the
+// step. init's standard output and error go to Spec.Console.
+//
+// Root inside the sandbox is an unprivileged host uid: each running sandbox
+// gets its own range of 65536 ids starting at 1,000,000 + slot×65536.
+// Files in Spec.VsockDir must be usable by those ids: Start makes
+// VsockDir/guest owned by the sandbox's root with mode 01777; the daemon
+// must create the host-side sockets in VsockDir/host with mode 0666 (or
+// otherwise writable for the sandbox's ids) and keep that directory
+// searchable.
+package sandbox

@@ -1,0 +1,394 @@
+//go:build linux
+
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cloister/cloister/internal/cgroups"
+)
+
+// uid ranges: slot s maps ids 0–65535 inside to uidBase+s*65536… outside.
+const (
+	uidBase  = 1_000_000
+	idsPer   = 65536
+	maxSlots = 1024
+)
+
+// SlotDir holds one lock file per uid range. Every enclave has its own
+// monitor process, so the ranges must be allocated across processes: a
+// slot is taken by holding an exclusive flock on its file, which the kernel
+// releases when the holder exits, however it exits.
+var SlotDir = "/run/cloister/uid-slots"
+
+var slots struct {
+	sync.Mutex
+	held [maxSlots]*os.File
+}
+
+func takeSlot() (int, error) {
+	slots.Lock()
+	defer slots.Unlock()
+	if err := os.MkdirAll(SlotDir, 0o700); err != nil {
+		return 0, fmt.Errorf("sandbox: uid slot directory: %w", err)
+	}
+	for i := range slots.held {
+		if slots.held[i] != nil {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(SlotDir, fmt.Sprintf("%d.lock", i)), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return 0, fmt.Errorf("sandbox: uid slot: %w", err)
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			continue // held by another process
+		}
+		slots.held[i] = f
+		return i, nil
+	}
+	return 0, fmt.Errorf("%w: %d sandboxes running", ErrNoSlot, maxSlots)
+}
+
+func releaseSlot(s int) {
+	slots.Lock()
+	if f := slots.held[s]; f != nil {
+		f.Close()
+		slots.held[s] = nil
+	}
+	slots.Unlock()
+}
+
+// Process is a running sandbox.
+type Process struct {
+	cmd    *exec.Cmd
+	group  *cgroups.Group
+	slot   int
+	hostID int // first host uid/gid of the sandbox
+
+	waitOnce sync.Once
+	status   ExitStatus
+	waitErr  error
+}
+
+// Pid returns init's process id in the host's PID namespace.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// HostUID returns the host uid (and gid) that is root inside the sandbox;
+// ids 0–65535 inside map to HostUID()+id outside.
+func (p *Process) HostUID() int { return p.hostID }
+
+// Signal sends sig to init (PID 1 inside), which forwards SIGTERM,
+// SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the application.
+func (p *Process) Signal(sig os.Signal) error {
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("sandbox: signal %v: %w", sig, err)
+	}
+	return nil
+}
+
+// Kill kills every process of the sandbox: SIGKILL to init (which ends
+// its PID namespace) and to everything left in its cgroup.
+func (p *Process) Kill() error {
+	err := p.cmd.Process.Kill()
+	if err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("sandbox: kill: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return p.group.KillAll(ctx)
+}
+
+// Wait waits for init to exit, then kills anything left in the cgroup,
+// reads its OOM count, removes the cgroup and frees the uid range. It
+// returns init's exit status; calling it again returns the same result.
+func (p *Process) Wait() (ExitStatus, error) {
+	p.waitOnce.Do(func() { p.status, p.waitErr = p.wait() })
+	return p.status, p.waitErr
+}
+
+func (p *Process) wait() (ExitStatus, error) {
+	var st ExitStatus
+	err := p.cmd.Wait()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		ws := ee.Sys().(syscall.WaitStatus)
+		if ws.Signaled() {
+			st.Signal = ws.Signal()
+		} else {
+			st.Code = ws.ExitStatus()
+		}
+		err = nil
+	default:
+		err = fmt.Errorf("sandbox: wait: %w", err)
+	}
+	if s, serr := p.group.Stats(); serr == nil {
+		st.OOMKills = s.OOMKills
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if rerr := p.group.Remove(ctx); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	releaseSlot(p.slot)
+	if err != nil {
+		return ExitStatus{}, err
+	}
+	return st, nil
+}
+
+func (s *Spec) check() error {
+	if err := cgroups.CheckID(s.ID); err != nil {
+		return fmt.Errorf("%w: id: %w", ErrInvalidSpec, err)
+	}
+	if s.CID < 4 {
+		return fmt.Errorf("%w: CID %d (enclave CIDs are ≥ 4)", ErrInvalidSpec, s.CID)
+	}
+	if s.MemoryMiB < 32 || s.MemoryMiB > 1<<24 {
+		return fmt.Errorf("%w: memory %d MiB (at least 32)", ErrInvalidSpec, s.MemoryMiB)
+	}
+	if s.PidsMax < 0 {
+		return fmt.Errorf("%w: pids max %d", ErrInvalidSpec, s.PidsMax)
+	}
+	if len(s.Ramdisks) == 0 {
+		return fmt.Errorf("%w: no ramdisks", ErrInvalidSpec)
+	}
+	if len(s.Ramdisks) > 64 {
+		return fmt.Errorf("%w: %d ramdisks", ErrInvalidSpec, len(s.Ramdisks))
+	}
+	if s.VsockDir == "" {
+		return fmt.Errorf("%w: no vsock directory", ErrInvalidSpec)
+	}
+	return nil
+}
+
+// Start builds the sandbox described by spec and executes its init. It
+// returns once init has been executed (or the setup failed: a
+// [*SetupError], with everything cleaned up). ctx bounds only the start;
+// use [Process.Kill] to end a running sandbox and [Process.Wait] to
+// collect it. Requires root on the host.
+func Start(ctx context.Context, spec Spec) (*Process, error) {
+	if err := spec.check(); err != nil {
+		return nil, err
+	}
+	if spec.PidsMax == 0 {
+		spec.PidsMax = 1024
+	}
+	var files []*os.File
+	closeAll := func() {
+		for _, f := range files {
+			if f != nil {
+				f.Close()
+			}
+		}
+		files = nil
+	}
+	defer closeAll()
+
+	// Everything the child needs from the host is opened here, by root:
+	// the child's ids cannot traverse the daemon's private directories.
+	hostDir, err := openDir(filepath.Join(spec.VsockDir, "host"))
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, hostDir)
+	guestPath := filepath.Join(spec.VsockDir, "guest")
+	guestDir, err := openDir(guestPath)
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, guestDir)
+	var ramdisks []*os.File
+	for _, r := range spec.Ramdisks {
+		f, err := os.Open(r)
+		if err != nil {
+			return nil, fmt.Errorf("%w: ramdisk: %w", ErrInvalidSpec, err)
+		}
+		files = append(files, f)
+		ramdisks = append(ramdisks, f)
+	}
+
+	slot, err := takeSlot()
+	if err != nil {
+		return nil, err
+	}
+	hostID := uidBase + slot*idsPer
+	ok := false
+	defer func() {
+		if !ok {
+			releaseSlot(slot)
+		}
+	}()
+	// The guest directory belongs to the sandbox's root; any sandbox user
+	// may create its listening sockets there.
+	if err := os.Lchown(guestPath, hostID, hostID); err != nil {
+		return nil, fmt.Errorf("sandbox: chown %s: %w", guestPath, err)
+	}
+	if err := os.Chmod(guestPath, 0o777|os.ModeSticky); err != nil {
+		return nil, fmt.Errorf("sandbox: chmod %s: %w", guestPath, err)
+	}
+
+	mgr, err := cgroups.New(cgroups.Config{Parent: spec.CgroupParent})
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	group, err := mgr.Create(ctx, spec.ID, cgroups.Limits{
+		MemoryBytes: int64(spec.MemoryMiB) << 20, CPUs: spec.CPUs, PidsMax: spec.PidsMax,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	removeGroup := func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = group.Remove(rctx)
+	}
+
+	cfgR, cfgW, err := os.Pipe()
+	if err != nil {
+		removeGroup()
+		return nil, fmt.Errorf("sandbox: pipe: %w", err)
+	}
+	files = append(files, cfgR, cfgW)
+	statR, statW, err := os.Pipe()
+	if err != nil {
+		removeGroup()
+		return nil, fmt.Errorf("sandbox: pipe: %w", err)
+	}
+	files = append(files, statR, statW)
+
+	cmd := &exec.Cmd{
+		Path:       "/proc/self/exe",
+		Args:       []string{childMarker},
+		Env:        []string{},
+		Dir:        "/",
+		Stdout:     spec.Console,
+		Stderr:     spec.Console,
+		ExtraFiles: append([]*os.File{cfgR, statW, hostDir, guestDir}, ramdisks...),
+		SysProcAttr: &syscall.SysProcAttr{
+			// The cgroup namespace is entered by the child once it is in
+			// its cgroup, so that the group is the namespace's root.
+			Cloneflags: unix.CLONE_NEWUSER | unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET |
+				unix.CLONE_NEWIPC | unix.CLONE_NEWUTS,
+			UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: hostID, Size: idsPer}},
+			GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: hostID, Size: idsPer}},
+			GidMappingsEnableSetgroups: true,
+			// Become root of the new namespace (host uid hostID) before
+			// execve, so the child keeps its capabilities there and
+			// nothing it creates belongs to the host's root.
+			Credential: &syscall.Credential{Uid: 0, Gid: 0},
+			Pdeathsig:  syscall.SIGKILL,
+			Setsid:     true,
+		},
+	}
+	if cmd.Stdout == nil {
+		cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	}
+	if err := cmd.Start(); err != nil {
+		removeGroup()
+		return nil, fmt.Errorf("%w: start child: %w", ErrSetup, err)
+	}
+	// The parent's copies of the child's ends.
+	cfgR.Close()
+	statW.Close()
+	hostDir.Close()
+	guestDir.Close()
+	for _, f := range ramdisks {
+		f.Close()
+	}
+	files = []*os.File{cfgW, statR}
+
+	fail := func(err error) (*Process, error) {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		removeGroup()
+		return nil, err
+	}
+	if err := group.Attach(cmd.Process.Pid); err != nil {
+		return fail(fmt.Errorf("sandbox: %w", err))
+	}
+	cfg, _ := json.Marshal(childConfig{
+		CID: spec.CID, MemoryMiB: spec.MemoryMiB, PidsMax: spec.PidsMax, Ramdisks: len(ramdisks), Debug: spec.Debug,
+	})
+	if _, err := cfgW.Write(cfg); err != nil {
+		return fail(fmt.Errorf("%w: release child: %w", ErrSetup, err))
+	}
+	cfgW.Close()
+
+	// Wait for the status pipe to close (init executed: close-on-exec) or
+	// an error message; ctx cancels the start.
+	type result struct {
+		b   []byte
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		b, err := io.ReadAll(io.LimitReader(statR, 64<<10))
+		res <- result{b, err}
+	}()
+	var r result
+	select {
+	case r = <-res:
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		<-res
+		return fail(fmt.Errorf("sandbox: start: %w", ctx.Err()))
+	}
+	ready := len(r.b) > 0 && r.b[0] == statusReady
+	if ready {
+		r.b = r.b[1:]
+	}
+	switch {
+	case r.err != nil:
+		return fail(fmt.Errorf("%w: read child status: %w", ErrSetup, r.err))
+	case len(r.b) > 0 && r.b[0] == statusError:
+		return fail(&SetupError{Msg: strings.TrimSpace(string(r.b[1:]))})
+	case !ready || len(r.b) > 0:
+		// The child died before reaching execve (killed, e.g. by the OOM
+		// killer while unpacking).
+		_ = cmd.Process.Kill()
+		werr := cmd.Wait()
+		var oom string
+		if s, err := group.Stats(); err == nil && s.OOMKills > 0 {
+			oom = fmt.Sprintf(" (OOM killer: the ramdisks do not fit in %d MiB)", spec.MemoryMiB)
+		}
+		removeGroup()
+		return nil, &SetupError{Msg: fmt.Sprintf("child ended during setup: %v%s", werr, oom)}
+	}
+	ok = true
+	return &Process{cmd: cmd, group: group, slot: slot, hostID: hostID}, nil
+}
+
+// openDir returns a detached bind mount of dir (open_tree with
+// OPEN_TREE_CLONE) that the child attaches with move_mount. A path would
+// not do: the sandbox's ids may not traverse the daemon's directories,
+// and a bind mount's source must be in the caller's mount namespace.
+func openDir(dir string) (*os.File, error) {
+	fi, err := os.Stat(dir)
+	if err == nil && !fi.IsDir() {
+		err = fmt.Errorf("not a directory")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: vsock directory %s: %w", ErrInvalidSpec, dir, err)
+	}
+	fd, err := unix.OpenTree(unix.AT_FDCWD, dir, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: open_tree %s: %w", dir, err)
+	}
+	return os.NewFile(uintptr(fd), dir), nil
+}
