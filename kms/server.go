@@ -1,0 +1,280 @@
+package kms
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/cloister/cloister/attest"
+	"github.com/cloister/cloister/kms/sigv4"
+	"github.com/cloister/cloister/kms/store"
+)
+
+// Defaults.
+const (
+	DefaultRegion            = "us-east-1"
+	DefaultMaxAttestationAge = 5 * time.Minute
+	DefaultMaxBodySize       = 1 << 20
+	// MinRecipientRSABits is the smallest RSA key a Recipient may carry.
+	MinRecipientRSABits = 2048
+)
+
+// Config configures a Server. Store and Credentials are required; every
+// other field works at its zero value.
+type Config struct {
+	// Store holds keys, aliases and material.
+	Store store.Store
+	// Credentials are the accepted access keys (SigV4).
+	Credentials *sigv4.Credentials
+	// Region appears in key ARNs and, when RequireRegion, must be the
+	// signing region. Default DefaultRegion.
+	Region        string
+	RequireRegion bool
+	// Attestation verifies Recipient documents. Nil: a verifier trusting
+	// only the AWS Nitro root.
+	Attestation *attest.Verifier
+	// MaxAttestationAge is the oldest Recipient document accepted (its
+	// timestamp against the clock); default 5 minutes.
+	MaxAttestationAge time.Duration
+	// MaxBodySize bounds request bodies; default 1 MiB.
+	MaxBodySize int64
+	// Clock returns the current time; default time.Now.
+	Clock func() time.Time
+	// Rand is the randomness source; default crypto/rand.
+	Rand io.Reader
+	// Logger receives one audit line per decision and errors; default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the AWS-KMS-compatible key service, an http.Handler speaking the
+// KMS JSON 1.1 protocol (POST /, X-Amz-Target: TrentService.<Op>) with
+// SigV4 authentication. Safe for concurrent use.
+type Server struct {
+	cfg    Config
+	sig    *sigv4.Verifier
+	attest *attest.Verifier
+	log    *slog.Logger
+	ops    map[string]opFunc
+}
+
+var _ http.Handler = (*Server)(nil)
+
+// call is one authenticated request.
+type call struct {
+	ctx   context.Context
+	op    string
+	cred  sigv4.Credential
+	body  []byte
+	audit *auditRecord
+}
+
+type opFunc func(s *Server, c *call) (any, error)
+
+// NewServer checks cfg and returns a Server.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("kms: Config.Store is required")
+	}
+	if cfg.Region == "" {
+		cfg.Region = DefaultRegion
+	}
+	if cfg.MaxAttestationAge <= 0 {
+		cfg.MaxAttestationAge = DefaultMaxAttestationAge
+	}
+	if cfg.MaxBodySize <= 0 {
+		cfg.MaxBodySize = DefaultMaxBodySize
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	sc := sigv4.Config{Credentials: cfg.Credentials, Service: "kms", Clock: cfg.Clock}
+	if cfg.RequireRegion {
+		sc.Region = cfg.Region
+	}
+	sv, err := sigv4.NewVerifier(sc)
+	if err != nil {
+		return nil, fmt.Errorf("kms: %w", err)
+	}
+	av := cfg.Attestation
+	if av == nil {
+		if av, err = attest.NewVerifier(attest.VerifierConfig{}); err != nil {
+			return nil, fmt.Errorf("kms: %w", err)
+		}
+	}
+	s := &Server{cfg: cfg, sig: sv, attest: av, log: cfg.Logger}
+	s.ops = map[string]opFunc{
+		"CreateKey":                       (*Server).createKey,
+		"DescribeKey":                     (*Server).describeKey,
+		"ListKeys":                        (*Server).listKeys,
+		"EnableKey":                       (*Server).enableKey,
+		"DisableKey":                      (*Server).disableKey,
+		"CreateAlias":                     (*Server).createAlias,
+		"ListAliases":                     (*Server).listAliases,
+		"DeleteAlias":                     (*Server).deleteAlias,
+		"Encrypt":                         (*Server).encrypt,
+		"Decrypt":                         (*Server).decrypt,
+		"ReEncrypt":                       (*Server).reEncrypt,
+		"GenerateDataKey":                 (*Server).generateDataKey,
+		"GenerateDataKeyWithoutPlaintext": (*Server).generateDataKeyWithoutPlaintext,
+		"GenerateRandom":                  (*Server).generateRandom,
+		"GetKeyPolicy":                    (*Server).getKeyPolicy,
+		"PutKeyPolicy":                    (*Server).putKeyPolicy,
+		"EnableKeyRotation":               (*Server).enableKeyRotation,
+		"DisableKeyRotation":              (*Server).disableKeyRotation,
+		"GetKeyRotationStatus":            (*Server).getKeyRotationStatus,
+		"RotateKeyOnDemand":               (*Server).rotateKeyOnDemand,
+		"ScheduleKeyDeletion":             (*Server).scheduleKeyDeletion,
+		"CancelKeyDeletion":               (*Server).cancelKeyDeletion,
+		"CloisterExplain":                 (*Server).explain,
+	}
+	return s, nil
+}
+
+// ServeHTTP implements the JSON 1.1 protocol: POST to "/", X-Amz-Target
+// "TrentService.<Op>", body ≤ MaxBodySize, SigV4 verified before the body
+// is decoded, errors as {"__type": code, "message": text} with AWS's HTTP
+// status (AccessDeniedException uses "Message", as AWS does). Every
+// response carries x-amzn-RequestId.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	reqID := uuid.NewString()
+	w.Header().Set("x-amzn-RequestId", reqID)
+	if r.Method != http.MethodPost || (r.URL.Path != "/" && r.URL.Path != "") {
+		s.writeError(w, apiErr(CodeUnknownOperation, "only POST / with X-Amz-Target is served"))
+		return
+	}
+	target := r.Header.Get("X-Amz-Target")
+	opName, ok := strings.CutPrefix(target, "TrentService.")
+	op := s.ops[opName]
+	if !ok || op == nil {
+		s.writeError(w, apiErr(CodeUnknownOperation, "unknown operation %q", target))
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodySize+1))
+	if err != nil {
+		s.writeError(w, apiErr(CodeSerialization, "reading the request body: %v", err))
+		return
+	}
+	if int64(len(body)) > s.cfg.MaxBodySize {
+		s.writeError(w, apiErr(CodeValidation, "request body exceeds %d bytes", s.cfg.MaxBodySize))
+		return
+	}
+	cred, err := s.sig.Verify(r, body)
+	if err != nil {
+		var se *sigv4.Error
+		if errors.As(err, &se) {
+			s.log.Warn("kms authentication failed", "op", opName, "code", se.Code, "reason", se.Message, "request_id", reqID)
+			s.writeError(w, &APIError{Code: se.Code, Status: http.StatusBadRequest, Message: se.Message})
+			return
+		}
+		s.writeError(w, apiErr(CodeInternal, "authentication: %v", err))
+		return
+	}
+	c := &call{ctx: r.Context(), op: opName, cred: cred, body: body, audit: &auditRecord{requestID: reqID}}
+	out, err := op(s, c)
+	s.audit(c, err)
+	if err != nil {
+		var ae *APIError
+		if !errors.As(err, &ae) {
+			s.log.Error("kms internal error", "op", opName, "err", err, "request_id", reqID)
+			ae = apiErr(CodeInternal, "internal error (request %s)", reqID)
+		}
+		s.writeError(w, ae)
+		return
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		s.writeError(w, apiErr(CodeInternal, "encoding the response: %v", err))
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+	w.WriteHeader(http.StatusOK)
+	w.Write(b)
+}
+
+func (s *Server) writeError(w http.ResponseWriter, e *APIError) {
+	msgKey := "message"
+	if e.Code == CodeAccessDenied {
+		msgKey = "Message"
+	}
+	b, _ := json.Marshal(map[string]string{"__type": e.Code, msgKey: e.Message})
+	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+	w.WriteHeader(e.Status)
+	w.Write(b)
+}
+
+// decode unmarshals the request body into v: "" and "{}" are empty
+// requests; anything else must be one JSON object whose members have the
+// right types (unknown members are ignored, as AWS does).
+func decode(body []byte, v any) error {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	d := json.NewDecoder(bytes.NewReader(body))
+	if err := d.Decode(v); err != nil {
+		return apiErr(CodeSerialization, "cannot decode the request body: %v", err)
+	}
+	if d.More() {
+		return apiErr(CodeSerialization, "trailing data after the request body")
+	}
+	return nil
+}
+
+// auditRecord collects what the audit line reports.
+type auditRecord struct {
+	requestID string
+	keyID     string
+	pcrs      map[string]string
+	decision  string
+	reason    string
+}
+
+// audit logs one line per request: principal, op, key, PCRs presented,
+// allowed/denied and the reason.
+func (s *Server) audit(c *call, err error) {
+	a := c.audit
+	allowed := err == nil
+	reason := a.reason
+	if err != nil {
+		var ae *APIError
+		switch {
+		case errors.As(err, &ae) && ae.Code == CodeAccessDenied && a.decision != "" && a.decision != "Allow":
+			reason = ae.Code + ": " + a.reason // the policy's own reasoning
+		case ae != nil:
+			reason = ae.Code + ": " + ae.Message
+		default:
+			reason = err.Error()
+		}
+	}
+	if reason == "" {
+		reason = a.decision
+	}
+	attrs := []any{
+		"request_id", a.requestID,
+		"principal", c.cred.PrincipalARN,
+		"op", c.op,
+		"key", a.keyID,
+		"allowed", allowed,
+		"reason", reason,
+	}
+	if a.pcrs != nil {
+		attrs = append(attrs, "pcrs", a.pcrs)
+	}
+	s.log.Info("kms decision", attrs...)
+}

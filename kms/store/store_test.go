@@ -1,0 +1,285 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cloister/cloister/internal/testenv"
+)
+
+func rootKey(t testing.TB) []byte {
+	t.Helper()
+	k := make([]byte, 32)
+	rand.Read(k)
+	return k
+}
+
+// postgresURL returns a fresh database on $CLOISTER_TEST_POSTGRES for one test.
+func postgresURL(t *testing.T) string {
+	t.Helper()
+	base := os.Getenv("CLOISTER_TEST_POSTGRES")
+	testenv.Require(t, base != "", "PostgreSQL ($CLOISTER_TEST_POSTGRES)", "run scripts/test.sh, which starts a throw-away server, or set CLOISTER_TEST_POSTGRES=postgres://...")
+	return freshDatabase(t, base)
+}
+
+func freshDatabase(t *testing.T, base string) string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", base, err)
+	}
+	defer conn.Close(ctx)
+	name := fmt.Sprintf("cloister_store_%d", time.Now().UnixNano())
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), base)
+		if err == nil {
+			c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+			c.Close(context.Background())
+		}
+	})
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+func backends(t *testing.T) map[string]func(t *testing.T) (open func(root []byte) (Store, error)) {
+	return map[string]func(t *testing.T) (open func(root []byte) (Store, error)){
+		"bbolt": func(t *testing.T) func([]byte) (Store, error) {
+			path := filepath.Join(t.TempDir(), "sub", "kms.db")
+			return func(root []byte) (Store, error) { return Open(context.Background(), "bbolt:"+path, root) }
+		},
+		"postgres": func(t *testing.T) func([]byte) (Store, error) {
+			dsn := postgresURL(t)
+			return func(root []byte) (Store, error) { return Open(context.Background(), dsn, root) }
+		},
+	}
+}
+
+func TestStore(t *testing.T) {
+	for name, mk := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			open := mk(t)
+			root := rootKey(t)
+			s, err := open(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conformance(t, s)
+			s.Close()
+
+			// Reopen with the same root key: data is still there.
+			s, err = open(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := s.Material(context.Background(), "k2", 2)
+			if err != nil || !bytes.Equal(m, bytes.Repeat([]byte{2}, 32)) {
+				t.Fatalf("after reopen: %x, %v", m, err)
+			}
+			s.Close()
+
+			// A different root key is refused.
+			if s, err := open(rootKey(t)); !errors.Is(err, ErrRootKey) {
+				if s != nil {
+					s.Close()
+				}
+				t.Fatalf("wrong root key: %v", err)
+			}
+		})
+	}
+}
+
+func conformance(t *testing.T, s Store) {
+	ctx := context.Background()
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	k1 := Key{ID: "k1", ARN: "arn:aws:kms:us-east-1:111122223333:key/k1", Account: "111122223333", KeyUsage: "ENCRYPT_DECRYPT",
+		KeySpec: "SYMMETRIC_DEFAULT", State: Enabled, CreatedAt: now, Policy: `{"x":1}`}
+	if err := s.CreateKey(ctx, k1, bytes.Repeat([]byte{1}, 32)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateKey(ctx, k1, bytes.Repeat([]byte{1}, 32)); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate key: %v", err)
+	}
+	k2 := k1
+	k2.ID, k2.ARN = "k2", "arn:aws:kms:us-east-1:111122223333:key/k2"
+	if err := s.CreateKey(ctx, k2, bytes.Repeat([]byte{9}, 32)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetKey(ctx, "k1")
+	want := k1
+	want.CurrentVersion = 1
+	if err != nil || !cmp.Equal(got, want) {
+		t.Fatalf("GetKey: %v\n%s", err, cmp.Diff(want, got))
+	}
+	if _, err := s.GetKey(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetKey(nope): %v", err)
+	}
+	// Update, including an aborted one.
+	up, err := s.UpdateKey(ctx, "k1", func(k *Key) error { k.State = Disabled; k.CurrentVersion = 99; return nil })
+	if err != nil || up.State != Disabled || up.CurrentVersion != 1 {
+		t.Fatalf("UpdateKey: %+v %v", up, err)
+	}
+	boom := errors.New("boom")
+	if _, err := s.UpdateKey(ctx, "k1", func(k *Key) error { k.State = Enabled; return boom }); !errors.Is(err, boom) {
+		t.Fatalf("aborted update: %v", err)
+	}
+	if g, _ := s.GetKey(ctx, "k1"); g.State != Disabled {
+		t.Fatalf("aborted update was applied")
+	}
+	// Rotation.
+	rk, err := s.Rotate(ctx, "k2", bytes.Repeat([]byte{2}, 32), func(k *Key) {
+		k.Rotations = append(k.Rotations, Rotation{Version: k.CurrentVersion + 1, CreatedAt: now, OnDemand: true})
+	})
+	if err != nil || rk.CurrentVersion != 2 || len(rk.Rotations) != 1 {
+		t.Fatalf("Rotate: %+v %v", rk, err)
+	}
+	for v, b := range map[uint32]byte{1: 9, 2: 2} {
+		m, err := s.Material(ctx, "k2", v)
+		if err != nil || !bytes.Equal(m, bytes.Repeat([]byte{b}, 32)) {
+			t.Fatalf("Material(k2, %d) = %x, %v", v, m, err)
+		}
+	}
+	if _, err := s.Material(ctx, "k2", 3); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Material v3: %v", err)
+	}
+	// Aliases.
+	if err := s.CreateAlias(ctx, Alias{Name: "alias/b", KeyID: "k1", CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateAlias(ctx, Alias{Name: "alias/a", KeyID: "k2", CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateAlias(ctx, Alias{Name: "alias/a", KeyID: "k1"}); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate alias: %v", err)
+	}
+	if err := s.CreateAlias(ctx, Alias{Name: "alias/c", KeyID: "nope"}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("alias to missing key: %v", err)
+	}
+	as, err := s.ListAliases(ctx)
+	if err != nil || len(as) != 2 || as[0].Name != "alias/a" || as[1].KeyID != "k1" {
+		t.Fatalf("ListAliases: %+v %v", as, err)
+	}
+	if a, err := s.GetAlias(ctx, "alias/a"); err != nil || a.KeyID != "k2" || !a.CreatedAt.Equal(now) {
+		t.Fatalf("GetAlias: %+v %v", a, err)
+	}
+	if err := s.DeleteAlias(ctx, "alias/a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteAlias(ctx, "alias/a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("DeleteAlias twice: %v", err)
+	}
+	ks, err := s.ListKeys(ctx)
+	if err != nil || len(ks) != 2 || ks[0].ID != "k1" || ks[1].ID != "k2" {
+		t.Fatalf("ListKeys: %+v %v", ks, err)
+	}
+	// Deleting a key drops its material and aliases.
+	if err := s.DeleteKey(ctx, "k1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Material(ctx, "k1", 1); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("material after delete: %v", err)
+	}
+	if _, err := s.GetAlias(ctx, "alias/b"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("alias after delete: %v", err)
+	}
+	if err := s.DeleteKey(ctx, "k1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("DeleteKey twice: %v", err)
+	}
+	// Concurrent rotations serialise: versions are unique and dense.
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.Rotate(ctx, "k2", bytes.Repeat([]byte{2}, 32), nil); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if k, _ := s.GetKey(ctx, "k2"); k.CurrentVersion != 10 {
+		t.Fatalf("after concurrent rotations: version %d, want 10", k.CurrentVersion)
+	}
+}
+
+func TestRootKeyLoading(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "root.key")
+	if err := CreateRootKeyFile(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := CreateRootKeyFile(p); err == nil {
+		t.Fatal("CreateRootKeyFile overwrote an existing file")
+	}
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", fi.Mode())
+	}
+	k, err := LoadRootKey(p)
+	if err != nil || len(k) != 32 {
+		t.Fatalf("LoadRootKey: %v", err)
+	}
+	t.Setenv(RootKeyEnv, "")
+	if _, err := LoadRootKey(""); !errors.Is(err, ErrRootKey) {
+		t.Fatalf("no key: %v", err)
+	}
+	t.Setenv(RootKeyEnv, strings.Repeat("ab", 32))
+	if k, err := LoadRootKey(""); err != nil || k[0] != 0xab {
+		t.Fatalf("env key: %x %v", k, err)
+	}
+	t.Setenv(RootKeyEnv, "c2hvcnQ=")
+	if _, err := LoadRootKey(""); !errors.Is(err, ErrRootKey) {
+		t.Fatalf("short env key: %v", err)
+	}
+}
+
+func TestMaterialSealedAtRest(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kms.db")
+	s, err := OpenBolt(path, rootKey(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("THIS-IS-SECRET-KEY-MATERIAL-1234")
+	if err := s.CreateKey(context.Background(), Key{ID: "k"}, secret); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	raw, _ := os.ReadFile(path)
+	if bytes.Contains(raw, secret) {
+		t.Fatal("key material is stored in clear")
+	}
+}
+
+func BenchmarkBoltMaterial(b *testing.B) {
+	s, err := OpenBolt(filepath.Join(b.TempDir(), "kms.db"), rootKey(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	s.CreateKey(ctx, Key{ID: "k"}, make([]byte, 32))
+	for b.Loop() {
+		if _, err := s.Material(ctx, "k", 1); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
