@@ -14,6 +14,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/cloister/cloister/parent/sandbox"
 )
 
 // exitError carries a process exit status through cobra.
@@ -50,6 +52,11 @@ attestation documents, and serves an attestation-gated key service.`,
 }
 
 func main() {
+	// The sandbox launcher re-executes this binary to set up each sandbox
+	// from inside its new namespaces; that child never reaches cobra.
+	if sandbox.IsChild() {
+		sandbox.ChildMain()
+	}
 	err := newRootCmd().Execute()
 	if err == nil {
 		return

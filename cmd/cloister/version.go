@@ -15,12 +15,16 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print the cloister version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			v := "(devel)"
-			if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-				v = bi.Main.Version
-			}
-			_, err := fmt.Fprintln(cmd.OutOrStdout(), "cloister", v)
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), "cloister", buildVersion())
 			return err
 		},
 	}
+}
+
+// buildVersion is the module version this binary was built from.
+func buildVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
 }

@@ -300,8 +300,9 @@ func remount(target string, flags uintptr) error {
 
 // Capabilities kept by the sandbox's init (linux/capability.h).
 const (
-	capSetgid = 6
-	capSetuid = 7
+	capSetgid  = 6
+	capSetpcap = 8
+	capSetuid  = 7
 )
 
 // harden applies the process restrictions, seccomp last.
@@ -326,7 +327,7 @@ func harden(cfg childConfig) error {
 		}
 	}
 	for c := 0; c < 64; c++ {
-		if c == capSetuid || c == capSetgid {
+		if c == capSetuid || c == capSetgid || c == capSetpcap {
 			continue
 		}
 		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
@@ -339,7 +340,10 @@ func harden(cfg childConfig) error {
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
 		return step("clear ambient capabilities", err)
 	}
-	keep := uint32(1<<capSetuid | 1<<capSetgid)
+	// init keeps SETUID and SETGID to switch to the image's user, and
+	// SETPCAP to empty the bounding set before it execs the application,
+	// which therefore starts with no capability in any set.
+	keep := uint32(1<<capSetuid | 1<<capSetgid | 1<<capSetpcap)
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	data := [2]unix.CapUserData{{Effective: keep, Permitted: keep}}
 	if err := unix.Capset(&hdr, &data[0]); err != nil {

@@ -21,7 +21,9 @@
 //  5. sets the host name "enclave" (the network namespace has only lo, down);
 //  6. pivot_root, detaches and removes the old root;
 //  7. sets rlimits, reduces the capability bounding, permitted and effective
-//     sets to {CAP_SETUID, CAP_SETGID} and clears the ambient and
+//     sets to {CAP_SETUID, CAP_SETGID, CAP_SETPCAP} (init needs them to switch
+//     to the image's user and to empty the bounding set before it execs the
+//     application, which starts with no capabilities) and clears the ambient and
 //     inheritable sets, sets no_new_privs, installs the seccomp filter of
 //     internal/seccomp (which makes every socket family but AF_UNIX, and so
 //     AF_VSOCK, impossible);

@@ -390,7 +390,7 @@ func TestSandboxNetwork(t *testing.T) {
 func TestSandboxCapabilities(t *testing.T) {
 	_, r, _ := run(t, runOpts{}, "caps")
 	zero := "0000000000000000"
-	want := map[string]string{"CapInh": zero, "CapPrm": zero, "CapEff": zero, "CapBnd": r["CapBnd"], "CapAmb": zero, "NoNewPrivs": "1", "Seccomp": "2"}
+	want := map[string]string{"CapInh": zero, "CapPrm": zero, "CapEff": zero, "CapBnd": zero, "CapAmb": zero, "NoNewPrivs": "1", "Seccomp": "2"}
 	if diff := cmp.Diff(want, r); diff != "" {
 		t.Errorf("application's privileges (-want +got):\n%s", diff)
 	}
@@ -399,9 +399,7 @@ func TestSandboxCapabilities(t *testing.T) {
 	// application may inherit them there — unusable: its permitted and
 	// effective sets are empty and no_new_privs stops execve from granting
 	// them. Anything else in the bounding set is a failure.
-	if bnd, err := strconv.ParseUint(r["CapBnd"], 16, 64); err != nil || bnd&^(1<<capSetuid|1<<capSetgid) != 0 {
-		t.Errorf("CapBnd = %q, want a subset of {CAP_SETUID, CAP_SETGID}", r["CapBnd"])
-	}
+
 }
 
 // TestSandboxSignalAndKill starts a sleeping application, delivers

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cloister/cloister/parent/daemon"
+)
+
+func init() {
+	register(newDaemonCmd)
+	register(newMonitorCmd)
+}
+
+func newDaemonCmd() *cobra.Command {
+	var backendName, configFile, socket, stateDir, logFormat string
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the parent daemon that launches and supervises enclaves",
+		Long: `daemon runs the Cloister parent daemon. It carves CPUs and memory out of this
+host into enclaves, launches them with the chosen backend, gives each enclave
+its heartbeat listener, emulated security module, kept console log and egress
+proxy, and serves an HTTP/JSON API on a Unix socket (docs/daemon-api.yaml)
+that the other cloister subcommands use.
+
+Backends: sandbox (default; namespaces, seccomp and cgroups, any Linux host),
+qemu (a microVM per enclave; KVM when /dev/kvm is usable, else TCG) and nitro
+(real Nitro Enclaves through /dev/nitro_enclaves).
+
+The configuration file (YAML) sets memory_mib, cpu_count or cpu_pool,
+heartbeat_timeout, egress proxies and their allowlist; see docs/daemon.md.
+Running enclaves survive a daemon restart.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var cfg daemon.Config
+			if configFile != "" {
+				var err error
+				if cfg, err = daemon.LoadConfig(configFile); err != nil {
+					return withExit(1, err)
+				}
+			}
+			if cmd.Flags().Changed("backend") || cfg.Backend == "" {
+				cfg.Backend = backendName
+			}
+			if socket != "" {
+				cfg.Socket = socket
+			}
+			if stateDir != "" {
+				cfg.StateDir = stateDir
+			}
+			logger := newLogger(logFormat)
+			be, err := newBackend(cfg)
+			if err != nil {
+				return withExit(1, err)
+			}
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			d, err := daemon.New(ctx, cfg, daemon.Options{Backend: be, Logger: logger, Version: version()})
+			if err != nil {
+				return withExit(1, err)
+			}
+			defer d.Close()
+			if err := d.Serve(ctx); err != nil {
+				return withExit(1, err)
+			}
+			logger.Info("daemon stopped; running enclaves keep running")
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&backendName, "backend", "sandbox", "enclave backend: sandbox, qemu or nitro")
+	f.StringVar(&configFile, "config", "", "YAML configuration file")
+	f.StringVar(&socket, "socket", "", "API socket (default "+daemon.DefaultSocket+")")
+	f.StringVar(&stateDir, "state-dir", "", "state directory (default "+daemon.DefaultStateDir+")")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
+
+// newMonitorCmd is the per-enclave monitor process the daemon starts.
+func newMonitorCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "__monitor DIR",
+		Short:  "Internal: supervise one enclave (started by the daemon)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			logger := newLogger("json")
+			if err := daemon.RunMonitor(cmd.Context(), args[0], newBackend, logger); err != nil {
+				return withExit(1, err)
+			}
+			return nil
+		},
+	}
+}
+
+func newLogger(format string) *slog.Logger {
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, nil))
+}
+
+func version() string {
+	return buildVersion()
+}

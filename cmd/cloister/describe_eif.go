@@ -1,0 +1,45 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cloister/cloister/enclave/eif"
+)
+
+func init() { register(newDescribeEIFCmd) }
+
+func newDescribeEIFCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "describe-eif",
+		Short: "Show an EIF's version, measurements, signature and metadata (nitro-cli JSON)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			img, err := eif.Open(path, eif.ReadOptions{IgnoreCRC: true})
+			if err != nil {
+				return withExit(1, fmt.Errorf("describe-eif: %w", err))
+			}
+			d, err := eif.Describe(img)
+			if err != nil {
+				return withExit(1, fmt.Errorf("describe-eif: %s: %w", path, err))
+			}
+			return writeNitroJSON(cmd.OutOrStdout(), d)
+		},
+	}
+	cmd.Flags().StringVar(&path, "eif-path", "", "EIF file to describe (required)")
+	_ = cmd.MarkFlagRequired("eif-path")
+	return cmd
+}
+
+// writeNitroJSON prints v as nitro-cli does: two-space indentation and no
+// HTML escaping.
+func writeNitroJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

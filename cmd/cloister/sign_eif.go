@@ -1,0 +1,77 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cloister/cloister/enclave/eif"
+)
+
+func init() { register(newSignEIFCmd) }
+
+func newSignEIFCmd() *cobra.Command {
+	var path, certFile, keyFile string
+	cmd := &cobra.Command{
+		Use:   "sign-eif",
+		Short: "Sign an EIF in place (adds or replaces the signature section, fixes the CRC)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			certPEM, key, err := loadSigner(certFile, keyFile)
+			if err != nil {
+				return withExit(1, err)
+			}
+			img, err := eif.Open(path, eif.ReadOptions{})
+			if err != nil {
+				return withExit(1, fmt.Errorf("sign-eif: %w", err))
+			}
+			if err := eif.Sign(img, certPEM, key); err != nil {
+				return withExit(1, fmt.Errorf("sign-eif: %w", err))
+			}
+			m, err := eif.Measure(img)
+			if err != nil {
+				return withExit(1, fmt.Errorf("sign-eif: %w", err))
+			}
+			if err := replaceEIF(path, img); err != nil {
+				return withExit(1, fmt.Errorf("sign-eif: %w", err))
+			}
+			return writeNitroJSON(cmd.OutOrStdout(), eif.BuildInfo{Measurements: m})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&path, "eif-path", "", "EIF file to sign in place (required)")
+	f.StringVar(&certFile, "signing-certificate", "", "PEM signing certificate (required)")
+	f.StringVar(&keyFile, "private-key", "", "PEM EC private key (required)")
+	for _, n := range []string{"eif-path", "signing-certificate", "private-key"} {
+		_ = cmd.MarkFlagRequired(n)
+	}
+	return cmd
+}
+
+// replaceEIF writes img next to path and renames it over path, keeping
+// path's permissions.
+func replaceEIF(path string, img *eif.Image) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := eif.Write(tmp, img); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(fi.Mode().Perm()); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

@@ -1,0 +1,5 @@
+package e2e
+
+import "os/exec"
+
+var execCommand = exec.Command

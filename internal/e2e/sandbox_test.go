@@ -1,0 +1,293 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cloister/cloister/attest"
+	"github.com/cloister/cloister/parent"
+)
+
+const sandboxConfig = `---
+memory_mib: 1024
+heartbeat_timeout: 60s
+`
+
+func TestSandboxEchoOverVsock(t *testing.T) {
+	d := startDaemon(t, "sandbox", sandboxConfig)
+	dir := shortTemp(t)
+	img := buildImage(t, dir, "echo", nil, "echo")
+	res := d.run(img, 128, false)
+	d.consoleUntil(res.EnclaveID, "ECHO READY", time.Minute)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i := 0; i < 3; i++ {
+		c, err := d.client.Connect(ctx, res.EnclaveName, 5000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := fmt.Sprintf("hello %d from the parent", i)
+		if _, err := io.WriteString(c, msg); err != nil {
+			t.Fatal(err)
+		}
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || string(got) != msg {
+			t.Fatalf("echo %d: %q, %v", i, got, err)
+		}
+	}
+}
+
+func TestSandboxAttacksFail(t *testing.T) {
+	d := startDaemon(t, "sandbox", sandboxConfig)
+	dir := shortTemp(t)
+	img := buildImage(t, dir, "attacks", nil, "attacks")
+	res := d.run(img, 128, false)
+	out := d.consoleUntil(res.EnclaveID, "ATTACKS DONE", time.Minute)
+	for _, a := range []string{"af_inet", "af_inet6", "af_vsock", "read_host_shadow", "see_host_state", "mount", "ptrace", "chroot", "tcp_dial"} {
+		if !strings.Contains(out, "ATTACK "+a+": blocked") {
+			t.Errorf("attack %s was not blocked; console:\n%s", a, out)
+		}
+	}
+	if strings.Contains(out, "SUCCEEDED") {
+		t.Errorf("an attack succeeded:\n%s", out)
+	}
+	x := d.waitExit(res.EnclaveID, time.Minute)
+	if x.ExitStatus == nil || x.ExitStatus.Code != 0 {
+		t.Errorf("attacks app exit: %+v", x.ExitStatus)
+	}
+}
+
+func TestSandboxMemoryLimit(t *testing.T) {
+	d := startDaemon(t, "sandbox", sandboxConfig)
+	dir := shortTemp(t)
+	img := buildImage(t, dir, "oom", nil, "oom")
+	res := d.run(img, 96, false)
+	x := d.waitExit(res.EnclaveID, 2*time.Minute)
+	if x.ExitStatus == nil || x.ExitStatus.Code != 137 || !strings.Contains(x.ExitStatus.Reason, "out of memory") {
+		t.Fatalf("enclave exceeding its memory: %+v", x.ExitStatus)
+	}
+	// The host and the daemon are unaffected: another enclave still runs.
+	echo := buildImage(t, dir, "echo", nil, "echo")
+	res2 := d.run(echo, 128, false)
+	d.consoleUntil(res2.EnclaveID, "ECHO READY", time.Minute)
+}
+
+func TestSandboxForkBomb(t *testing.T) {
+	d := startDaemon(t, "sandbox", sandboxConfig)
+	dir := shortTemp(t)
+	img := buildImage(t, dir, "forkbomb", nil, "forkbomb")
+	res := d.run(img, 256, false)
+	out := d.consoleUntil(res.EnclaveID, "FORKBOMB", 2*time.Minute)
+	if !strings.Contains(out, "FORKBOMB stopped after") {
+		t.Fatalf("fork bomb not stopped:\n%s", out)
+	}
+	d.waitExit(res.EnclaveID, 2*time.Minute)
+}
+
+func TestSandboxAttestationMatchesDescribeEIF(t *testing.T) {
+	d := startDaemon(t, "sandbox", sandboxConfig)
+	dir := shortTemp(t)
+	img := buildImage(t, dir, "attest", nil, "attest")
+	res := d.run(img, 128, false)
+	d.consoleUntil(res.EnclaveID, "ATTEST READY", time.Minute)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := d.client.Connect(ctx, res.EnclaveID, 5001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := io.ReadAll(c)
+	c.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootPEM, err := d.client.DevRootPEM(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(rootPEM)
+	root, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := attest.Verify(doc, time.Now(), attest.VerifierConfig{Roots: []*x509.Certificate{root}, NoAWSRoot: true})
+	if err != nil {
+		t.Fatalf("document from the enclave does not verify under the daemon's root: %v", err)
+	}
+	if _, err := attest.Verify(doc, time.Now(), attest.VerifierConfig{}); err == nil {
+		t.Fatal("a development document verified under the AWS root")
+	}
+	desc := describeEIF(t, img)
+	got := v.Document()
+	if h := hex.EncodeToString(got.PCRs[0]); h != desc.PCR0 {
+		t.Errorf("attested PCR0 %s, describe-eif %s", h, desc.PCR0)
+	}
+	if h := hex.EncodeToString(got.PCRs[1]); h != desc.PCR1 {
+		t.Errorf("attested PCR1 %s, describe-eif %s", h, desc.PCR1)
+	}
+	if h := hex.EncodeToString(got.PCRs[2]); h != desc.PCR2 {
+		t.Errorf("attested PCR2 %s, describe-eif %s", h, desc.PCR2)
+	}
+	if got.ModuleID != res.EnclaveID || string(got.Nonce) != "e2e-nonce" || string(got.UserData) != "e2e-user-data" {
+		t.Errorf("document fields: module %q nonce %q user_data %q", got.ModuleID, got.Nonce, got.UserData)
+	}
+	if err := (attest.Policy{PCRs: map[int][]byte{0: got.PCRs[0]}}).Evaluate(v, time.Now()); err != nil {
+		t.Errorf("policy on PCR0: %v", err)
+	}
+}
+
+func TestSandboxDebugModeZeroesPCRs(t *testing.T) {
+	d := startDaemon(t, "sandbox", sandboxConfig)
+	dir := shortTemp(t)
+	img := buildImage(t, dir, "attest", nil, "attest")
+	res := d.run(img, 128, true)
+	out := d.consoleUntil(res.EnclaveID, "ATTEST READY", time.Minute)
+	if !strings.Contains(out, "PCR0 "+strings.Repeat("0", 96)) {
+		t.Errorf("debug enclave does not see a zero PCR0:\n%s", out)
+	}
+	desc, _ := d.client.DescribeEnclave(context.Background(), res.EnclaveID)
+	if desc.Flags != parent.FlagsDebug {
+		t.Errorf("flags %q", desc.Flags)
+	}
+}
+
+type eifMeasurements struct{ PCR0, PCR1, PCR2 string }
+
+func describeEIF(t *testing.T, path string) eifMeasurements {
+	t.Helper()
+	out, err := runCLI("describe-eif", "--eif-path", path)
+	if err != nil {
+		t.Fatalf("describe-eif: %v\n%s", err, out)
+	}
+	var m eifMeasurements
+	for _, k := range []string{"PCR0", "PCR1", "PCR2"} {
+		i := strings.Index(out, `"`+k+`": "`)
+		if i < 0 {
+			t.Fatalf("describe-eif output lacks %s:\n%s", k, out)
+		}
+		v := out[i+len(k)+5 : i+len(k)+5+96]
+		switch k {
+		case "PCR0":
+			m.PCR0 = v
+		case "PCR1":
+			m.PCR1 = v
+		case "PCR2":
+			m.PCR2 = v
+		}
+	}
+	return m
+}
+
+func TestSandboxEgressProxy(t *testing.T) {
+	allowed := httpServer(t, "allowed-server")
+	denied := httpServer(t, "denied-server")
+	dir := shortTemp(t)
+	allow := filepath.Join(dir, "allow.yaml")
+	host, port, _ := net.SplitHostPort(allowed)
+	if err := os.WriteFile(allow, []byte(fmt.Sprintf("allowlist:\n- {address: %s, port: %s}\n", host, port)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, "sandbox", sandboxConfig+"egress:\n  allowlist: "+allow+"\n")
+	img := buildImage(t, dir, "egress", nil, "egress", allowed, denied)
+	res := d.run(img, 128, false)
+	out := d.consoleUntil(res.EnclaveID, "EGRESS DONE", time.Minute)
+	if !strings.Contains(out, "EGRESS "+allowed+": ok: allowed-server") {
+		t.Errorf("allow-listed destination not reached:\n%s", out)
+	}
+	if !strings.Contains(out, "EGRESS "+denied+": refused: 403") {
+		t.Errorf("other destination not refused with 403:\n%s", out)
+	}
+}
+
+// httpServer serves body on a loopback port and returns host:port.
+func httpServer(t *testing.T, body string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) })}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
+}
+
+func TestSandboxDaemonRestart(t *testing.T) {
+	d := startDaemon(t, "sandbox", sandboxConfig)
+	dir := shortTemp(t)
+	img := buildImage(t, dir, "echo", nil, "echo")
+	res := d.run(img, 128, false)
+	d.consoleUntil(res.EnclaveID, "ECHO READY", time.Minute)
+
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		d.stop(sig)
+		d.start()
+		desc, err := d.client.DescribeEnclave(context.Background(), res.EnclaveID)
+		if err != nil || desc.State != parent.StateRunning {
+			t.Fatalf("after daemon %v: %+v %v", sig, desc, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		c, err := d.client.Connect(ctx, res.EnclaveID, 5000)
+		cancel()
+		if err != nil {
+			t.Fatalf("after daemon %v: connect: %v", sig, err)
+		}
+		_, _ = io.WriteString(c, "x")
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Fatalf("after daemon %v: echo: %v", sig, err)
+		}
+		c.Close()
+	}
+	if _, err := d.client.Terminate(context.Background(), res.EnclaveID); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing is left: no cgroup, no monitor.
+	if ents, err := os.ReadDir("/sys/fs/cgroup/pids/cloister"); err == nil {
+		for _, e := range ents {
+			if e.IsDir() && strings.HasPrefix(e.Name(), res.EnclaveID) {
+				t.Errorf("cgroup %s left behind", e.Name())
+			}
+		}
+	}
+}
+
+func TestSandboxCrashReported(t *testing.T) {
+	d := startDaemon(t, "sandbox", sandboxConfig)
+	dir := shortTemp(t)
+	img := buildImage(t, dir, "crash", nil, "crash", "7")
+	res := d.run(img, 128, false)
+	x := d.waitExit(res.EnclaveID, time.Minute)
+	if x.ExitStatus == nil || x.ExitStatus.Code != 7 {
+		t.Fatalf("crash exit status: %+v", x.ExitStatus)
+	}
+	out := d.consoleUntil(res.EnclaveID, "application exited with status 7", time.Second)
+	if !strings.Contains(out, "crashing with status 7") {
+		t.Errorf("console lost the application's output:\n%s", out)
+	}
+}
+
+// runCLI runs the built cloister binary.
+func runCLI(args ...string) (string, error) {
+	cmd := execCommand(bins.cloister, args...)
+	b, err := cmd.CombinedOutput()
+	return string(b), err
+}

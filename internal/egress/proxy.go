@@ -1,0 +1,206 @@
+package egress
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Proxy forwards connections accepted from the enclave to allowlisted TCP
+// destinations. The zero value is not usable: set Allowlist, and Target for
+// fixed mode.
+type Proxy struct {
+	// Allowlist gates every destination.
+	Allowlist *Allowlist
+	// Target, when set, makes this a fixed proxy to host:port (vsock-proxy
+	// mode). When empty the proxy expects an HTTP CONNECT request first.
+	Target string
+	// Dial opens the outside connection; nil uses a net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// DialTimeout bounds each outside dial (default 10 s).
+	DialTimeout time.Duration
+	// Logger receives one line per connection decision; nil discards.
+	Logger *slog.Logger
+}
+
+// maxConnectHeader bounds the CONNECT request head read from the enclave.
+const maxConnectHeader = 8 << 10
+
+// Validate checks a fixed proxy's target against the allowlist, as
+// vsock-proxy does at startup.
+func (p *Proxy) Validate(ctx context.Context) error {
+	if p.Target == "" {
+		return nil
+	}
+	host, port, err := splitHostPort(p.Target)
+	if err != nil {
+		return fmt.Errorf("%w: proxy target %q: %v", ErrConfig, p.Target, err)
+	}
+	return p.Allowlist.Check(ctx, host, port)
+}
+
+// Serve accepts connections on l until ctx ends or l fails, handling each in
+// its own goroutine. It closes l when ctx ends and waits for handlers.
+func (p *Proxy) Serve(ctx context.Context, l net.Listener) error {
+	if err := p.Validate(ctx); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { <-ctx.Done(); l.Close() }()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("egress: accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.handle(ctx, c)
+		}()
+	}
+}
+
+func (p *Proxy) logger() *slog.Logger {
+	if p.Logger != nil {
+		return p.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func (p *Proxy) handle(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	if p.Target != "" {
+		out, err := p.dialChecked(ctx, p.Target)
+		if err != nil {
+			p.logger().Warn("egress refused", "target", p.Target, "err", err)
+			return
+		}
+		defer out.Close()
+		p.logger().Info("egress connected", "target", p.Target)
+		splice(c, out)
+		return
+	}
+
+	// CONNECT mode: read the request head without consuming tunnel bytes
+	// beyond it (the enclave may pipeline its TLS ClientHello).
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReaderSize(io.LimitReader(c, maxConnectHeader), 4096)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		writeStatus(c, http.StatusBadRequest, "malformed proxy request")
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if req.Method != http.MethodConnect {
+		writeStatus(c, http.StatusMethodNotAllowed, "only CONNECT is supported")
+		return
+	}
+	target := req.RequestURI
+	out, err := p.dialChecked(ctx, target)
+	if err != nil {
+		p.logger().Warn("egress refused", "target", target, "err", err)
+		if errors.Is(err, ErrNotAllowed) {
+			writeStatus(c, http.StatusForbidden, err.Error())
+		} else {
+			writeStatus(c, http.StatusBadGateway, err.Error())
+		}
+		return
+	}
+	defer out.Close()
+	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		return
+	}
+	p.logger().Info("egress connected", "target", target)
+	// Bytes the enclave sent after the request head are already buffered.
+	if n := br.Buffered(); n > 0 {
+		buf, _ := br.Peek(n)
+		if _, err := out.Write(buf); err != nil {
+			return
+		}
+	}
+	splice(c, out)
+}
+
+func (p *Proxy) dialChecked(ctx context.Context, target string) (net.Conn, error) {
+	host, port, err := splitHostPort(target)
+	if err != nil {
+		return nil, fmt.Errorf("%w: destination %q: %v", ErrNotAllowed, target, err)
+	}
+	if err := p.Allowlist.Check(ctx, host, port); err != nil {
+		return nil, err
+	}
+	timeout := p.DialTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	dial := p.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	out, err := dial(dctx, "tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		return nil, fmt.Errorf("egress: dial %s: %w", target, err)
+	}
+	return out, nil
+}
+
+func splitHostPort(s string) (string, int, error) {
+	host, ps, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port < 1 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", ps)
+	}
+	if host == "" {
+		return "", 0, errors.New("empty host")
+	}
+	return host, port, nil
+}
+
+func writeStatus(c net.Conn, code int, msg string) {
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		code, http.StatusText(code), len(msg)+1, msg+"\n")
+}
+
+// closeWriter is implemented by TCP and Unix connections.
+type closeWriter interface{ CloseWrite() error }
+
+// splice copies both directions until both are done, propagating
+// half-close so request/response protocols that shut down their write side
+// keep working.
+func splice(a, b net.Conn) {
+	var wg sync.WaitGroup
+	cp := func(dst, src net.Conn) {
+		defer wg.Done()
+		_, _ = io.Copy(dst, src)
+		if cw, ok := dst.(closeWriter); ok {
+			_ = cw.CloseWrite()
+		} else {
+			_ = dst.Close()
+		}
+	}
+	wg.Add(2)
+	go cp(a, b)
+	go cp(b, a)
+	wg.Wait()
+}

@@ -1,0 +1,260 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/cloister/cloister/internal/cpulist"
+)
+
+// Defaults for Config fields left at their zero value.
+const (
+	DefaultSocket    = "/run/cloister/cloisterd.sock"
+	DefaultStateDir  = "/var/lib/cloister"
+	DefaultMemoryMiB = 2048
+	DefaultGroup     = "cloister"
+	// DefaultEgressPort is the parent port of the default egress proxy
+	// (vsock-proxy's conventional port).
+	DefaultEgressPort = 8000
+)
+
+// Config is the daemon's configuration. The zero value is usable: every
+// field has a documented default. A YAML file in the spirit of nitro-cli's
+// allocator.yaml sets it (see LoadConfig).
+type Config struct {
+	// Backend is "sandbox" (default), "qemu" or "nitro".
+	Backend string `yaml:"backend"`
+	// Socket is the API's Unix socket (default /run/cloister/cloisterd.sock).
+	Socket string `yaml:"socket"`
+	// Group, when it exists on the host, owns the socket (mode 0660);
+	// otherwise the socket is root-only (0600). Default "cloister".
+	Group string `yaml:"group"`
+	// StateDir holds enclave records, their private directories and the
+	// development root (default /var/lib/cloister).
+	StateDir string `yaml:"state_dir"`
+
+	// MemoryMiB is the memory budget enclaves are carved from (default 2048).
+	MemoryMiB int `yaml:"memory_mib"`
+	// CPUCount takes that many CPUs for the pool (the highest-numbered
+	// online CPUs, so CPU 0 stays with the host when possible); CPUPool
+	// names them explicitly in cpu-list syntax ("2,3,6-9"). At most one may
+	// be set; with neither, every online CPU is in the pool.
+	CPUCount int    `yaml:"cpu_count"`
+	CPUPool  string `yaml:"cpu_pool"`
+
+	// HeartbeatTimeout bounds the wait for the enclave's boot heartbeat;
+	// zero uses nitro-cli's formula (90 s per started 6 GiB of image plus
+	// 90 s per started 100 GiB of memory).
+	HeartbeatTimeout time.Duration `yaml:"heartbeat_timeout"`
+
+	// Egress configures the per-enclave egress proxies.
+	Egress EgressConfig `yaml:"egress"`
+
+	// QEMU configures the microVM backend.
+	QEMU QEMUConfig `yaml:"qemu"`
+
+	// KeepExited is how many exited enclaves (with their console logs) are
+	// kept for describe-enclaves --all and console (default 16).
+	KeepExited int `yaml:"keep_exited"`
+}
+
+// EgressConfig configures the egress proxies every enclave gets.
+type EgressConfig struct {
+	// Allowlist is a file in vsock-proxy's allowlist format. Without one
+	// every destination is refused.
+	Allowlist string `yaml:"allowlist"`
+	// Proxies lists the proxy ports. Default: one CONNECT proxy on port 8000.
+	Proxies []ProxyConfig `yaml:"proxies"`
+}
+
+// ProxyConfig is one egress proxy port. With RemoteAddr/RemotePort it
+// forwards to that fixed destination (vsock-proxy mode); without, it expects
+// an HTTP CONNECT request naming the destination.
+type ProxyConfig struct {
+	Port       uint32 `yaml:"port"`
+	RemoteAddr string `yaml:"remote_addr"`
+	RemotePort int    `yaml:"remote_port"`
+}
+
+// QEMUConfig configures the microVM backend.
+type QEMUConfig struct {
+	// Binary is the QEMU executable (default qemu-system-x86_64 on PATH).
+	Binary string `yaml:"binary"`
+	// Accel is "auto" (default: kvm when /dev/kvm is usable, else tcg),
+	// "kvm" or "tcg".
+	Accel string `yaml:"accel"`
+}
+
+// maxConfigSize bounds the configuration file.
+const maxConfigSize = 1 << 20
+
+// LoadConfig reads a YAML configuration file. Unknown keys are errors.
+func LoadConfig(path string) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("daemon: open config: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return Config{}, fmt.Errorf("daemon: read config %s: %w", path, err)
+	}
+	if len(b) > maxConfigSize {
+		return Config{}, fmt.Errorf("daemon: config %s is larger than %d bytes", path, maxConfigSize)
+	}
+	cfg, err := ParseConfig(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("daemon: config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig parses and validates a YAML configuration document.
+func ParseConfig(b []byte) (Config, error) {
+	var cfg Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate checks the configuration for contradictions and impossible values.
+func (c Config) Validate() error {
+	switch c.Backend {
+	case "", "sandbox", "qemu", "nitro":
+	default:
+		return fmt.Errorf("backend %q is not one of sandbox, qemu, nitro", c.Backend)
+	}
+	if c.CPUCount != 0 && c.CPUPool != "" {
+		return errors.New("set cpu_count or cpu_pool, not both")
+	}
+	if c.CPUCount < 0 {
+		return fmt.Errorf("cpu_count %d is negative", c.CPUCount)
+	}
+	if c.CPUPool != "" {
+		ids, err := cpulist.Parse(c.CPUPool)
+		if err != nil {
+			return err
+		}
+		if len(ids) == 0 {
+			return errors.New("cpu_pool is empty")
+		}
+	}
+	if c.MemoryMiB < 0 {
+		return fmt.Errorf("memory_mib %d is negative", c.MemoryMiB)
+	}
+	if c.HeartbeatTimeout < 0 {
+		return fmt.Errorf("heartbeat_timeout %s is negative", c.HeartbeatTimeout)
+	}
+	ports := map[uint32]bool{}
+	for i, p := range c.Egress.Proxies {
+		if p.Port == 0 {
+			return fmt.Errorf("egress proxy %d has no port", i)
+		}
+		if ports[p.Port] {
+			return fmt.Errorf("egress proxy port %d is listed twice", p.Port)
+		}
+		ports[p.Port] = true
+		if (p.RemoteAddr == "") != (p.RemotePort == 0) {
+			return fmt.Errorf("egress proxy on port %d: set both remote_addr and remote_port, or neither for CONNECT mode", p.Port)
+		}
+		if p.RemotePort < 0 || p.RemotePort > 65535 {
+			return fmt.Errorf("egress proxy on port %d: remote_port %d is outside 1..65535", p.Port, p.RemotePort)
+		}
+		if p.Port == HeartbeatPort || p.Port == NSMPort {
+			return fmt.Errorf("egress proxy port %d is reserved", p.Port)
+		}
+	}
+	switch c.QEMU.Accel {
+	case "", "auto", "kvm", "tcg":
+	default:
+		return fmt.Errorf("qemu accel %q is not one of auto, kvm, tcg", c.QEMU.Accel)
+	}
+	if c.KeepExited < 0 {
+		return fmt.Errorf("keep_exited %d is negative", c.KeepExited)
+	}
+	return nil
+}
+
+// withDefaults returns c with zero fields replaced by their defaults.
+func (c Config) withDefaults() Config {
+	if c.Backend == "" {
+		c.Backend = "sandbox"
+	}
+	if c.Socket == "" {
+		c.Socket = DefaultSocket
+	}
+	if c.Group == "" {
+		c.Group = DefaultGroup
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = DefaultMemoryMiB
+	}
+	if len(c.Egress.Proxies) == 0 {
+		c.Egress.Proxies = []ProxyConfig{{Port: DefaultEgressPort}}
+	}
+	if c.QEMU.Accel == "" {
+		c.QEMU.Accel = "auto"
+	}
+	if c.KeepExited == 0 {
+		c.KeepExited = 16
+	}
+	return c
+}
+
+// poolCPUs resolves the configured CPU pool against the online CPUs.
+func (c Config) poolCPUs(online []int) ([]int, error) {
+	if c.CPUPool != "" {
+		ids, err := cpulist.Parse(c.CPUPool)
+		if err != nil {
+			return nil, err
+		}
+		on := map[int]bool{}
+		for _, id := range online {
+			on[id] = true
+		}
+		for _, id := range ids {
+			if !on[id] {
+				return nil, fmt.Errorf("cpu_pool names CPU %d, which is not online (online: %s)", id, cpulist.Format(online))
+			}
+		}
+		return ids, nil
+	}
+	if c.CPUCount > 0 {
+		if c.CPUCount > len(online) {
+			return nil, fmt.Errorf("cpu_count %d is more than the %d online CPUs", c.CPUCount, len(online))
+		}
+		return append([]int(nil), online[len(online)-c.CPUCount:]...), nil
+	}
+	return append([]int(nil), online...), nil
+}
+
+// onlineCPUs reads /sys/devices/system/cpu/online, falling back to
+// runtime.NumCPU.
+func onlineCPUs() []int {
+	if b, err := os.ReadFile("/sys/devices/system/cpu/online"); err == nil {
+		if ids, err := cpulist.Parse(string(b)); err == nil && len(ids) > 0 {
+			return ids
+		}
+	}
+	ids := make([]int, runtime.NumCPU())
+	for i := range ids {
+		ids[i] = i
+	}
+	return ids
+}

@@ -1,0 +1,265 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/cloister/cloister/parent"
+	"github.com/cloister/cloister/parent/backend"
+)
+
+// launch creates the enclave's directory, starts its monitor and waits until
+// the enclave runs (heartbeat received) or the launch fails.
+func (d *Daemon) launch(ctx context.Context, e *enclave, img imageInfo) error {
+	if err := os.MkdirAll(e.dir, 0o700); err != nil {
+		return fmt.Errorf("daemon: create enclave directory: %w", err)
+	}
+	spec := backend.Spec{
+		ID: e.rec.ID, Name: e.rec.Name, CID: uint32(e.rec.CID), CPUs: e.rec.CPUs, MemoryMiB: e.rec.MemoryMiB,
+		Debug: e.rec.Debug, EIFPath: e.rec.EIFPath, Dir: e.dir,
+	}
+	if err := backend.ValidateSpec(spec); err != nil {
+		return newErr("E03", ErrInvalidArgument, "%v", err)
+	}
+	hbTimeout := d.heartbeatTimeout(e.rec.EIFSize, e.rec.MemoryMiB)
+	ms := monitorSpec{Spec: spec, Config: d.cfg, HeartbeatTimeout: hbTimeout, PCRs: img.pcrs}
+	if d.issuer != nil {
+		ms.IssuerFile = d.issuerPath()
+	}
+	if err := writeJSONAtomic(filepath.Join(e.dir, specFile), ms); err != nil {
+		return fmt.Errorf("daemon: write monitor spec: %w", err)
+	}
+
+	logf, err := os.OpenFile(filepath.Join(e.dir, monitorLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("daemon: monitor log: %w", err)
+	}
+	cmd := d.opts.MonitorCommand(e.dir)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	logf.Close()
+	if err != nil {
+		return fmt.Errorf("daemon: start monitor: %w", err)
+	}
+	// Reap the monitor whenever it ends; its exit is reported via exit.json.
+	go func() { _ = cmd.Wait() }()
+	e.rec.MonitorPID = cmd.Process.Pid
+	if err := writeJSONAtomic(filepath.Join(e.dir, recordFile), e.rec); err != nil {
+		_ = cmd.Process.Kill()
+		return fmt.Errorf("daemon: write enclave record: %w", err)
+	}
+
+	// Wait for the monitor's verdict: heartbeat (RUNNING) or failure.
+	deadline := hbTimeout + 60*time.Second
+	wctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	st, err := d.awaitMonitorState(wctx, e.dir, cmd.Process.Pid)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = monitorTerminate(context.Background(), e.dir)
+		return newErr("E39", ErrBoot, "enclave monitor did not report: %v (see %s)", err, filepath.Join(e.dir, monitorLog))
+	}
+	if st.State != parent.StateRunning && !st.Booted {
+		msg := st.Error
+		if msg == "" && st.Exit != nil {
+			msg = st.Exit.Reason
+		}
+		code := st.Code
+		if code == "" {
+			code = "E36"
+		}
+		return newErr(code, ErrBoot, "enclave %s did not start: %s%s", e.rec.ID, msg, consoleHint(e.dir))
+	}
+	d.mu.Lock()
+	e.rec.EnclavePID = st.EnclavePID
+	e.state = parent.StateRunning
+	rec := e.rec
+	d.mu.Unlock()
+	if err := writeJSONAtomic(filepath.Join(e.dir, recordFile), rec); err != nil {
+		d.log.Warn("updating enclave record", "err", err)
+	}
+	d.watch(e)
+	return nil
+}
+
+// consoleHint returns the last lines of the enclave's console for error
+// messages about failed launches.
+func consoleHint(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, consoleFile))
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	const tail = 2048
+	if len(b) > tail {
+		b = b[len(b)-tail:]
+	}
+	return "\n--- enclave console (last lines) ---\n" + string(b)
+}
+
+// awaitMonitorState polls the monitor until it leaves STARTING.
+func (d *Daemon) awaitMonitorState(ctx context.Context, dir string, pid int) (monitorStatus, error) {
+	for {
+		st, err := monitorCall(ctx, dir, "GET", "/wait?state="+parent.StateStarting)
+		if err == nil && st.State != parent.StateStarting {
+			return st, nil
+		}
+		// Not up yet, or gone: a recorded exit is authoritative.
+		var x monitorStatus
+		if rerr := readJSON(filepath.Join(dir, exitFile), &x); rerr == nil {
+			return x, nil
+		}
+		if pid > 0 && !processAlive(pid) {
+			return monitorStatus{}, errors.New("the monitor process exited without recording a result")
+		}
+		select {
+		case <-ctx.Done():
+			return monitorStatus{}, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// watch follows a running enclave until it ends.
+func (d *Daemon) watch(e *enclave) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() {
+			select {
+			case <-d.closed:
+				cancel()
+			case <-e.done:
+			}
+		}()
+		for {
+			st, err := monitorCall(ctx, e.dir, "GET", "/wait")
+			if ctx.Err() != nil {
+				return // daemon shutting down; the monitor carries on
+			}
+			if err == nil && st.State == parent.StateExited && st.Exit != nil {
+				d.ended(e, *st.Exit)
+				return
+			}
+			var x monitorStatus
+			if rerr := readJSON(filepath.Join(e.dir, exitFile), &x); rerr == nil && x.Exit != nil {
+				d.ended(e, *x.Exit)
+				return
+			}
+			if !processAlive(e.rec.MonitorPID) {
+				d.reapLost(context.Background(), e, "lost: its monitor process died")
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+}
+
+// reapLost cleans up after an enclave whose monitor is gone: it kills what
+// is left of the enclave, lets the backend remove its leftovers and records
+// the enclave as exited.
+func (d *Daemon) reapLost(ctx context.Context, e *enclave, reason string) {
+	// The monitor is only killed when its pid still runs our monitor for
+	// this directory (pids get reused); the enclave's own processes are the
+	// backend's to clean up.
+	if isMonitorOf(e.rec.MonitorPID, e.dir) {
+		_ = syscall.Kill(e.rec.MonitorPID, syscall.SIGKILL)
+	}
+	if c, ok := d.opts.Backend.(backend.Cleaner); ok {
+		spec := backend.Spec{ID: e.rec.ID, Name: e.rec.Name, CID: uint32(e.rec.CID), CPUs: e.rec.CPUs, MemoryMiB: e.rec.MemoryMiB, EIFPath: e.rec.EIFPath, Dir: e.dir}
+		if err := c.Cleanup(ctx, spec); err != nil {
+			d.log.Warn("backend cleanup", "enclave", e.rec.ID, "err", err)
+		}
+	}
+	x := parent.ExitStatus{Code: -1, Reason: reason, Time: d.now().UTC()}
+	_ = writeJSONAtomic(filepath.Join(e.dir, exitFile), monitorStatus{State: parent.StateExited, EnclavePID: e.rec.EnclavePID, Exit: &x})
+	d.ended(e, x)
+}
+
+// isMonitorOf reports whether process pid is a monitor for dir, judged by
+// its command line.
+func isMonitorOf(pid int, dir string) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	for _, arg := range bytes.Split(b, []byte{0}) {
+		if string(arg) == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// recover finds the enclaves of a previous daemon: running ones are adopted,
+// exited ones listed, and ones whose monitor is gone cleaned up.
+func (d *Daemon) recover(ctx context.Context) error {
+	root := filepath.Join(d.cfg.StateDir, "enclaves")
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return fmt.Errorf("daemon: read %s: %w", root, err)
+	}
+	for _, de := range ents {
+		if !de.IsDir() {
+			continue
+		}
+		dir := filepath.Join(root, de.Name())
+		var rec record
+		if err := readJSON(filepath.Join(dir, recordFile), &rec); err != nil {
+			d.log.Warn("removing enclave directory without a readable record", "dir", dir, "err", err)
+			_ = os.RemoveAll(dir)
+			continue
+		}
+		e := &enclave{rec: rec, dir: dir, state: parent.StateRunning, done: make(chan struct{})}
+		d.mu.Lock()
+		d.enclaves[rec.ID] = e
+		d.mu.Unlock()
+		var x monitorStatus
+		if err := readJSON(filepath.Join(dir, exitFile), &x); err == nil && x.Exit != nil {
+			e.state = parent.StateExited
+			e.exit = x.Exit
+			close(e.done)
+			continue
+		}
+		d.pool.claim(rec.ID, rec.CPUs, rec.MemoryMiB)
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := monitorCall(cctx, dir, "GET", "/status")
+		cancel()
+		switch {
+		case err == nil && st.State == parent.StateRunning:
+			d.log.Info("found running enclave", "enclave", rec.ID, "name", rec.Name)
+			d.watch(e)
+		case err == nil && st.State == parent.StateStarting:
+			// A launch that was under way when the daemon stopped: its
+			// client is gone, so stop it.
+			d.log.Warn("terminating an enclave whose launch was interrupted", "enclave", rec.ID)
+			e.state = parent.StateTerminating
+			if terr := monitorTerminate(ctx, dir); terr != nil {
+				d.reapLost(ctx, e, "launch interrupted by a daemon restart")
+			} else {
+				d.watch(e)
+			}
+		case err == nil && st.State == parent.StateExited && st.Exit != nil:
+			d.ended(e, *st.Exit)
+		default:
+			d.log.Warn("cleaning up an enclave whose monitor is gone", "enclave", rec.ID, "err", err)
+			d.reapLost(ctx, e, "lost: its monitor process was gone when the daemon started")
+		}
+	}
+	return nil
+}

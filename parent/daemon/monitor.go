@@ -1,0 +1,467 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cloister/cloister/attest"
+	"github.com/cloister/cloister/internal/egress"
+	"github.com/cloister/cloister/internal/hybrid"
+	"github.com/cloister/cloister/internal/nsm/emulator"
+	"github.com/cloister/cloister/internal/wellknown"
+	"github.com/cloister/cloister/parent"
+	"github.com/cloister/cloister/parent/backend"
+)
+
+// monitorSpec is what the daemon hands a monitor in <dir>/monitor.json.
+type monitorSpec struct {
+	Spec             backend.Spec   `json:"spec"`
+	Config           Config         `json:"config"`
+	HeartbeatTimeout time.Duration  `json:"heartbeat_timeout"`
+	IssuerFile       string         `json:"issuer_file,omitempty"`
+	PCRs             map[int]string `json:"pcrs,omitempty"` // measured PCRs for the emulated NSM, hex
+}
+
+// monitorStatus is the monitor's answer to GET /status, /wait and
+// POST /terminate.
+type monitorStatus struct {
+	State      string `json:"state"` // STARTING, RUNNING, EXITED
+	EnclavePID int    `json:"enclave_pid"`
+	// Booted is set once the boot heartbeat arrived; an enclave can boot
+	// and end before the daemon sees it RUNNING.
+	Booted bool               `json:"booted,omitempty"`
+	Exit   *parent.ExitStatus `json:"exit,omitempty"`
+	// Error explains a failed launch (state EXITED before RUNNING).
+	Error string `json:"error,omitempty"`
+	Code  string `json:"code,omitempty"`
+}
+
+// BackendFactory creates the backend named by the daemon configuration,
+// inside the monitor process.
+type BackendFactory func(cfg Config) (backend.Backend, error)
+
+// RunMonitor is the body of the monitor process for the enclave directory
+// dir: it launches the enclave, serves its services and records its exit.
+// It returns when the enclave has ended and its exit is recorded.
+func RunMonitor(ctx context.Context, dir string, newBackend BackendFactory, logger *slog.Logger) error {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	var ms monitorSpec
+	if err := readJSON(filepath.Join(dir, specFile), &ms); err != nil {
+		return fmt.Errorf("monitor: read %s: %w", specFile, err)
+	}
+	be, err := newBackend(ms.Config)
+	if err != nil {
+		return fmt.Errorf("monitor: backend: %w", err)
+	}
+	m := &monitor{dir: dir, spec: ms, be: be, log: logger.With("enclave", ms.Spec.ID), status: monitorStatus{State: parent.StateStarting}}
+	m.changed = make(chan struct{})
+	return m.run(ctx)
+}
+
+type monitor struct {
+	dir  string
+	spec monitorSpec
+	be   backend.Backend
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	status    monitorStatus
+	changed   chan struct{} // closed and replaced on every status change
+	inst      backend.Instance
+	terminate chan struct{}
+	termOnce  sync.Once
+}
+
+func (m *monitor) setStatus(f func(*monitorStatus)) {
+	m.mu.Lock()
+	f(&m.status)
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
+}
+
+func (m *monitor) snapshot() (monitorStatus, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.status, m.changed
+}
+
+func (m *monitor) requestTerminate() { m.termOnce.Do(func() { close(m.terminate) }) }
+
+func (m *monitor) run(ctx context.Context) error {
+	m.terminate = make(chan struct{})
+	spec := m.spec.Spec
+	for _, sub := range []string{hostSubdir, guestSubdir} {
+		if err := os.MkdirAll(filepath.Join(m.dir, sub), 0o700); err != nil {
+			return m.fail("", fmt.Errorf("create %s: %w", sub, err))
+		}
+	}
+	console, err := os.OpenFile(filepath.Join(m.dir, consoleFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return m.fail("", fmt.Errorf("open console log: %w", err))
+	}
+	defer console.Close()
+	spec.Console = console
+
+	// The control socket comes first so the daemon can watch the launch.
+	ctl, err := listenUnix(filepath.Join(m.dir, monitorSock))
+	if err != nil {
+		return m.fail("", err)
+	}
+	srv := &http.Server{Handler: m.handler(), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ctl)
+	defer func() {
+		// Let the daemon collect the final status, then stop serving.
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+
+	svcCtx, stopServices := context.WithCancel(ctx)
+	defer stopServices()
+	var svcWG sync.WaitGroup
+	defer svcWG.Wait()
+
+	// Host-side listeners exist before the enclave starts, as on Nitro.
+	hb, err := m.be.HostListen(svcCtx, spec, HeartbeatPort)
+	if err != nil {
+		return m.fail("E11", fmt.Errorf("heartbeat listener: %w", err))
+	}
+	defer hb.Close()
+	if err := m.startServices(svcCtx, spec, &svcWG); err != nil {
+		return m.fail("E11", err)
+	}
+
+	launchStart := time.Now()
+	inst, err := m.be.Launch(ctx, spec)
+	if err != nil {
+		return m.fail("E36", fmt.Errorf("launch: %w", err))
+	}
+	launched := time.Now()
+	m.mu.Lock()
+	m.inst = inst
+	m.mu.Unlock()
+	m.setStatus(func(s *monitorStatus) { s.EnclavePID = inst.Pid() })
+
+	// Host → enclave connections through the hybrid socket.
+	vs, err := listenUnix(filepath.Join(m.dir, vsockSock))
+	if err != nil {
+		_ = inst.Terminate(context.Background())
+		return m.fail("E11", err)
+	}
+	hs := &hybrid.Server{Connector: instanceConnector{inst}, Logger: m.log}
+	svcWG.Add(1)
+	go func() { defer svcWG.Done(); _ = hs.Serve(svcCtx, vs) }()
+
+	if err := m.awaitHeartbeat(ctx, hb, inst); err != nil {
+		_ = inst.Terminate(context.Background())
+		x := inst.Exit()
+		return m.fail("E36", fmt.Errorf("%w (enclave: %s)", err, x.Reason))
+	}
+	_ = hb.Close()
+	m.log.Info("heartbeat received; enclave running", "launch", launched.Sub(launchStart), "boot", time.Since(launched))
+	m.setStatus(func(s *monitorStatus) { s.State, s.Booted = parent.StateRunning, true })
+
+	select {
+	case <-inst.Done():
+	case <-m.terminate:
+		tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := inst.Terminate(tctx)
+		cancel()
+		if err != nil {
+			m.log.Error("terminate", "err", err)
+		}
+	case <-ctx.Done():
+		_ = inst.Terminate(context.Background())
+	}
+	<-inst.Done()
+	x := inst.Exit()
+	select {
+	case <-m.terminate:
+		x.Reason = "terminated"
+	default:
+	}
+	return m.finish(parent.ExitStatus{Code: x.Code, Signal: x.Signal, Reason: x.Reason, Time: time.Now().UTC()}, "", "")
+}
+
+// awaitHeartbeat accepts the boot heartbeat: one 0xB7 byte, echoed back.
+func (m *monitor) awaitHeartbeat(ctx context.Context, l net.Listener, inst backend.Instance) error {
+	timeout := m.spec.HeartbeatTimeout
+	type result struct{ err error }
+	ch := make(chan result, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			ch <- result{fmt.Errorf("heartbeat: accept: %w", err)}
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			ch <- result{fmt.Errorf("heartbeat: read: %w", err)}
+			return
+		}
+		if b[0] != wellknown.HeartbeatByte {
+			ch <- result{fmt.Errorf("heartbeat: got byte %#x, want %#x", b[0], wellknown.HeartbeatByte)}
+			return
+		}
+		if _, err := c.Write(b[:]); err != nil {
+			ch <- result{fmt.Errorf("heartbeat: echo: %w", err)}
+			return
+		}
+		ch <- result{nil}
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r.err
+	case <-inst.Done():
+		// An enclave may send its heartbeat and end right away; the
+		// accepting goroutine then reports success a moment later.
+		select {
+		case r := <-ch:
+			return r.err
+		case <-time.After(500 * time.Millisecond):
+		}
+		return errors.New("the enclave ended before sending its boot heartbeat")
+	case <-t.C:
+		return fmt.Errorf("no boot heartbeat within %s", timeout)
+	case <-m.terminate:
+		return errors.New("terminated during boot")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// startServices starts the emulated security module and egress proxies.
+func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync.WaitGroup) error {
+	if m.spec.IssuerFile != "" {
+		pemBytes, err := os.ReadFile(m.spec.IssuerFile)
+		if err != nil {
+			return fmt.Errorf("read development root: %w", err)
+		}
+		iss, err := attest.LoadIssuer(pemBytes, attest.IssuerConfig{})
+		if err != nil {
+			return fmt.Errorf("load development root: %w", err)
+		}
+		pcrs := map[int][]byte{}
+		for i, h := range m.spec.PCRs {
+			b, err := hex.DecodeString(h)
+			if err != nil {
+				return fmt.Errorf("PCR%d: %w", i, err)
+			}
+			pcrs[i] = b
+		}
+		emu, err := emulator.New(emulator.Config{
+			ModuleID: spec.ID, Issuer: iss, PCRs: pcrs, Debug: spec.Debug,
+			Logger: m.log.With("service", "nsm"),
+		})
+		if err != nil {
+			return fmt.Errorf("security module emulator: %w", err)
+		}
+		l, err := m.be.HostListen(ctx, spec, NSMPort)
+		if err != nil {
+			return fmt.Errorf("security module listener: %w", err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = emu.Serve(ctx, l) }()
+	}
+
+	var al *egress.Allowlist
+	if p := m.spec.Config.Egress.Allowlist; p != "" {
+		var err error
+		if al, err = egress.LoadAllowlist(p); err != nil {
+			return err
+		}
+	}
+	for _, pc := range m.spec.Config.Egress.Proxies {
+		p := &egress.Proxy{Allowlist: al, Logger: m.log.With("service", "egress", "port", pc.Port)}
+		if pc.RemoteAddr != "" {
+			p.Target = net.JoinHostPort(pc.RemoteAddr, fmt.Sprint(pc.RemotePort))
+			if err := p.Validate(ctx); err != nil {
+				return fmt.Errorf("egress proxy on port %d: %w", pc.Port, err)
+			}
+		}
+		l, err := m.be.HostListen(ctx, spec, pc.Port)
+		if err != nil {
+			return fmt.Errorf("egress proxy listener on port %d: %w", pc.Port, err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = p.Serve(ctx, l) }()
+	}
+	return nil
+}
+
+// fail records a launch failure and returns it.
+func (m *monitor) fail(code string, err error) error {
+	m.log.Error("launch failed", "err", err)
+	_ = m.finish(parent.ExitStatus{Code: -1, Reason: "launch failed: " + err.Error(), Time: time.Now().UTC()}, err.Error(), code)
+	return err
+}
+
+// finish writes exit.json and publishes the final status.
+func (m *monitor) finish(x parent.ExitStatus, errMsg, code string) error {
+	st := monitorStatus{State: parent.StateExited, Exit: &x, Error: errMsg, Code: code}
+	m.mu.Lock()
+	st.EnclavePID, st.Booted = m.status.EnclavePID, m.status.Booted
+	m.mu.Unlock()
+	werr := writeJSONAtomic(filepath.Join(m.dir, exitFile), st)
+	m.setStatus(func(s *monitorStatus) { *s = st })
+	if werr != nil {
+		return fmt.Errorf("monitor: record exit: %w", werr)
+	}
+	return nil
+}
+
+func (m *monitor) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		st, _ := m.snapshot()
+		writeJSON(w, http.StatusOK, st)
+	})
+	// /wait blocks until the state differs from ?state= (default: until EXITED).
+	mux.HandleFunc("GET /wait", func(w http.ResponseWriter, r *http.Request) {
+		from := r.URL.Query().Get("state")
+		for {
+			st, changed := m.snapshot()
+			if st.State == parent.StateExited || (from != "" && st.State != from) {
+				writeJSON(w, http.StatusOK, st)
+				return
+			}
+			select {
+			case <-changed:
+			case <-r.Context().Done():
+				return
+			}
+		}
+	})
+	mux.HandleFunc("POST /terminate", func(w http.ResponseWriter, r *http.Request) {
+		m.requestTerminate()
+		for {
+			st, changed := m.snapshot()
+			if st.State == parent.StateExited {
+				writeJSON(w, http.StatusOK, st)
+				return
+			}
+			select {
+			case <-changed:
+			case <-r.Context().Done():
+				return
+			}
+		}
+	})
+	return mux
+}
+
+// instanceConnector adapts a backend instance to the hybrid server.
+type instanceConnector struct{ inst backend.Instance }
+
+func (c instanceConnector) ConnectGuest(ctx context.Context, port uint32) (net.Conn, error) {
+	return c.inst.Dial(ctx, port)
+}
+
+func listenUnix(path string) (net.Listener, error) {
+	_ = os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// monitorClient talks to a monitor's control socket.
+func monitorClient(dir string) *http.Client {
+	sock := filepath.Join(dir, monitorSock)
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		DisableKeepAlives: true,
+	}}
+}
+
+func monitorCall(ctx context.Context, dir, method, path string) (monitorStatus, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://monitor"+path, nil)
+	if err != nil {
+		return monitorStatus{}, err
+	}
+	resp, err := monitorClient(dir).Do(req)
+	if err != nil {
+		return monitorStatus{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return monitorStatus{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return monitorStatus{}, fmt.Errorf("monitor %s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(b))
+	}
+	var st monitorStatus
+	if err := json.Unmarshal(b, &st); err != nil {
+		return monitorStatus{}, fmt.Errorf("monitor %s %s: %w", method, path, err)
+	}
+	return st, nil
+}
+
+func monitorTerminate(ctx context.Context, dir string) error {
+	_, err := monitorCall(ctx, dir, http.MethodPost, "/terminate")
+	return err
+}
+
+// loadOrCreateIssuer loads the development root from path, creating and
+// saving a new one (mode 0600) on first use.
+func loadOrCreateIssuer(path string, clock func() time.Time) (*attest.Issuer, error) {
+	cfg := attest.IssuerConfig{Clock: clock}
+	if b, err := os.ReadFile(path); err == nil {
+		iss, err := attest.LoadIssuer(b, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("daemon: development root %s is unusable (%v); move it away to create a new one", path, err)
+		}
+		return iss, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("daemon: read development root: %w", err)
+	}
+	iss, err := attest.NewIssuer(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: create development root: %w", err)
+	}
+	b, err := iss.MarshalPEM()
+	if err != nil {
+		return nil, fmt.Errorf("daemon: encode development root: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("daemon: development root directory: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("daemon: save development root: %w", err)
+	}
+	return iss, nil
+}

@@ -1,0 +1,137 @@
+package doctor
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"testing"
+	"testing/fstest"
+)
+
+func file(s string) *fstest.MapFile { return &fstest.MapFile{Data: []byte(s)} }
+
+func find(t *testing.T, r Report, backend, name string) Check {
+	t.Helper()
+	for _, c := range r.Checks {
+		if c.Backend == backend && c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no check %s/%s in %+v", backend, name, r.Checks)
+	return Check{}
+}
+
+var nsFiles = fstest.MapFS{
+	"proc/self/ns/user": file(""), "proc/self/ns/pid": file(""), "proc/self/ns/mnt": file(""), "proc/self/ns/net": file(""),
+	"proc/self/ns/ipc": file(""), "proc/self/ns/uts": file(""), "proc/self/ns/cgroup": file(""),
+}
+
+func hostWith(extra fstest.MapFS, euid int, have map[string]bool) Host {
+	m := fstest.MapFS{}
+	for k, v := range nsFiles {
+		m[k] = v
+	}
+	for k, v := range extra {
+		m[k] = v
+	}
+	return Host{
+		FS:   m,
+		Euid: euid,
+		LookPath: func(n string) (string, error) {
+			if have[n] {
+				return "/usr/bin/" + n, nil
+			}
+			return "", errors.New("not found")
+		},
+		Output: func(_ context.Context, name string, args ...string) ([]byte, error) {
+			if args[0] == "-machine" {
+				return []byte("microvm              microvm (i386)\n"), nil
+			}
+			return []byte(`name "vhost-user-vsock-device", bus virtio-bus` + "\n"), nil
+		},
+		OpenRW: func(p string) error {
+			if have[p] {
+				return nil
+			}
+			return fs.ErrNotExist
+		},
+		Env: func(string) string { return "" },
+	}
+}
+
+func TestSandboxReadyOnHybridCgroups(t *testing.T) {
+	h := hostWith(fstest.MapFS{
+		"proc/sys/user/max_user_namespaces":        file("96365\n"),
+		"proc/self/status":                         file("Name: x\nSeccomp:\t0\n"),
+		"sys/fs/cgroup/memory/cgroup.procs":        file(""),
+		"sys/fs/cgroup/cpuset/cgroup.procs":        file(""),
+		"sys/fs/cgroup/pids/cgroup.procs":          file(""),
+		"sys/fs/cgroup/unified/cgroup.controllers": file("hugetlb\n"),
+	}, 0, nil)
+	r := Run(context.Background(), h)
+	if !r.Ready("sandbox") {
+		t.Fatalf("sandbox not ready: %+v", r.Checks)
+	}
+	if c := find(t, r, "sandbox", "cgroups"); c.Detail == "" || c.Status != OK {
+		t.Errorf("cgroups: %+v", c)
+	}
+	if r.Ready("nitro") {
+		t.Error("nitro ready without /dev/nitro_enclaves")
+	}
+	c := find(t, r, "nitro", "device")
+	if c.Status != Missing || c.Fix == "" {
+		t.Errorf("nitro device check: %+v", c)
+	}
+	if r.Ready("qemu") {
+		t.Error("qemu ready without qemu")
+	}
+	if c := find(t, r, "qemu", "qemu"); c.Fix != "apt-get install qemu-system-x86" {
+		t.Errorf("qemu fix: %+v", c)
+	}
+}
+
+func TestMissingPieces(t *testing.T) {
+	h := hostWith(fstest.MapFS{
+		"proc/sys/user/max_user_namespaces": file("0"),
+		"sys/fs/cgroup/cgroup.controllers":  file("cpu io memory\n"),
+	}, 1000, map[string]bool{"qemu-system-x86_64": true})
+	r := Run(context.Background(), h)
+	for _, name := range []string{"user namespaces", "seccomp", "cgroups"} {
+		if c := find(t, r, "sandbox", name); c.Status != Missing || c.Fix == "" {
+			t.Errorf("%s: %+v", name, c)
+		}
+	}
+	if c := find(t, r, "all", "privileges"); c.Status != Missing {
+		t.Errorf("privileges: %+v", c)
+	}
+	if c := find(t, r, "qemu", "qemu"); c.Status != OK {
+		t.Errorf("qemu: %+v", c)
+	}
+	if c := find(t, r, "qemu", "kvm"); c.Status != Warning {
+		t.Errorf("kvm: %+v", c)
+	}
+	if r.Ready("qemu") {
+		t.Error("qemu ready while not root")
+	}
+}
+
+func TestNitroReady(t *testing.T) {
+	h := hostWith(fstest.MapFS{
+		"dev/nitro_enclaves": file(""),
+		"dev/vsock":          file(""),
+		"sys/module/nitro_enclaves/parameters/ne_cpus":             file("1,3\n"),
+		"sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages":    file("256\n"),
+		"sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages": file("1\n"),
+		"boot/vmlinuz-6.1.0-56-cloud-amd64":                        file(""),
+	}, 0, map[string]bool{"/dev/nitro_enclaves": true})
+	r := Run(context.Background(), h)
+	if !r.Ready("nitro") {
+		t.Fatalf("nitro not ready: %+v", r.Checks)
+	}
+	if c := find(t, r, "nitro", "hugepages"); c.Detail != "1536 MiB of hugepages reserved" {
+		t.Errorf("hugepages: %+v", c)
+	}
+	if c := find(t, r, "qemu", "kernel"); c.Status != OK {
+		t.Errorf("kernel: %+v", c)
+	}
+}

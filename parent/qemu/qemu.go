@@ -1,0 +1,473 @@
+// Package qemu is the microVM backend: every enclave is a QEMU `-M microvm`
+// virtual machine that boots the EIF's own kernel, command line and
+// ramdisks, with the enclave's dedicated memory and vCPUs, no network, no
+// disk, and vsock as its only device — a vhost-user-vsock device served in
+// Go by this process (internal/vsockdev), which routes the guest's
+// connections to CID 3 (Nitro's parent) and CID 2 to the daemon's
+// hybrid-vsock listeners, so an unmodified Nitro init's heartbeat works.
+//
+// QEMU uses KVM when /dev/kvm is usable and TCG emulation otherwise. It is
+// confined like any enclave process: a cgroup with the enclave's CPUs and
+// memory (plus QEMU's own overhead), QEMU's seccomp sandbox, and no monitor
+// the guest could reach.
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cloister/cloister/enclave/eif"
+	"github.com/cloister/cloister/internal/cgroups"
+	"github.com/cloister/cloister/internal/hybrid"
+	"github.com/cloister/cloister/internal/vsockdev"
+	"github.com/cloister/cloister/parent/backend"
+)
+
+// Backend runs enclaves as QEMU microVMs. The zero value uses
+// qemu-system-x86_64 from PATH and picks KVM or TCG automatically.
+type Backend struct {
+	// Binary is the QEMU executable; "" means qemu-system-x86_64 on PATH.
+	Binary string
+	// Accel is "auto" (or ""), "kvm" or "tcg".
+	Accel string
+	// CgroupParent is the cgroup under which each VM's group is created
+	// ("" means "cloister").
+	CgroupParent string
+	// Logger receives the device's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+var (
+	_ backend.Backend = (*Backend)(nil)
+	_ backend.Cleaner = (*Backend)(nil)
+)
+
+// Name returns "qemu".
+func (*Backend) Name() string { return "qemu" }
+
+func (b *Backend) binary() (string, error) {
+	name := b.Binary
+	if name == "" {
+		name = "qemu-system-x86_64"
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s not found (apt-get install qemu-system-x86)", backend.ErrUnavailable, name)
+	}
+	return p, nil
+}
+
+// accel resolves the accelerator: KVM when requested or when /dev/kvm can
+// be opened, else TCG.
+func (b *Backend) accel() (string, error) {
+	kvmOK := func() error {
+		f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+		if err == nil {
+			f.Close()
+		}
+		return err
+	}
+	switch b.Accel {
+	case "kvm":
+		if err := kvmOK(); err != nil {
+			return "", fmt.Errorf("%w: accel kvm requested but /dev/kvm is not usable: %v", backend.ErrUnavailable, err)
+		}
+		return "kvm", nil
+	case "tcg":
+		return "tcg", nil
+	case "", "auto":
+		if kvmOK() == nil {
+			return "kvm", nil
+		}
+		return "tcg", nil
+	}
+	return "", fmt.Errorf("unknown accelerator %q (use auto, kvm or tcg)", b.Accel)
+}
+
+// Check verifies QEMU is installed with the microvm machine and the
+// vhost-user-vsock device, and that the requested accelerator works.
+func (b *Backend) Check(ctx context.Context) error {
+	bin, err := b.binary()
+	if err != nil {
+		return err
+	}
+	if _, err := b.accel(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "-machine", "help").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "microvm") {
+		return fmt.Errorf("%w: %s has no microvm machine (QEMU ≥ 4.2 needed): %v", backend.ErrUnavailable, bin, err)
+	}
+	out, err = exec.CommandContext(ctx, bin, "-device", "help").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "vhost-user-vsock-device") {
+		return fmt.Errorf("%w: %s has no vhost-user-vsock-device (QEMU ≥ 5.1 needed): %v", backend.ErrUnavailable, bin, err)
+	}
+	return nil
+}
+
+// HostListen listens on the enclave's host-side socket for port; the
+// vsock device dials it when the guest connects to (3, port).
+func (*Backend) HostListen(ctx context.Context, spec backend.Spec, port uint32) (net.Listener, error) {
+	dir := filepath.Join(spec.Dir, "host")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return hybrid.Listen(filepath.Join(dir, "vsock"), port)
+}
+
+// memOverheadMiB is what QEMU itself needs on top of guest memory in its
+// cgroup (TCG's translation cache, device state).
+const memOverheadMiB = 256
+
+// Runtime command-line parameters appended to the image's own: the guest
+// must end (not reboot) on reboot or panic so that QEMU exits with it.
+const runtimeCmdline = "console=ttyS0 reboot=t panic=-1"
+
+// Launch boots the EIF in a microVM.
+func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
+	if err := backend.ValidateSpec(spec); err != nil {
+		return nil, err
+	}
+	bin, err := b.binary()
+	if err != nil {
+		return nil, err
+	}
+	accel, err := b.accel()
+	if err != nil {
+		return nil, err
+	}
+	img, err := eif.Open(spec.EIFPath, eif.ReadOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("qemu: read %s: %w", spec.EIFPath, err)
+	}
+	if eif.IsNoKernel(img) {
+		return nil, fmt.Errorf("%w: %s was built without a kernel, so it can only run in the sandbox backend; rebuild it with build-enclave --kernel (see docs/images.md)", backend.ErrUnsupportedImage, spec.EIFPath)
+	}
+	vmDir := filepath.Join(spec.Dir, "vm")
+	if err := os.MkdirAll(vmDir, 0o700); err != nil {
+		return nil, err
+	}
+	kernel := filepath.Join(vmDir, "kernel")
+	initrd := filepath.Join(vmDir, "initrd")
+	if err := os.WriteFile(kernel, img.Section(eif.SectionKernel).Data, 0o600); err != nil {
+		return nil, fmt.Errorf("qemu: stage kernel: %w", err)
+	}
+	// QEMU 7.2 cannot load an EIF: the ramdisks are concatenated into one
+	// initramfs, exactly as the Nitro hypervisor presents them.
+	f, err := os.OpenFile(initrd, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	for _, rd := range img.Ramdisks() {
+		if _, err := f.Write(rd); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("qemu: stage initrd: %w", err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	cmdline := strings.TrimSpace(string(img.Section(eif.SectionCmdline).Data)) + " " + runtimeCmdline
+	if accel == "tcg" {
+		if khz := hostTSCkHz(); khz > 0 {
+			cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
+		}
+	}
+
+	logger := b.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	vhostSock := filepath.Join(vmDir, "vhost.sock")
+	dev, err := vsockdev.New(vsockdev.Config{
+		GuestCID: spec.CID, SocketPath: vhostSock,
+		HostListenerBase: filepath.Join(spec.Dir, "host", "vsock"),
+		Logger:           logger.With("enclave", spec.ID, "component", "vsock"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("qemu: vsock device: %w", err)
+	}
+	devCtx, stopDev := context.WithCancel(context.Background())
+	devDone := make(chan error, 1)
+	go func() { devDone <- dev.Serve(devCtx) }()
+	fail := func(err error) (backend.Instance, error) {
+		stopDev()
+		_ = dev.Close()
+		<-devDone
+		return nil, err
+	}
+	// Serve creates the socket; QEMU must find it.
+	if err := waitForFile(ctx, vhostSock, 10*time.Second); err != nil {
+		return fail(fmt.Errorf("qemu: vsock device socket: %w", err))
+	}
+
+	args := Args(ArgsConfig{Accel: accel, MemoryMiB: spec.MemoryMiB, CPUs: len(spec.CPUs), Kernel: kernel, Initrd: initrd,
+		Cmdline: cmdline, VhostSocket: vhostSock})
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = vmDir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return fail(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return fail(fmt.Errorf("qemu: start %s: %w", bin, err))
+	}
+
+	inst := &instance{cmd: cmd, dev: dev, stopDev: stopDev, devDone: devDone, vmDir: vmDir, done: make(chan struct{})}
+	// Confine QEMU: the enclave's CPUs, its memory plus QEMU's overhead,
+	// and a bounded number of threads.
+	if mgr, err := cgroups.New(cgroups.Config{Parent: b.CgroupParent}); err == nil {
+		grp, err := mgr.Create(ctx, spec.ID, cgroups.Limits{
+			MemoryBytes: int64(spec.MemoryMiB+memOverheadMiB) << 20, CPUs: spec.CPUs, PidsMax: 512,
+		})
+		if err == nil {
+			if err := grp.Attach(cmd.Process.Pid); err != nil {
+				logger.Warn("qemu: cgroup attach", "err", err)
+			}
+			inst.group = grp
+		} else {
+			logger.Warn("qemu: cgroup", "err", err)
+		}
+	}
+	console := spec.Console
+	if console == nil {
+		console = io.Discard
+	}
+	go inst.pump(stdout, console)
+	return inst, nil
+}
+
+// ArgsConfig describes one microVM's command line.
+type ArgsConfig struct {
+	Accel       string // kvm or tcg
+	MemoryMiB   int
+	CPUs        int
+	Kernel      string
+	Initrd      string
+	Cmdline     string
+	VhostSocket string
+}
+
+// Args returns QEMU's arguments for a locked-down microVM: no default
+// devices, no network, no drives, no option ROMs, no user config, no
+// monitor, the serial console on stdout, guest memory in a shared memfd
+// (the vhost-user device maps it), and QEMU's own seccomp sandbox.
+func Args(c ArgsConfig) []string {
+	cpu := "max"
+	if c.Accel == "kvm" {
+		cpu = "host"
+	}
+	mem := strconv.Itoa(c.MemoryMiB) + "M"
+	return []string{
+		"-M", "microvm,x-option-roms=off,rtc=on,memory-backend=mem",
+		"-accel", c.Accel,
+		"-cpu", cpu,
+		"-m", mem,
+		"-smp", strconv.Itoa(max(c.CPUs, 1)),
+		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
+		"-global", "virtio-mmio.force-legacy=false",
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-nic", "none",
+		"-monitor", "none",
+		"-serial", "stdio",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-chardev", "socket,id=vsock0,path=" + c.VhostSocket,
+		"-device", "vhost-user-vsock-device,chardev=vsock0",
+		"-kernel", c.Kernel,
+		"-initrd", c.Initrd,
+		"-append", c.Cmdline,
+	}
+}
+
+// hostTSCkHz returns the host CPU's frequency in kHz from /proc/cpuinfo,
+// or 0. Under TCG the guest's TSC runs at the host's rate, but the microvm
+// machine (hardware-reduced ACPI: no PIT, PIC or HPET) gives the kernel
+// nothing to calibrate it against; on a busy host calibration fails, the
+// local APIC timer never starts and boot hangs after "tsc: Marking TSC
+// unstable". Passing tsc_early_khz avoids the calibration.
+func hostTSCkHz() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok || strings.TrimSpace(k) != "cpu MHz" {
+			continue
+		}
+		mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || mhz < 100 {
+			return 0
+		}
+		return int(mhz * 1000)
+	}
+	return 0
+}
+
+func waitForFile(ctx context.Context, path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear within %s", path, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+type instance struct {
+	cmd     *exec.Cmd
+	dev     *vsockdev.Device
+	stopDev context.CancelFunc
+	devDone chan error
+	group   *cgroups.Group
+	vmDir   string
+	done    chan struct{}
+
+	mu         sync.Mutex
+	exit       backend.Exit
+	appStatus  *int
+	panicked   bool
+	terminated bool
+}
+
+var appExit = regexp.MustCompile(`cloister-init: application exited with status (\d+)`)
+
+// pump copies the serial console and watches it for init's exit report and
+// kernel panics, then waits for QEMU and records the exit.
+func (i *instance) pump(r io.Reader, console io.Writer) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadString('\n')
+		if len(line) > 0 {
+			_, _ = io.WriteString(console, line)
+			i.mu.Lock()
+			if m := appExit.FindStringSubmatch(line); m != nil {
+				n, _ := strconv.Atoi(m[1])
+				i.appStatus = &n
+			}
+			if strings.Contains(line, "Kernel panic") {
+				i.panicked = true
+			}
+			i.mu.Unlock()
+		}
+		if err != nil {
+			break
+		}
+	}
+	werr := i.cmd.Wait()
+	i.stopDev()
+	_ = i.dev.Close()
+	<-i.devDone
+	if i.group != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = i.group.Remove(ctx)
+		cancel()
+	}
+	_ = os.RemoveAll(i.vmDir)
+
+	i.mu.Lock()
+	x := backend.Exit{Code: -1}
+	switch {
+	case i.terminated:
+		x.Reason = "terminated"
+		if i.appStatus != nil {
+			x.Code = *i.appStatus
+		}
+	case i.panicked:
+		x.Reason = "kernel panic"
+	case i.appStatus != nil:
+		x.Code = *i.appStatus
+		x.Reason = fmt.Sprintf("exited with status %d", x.Code)
+	default:
+		var ee *exec.ExitError
+		if errors.As(werr, &ee) {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				x.Signal = ws.Signal().String()
+				x.Reason = "QEMU killed by " + x.Signal
+				break
+			}
+			x.Reason = fmt.Sprintf("QEMU exited with status %d before the application ended", ee.ExitCode())
+			break
+		}
+		x.Reason = "the virtual machine powered off before the application ended"
+	}
+	i.exit = x
+	i.mu.Unlock()
+	close(i.done)
+}
+
+func (i *instance) Pid() int              { return i.cmd.Process.Pid }
+func (i *instance) Done() <-chan struct{} { return i.done }
+
+func (i *instance) Exit() backend.Exit {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.exit
+}
+
+// Terminate stops the VM (SIGTERM to QEMU, then SIGKILL) and waits for
+// everything it owned to be released.
+func (i *instance) Terminate(ctx context.Context) error {
+	i.mu.Lock()
+	i.terminated = true
+	i.mu.Unlock()
+	_ = i.cmd.Process.Signal(syscall.SIGTERM)
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-i.done:
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	_ = i.cmd.Process.Kill()
+	select {
+	case <-i.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Dial opens a host-initiated connection to port inside the guest; the
+// guest sees it coming from CID 3, as on Nitro.
+func (i *instance) Dial(ctx context.Context, port uint32) (net.Conn, error) {
+	return i.dev.ConnectGuest(ctx, port)
+}
+
+// Cleanup kills what is left of a VM whose monitor died: its cgroup holds
+// QEMU.
+func (b *Backend) Cleanup(ctx context.Context, spec backend.Spec) error {
+	mgr, err := cgroups.New(cgroups.Config{Parent: b.CgroupParent})
+	if err != nil {
+		return err
+	}
+	_, err = mgr.Cleanup(ctx, spec.ID)
+	_ = os.RemoveAll(filepath.Join(spec.Dir, "vm"))
+	return err
+}
