@@ -9,6 +9,13 @@
 // forwards termination signals and, when the application ends, reports its
 // status on the console and reboots, which ends the enclave.
 //
+// Ending the VM: init calls reboot(LINUX_REBOOT_CMD_RESTART), Nitro's
+// RB_AUTOBOOT, because that is what terminates a Nitro enclave. In QEMU the
+// VM must run with -no-reboot and the kernel with reboot=t (triple fault):
+// the EIF's own reboot=k hangs on the microvm machine, which has no
+// keyboard controller. The heartbeat uses raw sockets rather than package
+// net so that the binary is statically linked even when cgo is enabled.
+//
 // In the process sandbox (CLOISTER_WORLD=sandbox) the launcher has already
 // built the root file system, so init only sends the heartbeat over the Unix
 // socket that emulates vsock, reads /.cloister/{cmd,env,workdir,user}, runs

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"time"
 )
@@ -24,7 +23,7 @@ const (
 var ErrHeartbeat = errors.New("initproc: heartbeat failed")
 
 // Dialer opens a stream to the parent's heartbeat port.
-type Dialer func(ctx context.Context) (net.Conn, error)
+type Dialer func(ctx context.Context) (Conn, error)
 
 // HeartbeatConfig bounds the heartbeat. The zero value uses the defaults.
 type HeartbeatConfig struct {
@@ -106,7 +105,7 @@ func ctxCause(ctx context.Context, err error) error {
 	return err
 }
 
-func dialRetry(ctx context.Context, dial Dialer, cfg HeartbeatConfig) (net.Conn, error) {
+func dialRetry(ctx context.Context, dial Dialer, cfg HeartbeatConfig) (Conn, error) {
 	wait := cfg.Backoff
 	var last error
 	for attempt := 1; ; attempt++ {

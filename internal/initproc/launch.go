@@ -58,6 +58,7 @@ type StartError struct {
 	Msg  string
 }
 
+// Error returns the reason, prefixed "initproc: cannot start the application: ".
 func (e *StartError) Error() string { return "initproc: cannot start the application: " + e.Msg }
 
 // forwardedSignals are passed on to the application's process group.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -200,10 +199,7 @@ func prepareSandbox(ctx context.Context, cfg *Config, log logFunc) (Launch, erro
 	dial := cfg.Dial
 	if dial == nil {
 		sock := filepath.Join(vsockDir, "host", "vsock_"+strconv.Itoa(HeartbeatPort))
-		dial = func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		}
+		dial = func(ctx context.Context) (Conn, error) { return DialUnix(ctx, sock) }
 	}
 	if err := Heartbeat(ctx, dial, cfg.Heartbeat); err != nil {
 		return Launch{}, fmt.Errorf("%w (parent socket %s/host/vsock_%d)", err, vsockDir, HeartbeatPort)

@@ -45,15 +45,16 @@ func TestMain(m *testing.M) {
 			World: WorldVM,
 			Root:  root,
 			Sys:   &fakeSys{root: root, output: os.Stdout},
-			Dial: func(ctx context.Context) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", sock)
-			},
+			Dial:  func(ctx context.Context) (Conn, error) { return DialUnix(ctx, sock) },
 		}))
 	case "app":
 		os.Exit(fakeApp(os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if testBinaryOnce.path != "" {
+		os.RemoveAll(filepath.Dir(testBinaryOnce.path))
+	}
+	os.Exit(code)
 }
 
 // fakeApp is the application. Modes:

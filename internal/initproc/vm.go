@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 
-	"github.com/mdlayher/vsock"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,15 +16,6 @@ import (
 // heartbeat (value 1). Only the QEMU boot test uses it, before a vsock device
 // exists; the image builder refuses it for real images.
 const NoHeartbeatParam = "cloister.no_heartbeat"
-
-// dialVsock dials the parent's heartbeat port over AF_VSOCK.
-func dialVsock(ctx context.Context) (net.Conn, error) {
-	c, err := vsock.DialContext(ctx, ParentCID, HeartbeatPort, nil)
-	if err != nil {
-		return nil, err
-	}
-	return c, nil
-}
 
 // mountSpec is one file system the VM flow mounts in the application's root.
 type mountSpec struct {
@@ -85,7 +74,7 @@ func prepareVM(ctx context.Context, cfg *Config, log logFunc) (Launch, error) {
 	} else {
 		dial := cfg.Dial
 		if dial == nil {
-			dial = dialVsock
+			dial = DialVsock
 		}
 		if err := Heartbeat(ctx, dial, cfg.Heartbeat); err != nil {
 			return Launch{}, fmt.Errorf("%w (parent vsock CID %d port %d)", err, ParentCID, HeartbeatPort)

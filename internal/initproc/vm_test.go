@@ -81,7 +81,7 @@ func (f *fakeSys) Reboot() error {
 
 // pipeParent is a heartbeat Dialer whose parent echoes (or answers reply).
 func pipeParent(reply byte, calls *int) Dialer {
-	return func(ctx context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (Conn, error) {
 		*calls++
 		a, b := net.Pipe()
 		go func() {
