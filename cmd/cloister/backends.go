@@ -7,6 +7,7 @@ import (
 
 	"github.com/cloister/cloister/parent/backend"
 	"github.com/cloister/cloister/parent/daemon"
+	"github.com/cloister/cloister/parent/nitro"
 	"github.com/cloister/cloister/parent/qemu"
 	"github.com/cloister/cloister/parent/sandbox"
 )
@@ -20,7 +21,7 @@ func newBackend(cfg daemon.Config) (backend.Backend, error) {
 		return &qemu.Backend{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel,
 			Logger: slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}, nil
 	case "nitro":
-		return nil, fmt.Errorf("%w: the nitro backend is not built into this binary yet", backend.ErrUnavailable)
+		return nitro.New(nitro.Config{Logger: slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}), nil
 	}
 	return nil, fmt.Errorf("unknown backend %q: use sandbox, qemu or nitro", cfg.Backend)
 }

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cloister/cloister/parent/daemon"
+	"github.com/cloister/cloister/parent/nitro/allocator"
 )
 
 func init() {
@@ -57,7 +62,15 @@ Running enclaves survive a daemon restart.`,
 			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			d, err := daemon.New(ctx, cfg, daemon.Options{Backend: be, Logger: logger, Version: version()})
+			opts := daemon.Options{Backend: be, Logger: logger, Version: version()}
+			if cfg.Backend == "nitro" {
+				// The Nitro driver needs its CPU pool and hugepages set up
+				// before anything else (nitro-cli's allocator service).
+				if err := applyNitroAllocator(ctx, &cfg, &opts, logger); err != nil {
+					return withExit(allocator.ExitCode(err), err)
+				}
+			}
+			d, err := daemon.New(ctx, cfg, opts)
 			if err != nil {
 				return withExit(1, err)
 			}
@@ -93,6 +106,47 @@ func newMonitorCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// applyNitroAllocator reserves the enclave CPU pool (ne_cpus) and
+// hugepages from the configuration and makes them the daemon's pool, in
+// whole cores. The core grouping is kept in the state directory because
+// Linux hides the topology of the CPUs the pool takes offline, and a
+// restarted daemon finds the pool already in place.
+func applyNitroAllocator(ctx context.Context, cfg *daemon.Config, opts *daemon.Options, logger *slog.Logger) error {
+	mem := cfg.MemoryMiB
+	if mem == 0 {
+		mem = daemon.DefaultMemoryMiB
+	}
+	res, err := allocator.Apply(ctx, allocator.Dir("/"), allocator.Config{MemoryMiB: mem, CPUCount: cfg.CPUCount, CPUPool: cfg.CPUPool})
+	if err != nil {
+		return err
+	}
+	stateDir := cfg.StateDir
+	if stateDir == "" {
+		stateDir = daemon.DefaultStateDir
+	}
+	coresFile := filepath.Join(stateDir, "nitro-cores.json")
+	cores := res.Cores
+	if cores != nil {
+		if err := os.MkdirAll(stateDir, 0o700); err != nil {
+			return err
+		}
+		b, _ := json.Marshal(cores)
+		if err := os.WriteFile(coresFile, b, 0o600); err != nil {
+			return fmt.Errorf("save the CPU pool's core layout: %w", err)
+		}
+	} else if b, err := os.ReadFile(coresFile); err == nil {
+		if err := json.Unmarshal(b, &cores); err != nil {
+			return fmt.Errorf("%s: %w (remove it and restart the daemon with no enclave running)", coresFile, err)
+		}
+	} else {
+		logger.Warn("the core layout of the existing CPU pool is unknown; enclaves may be refused with NE_ERR_FULL_CORES_NOT_USED until the pool is set up again by this daemon (terminate all enclaves and restart it)", "file", coresFile)
+	}
+	logger.Info("nitro CPU pool and hugepages ready", "cpus", res.CPUs, "node", res.Node, "memory_mib", res.MemoryMiB, "unchanged", res.Unchanged)
+	opts.CPUs, opts.Cores = res.CPUs, cores
+	cfg.MemoryMiB = res.MemoryMiB
+	return nil
 }
 
 func newLogger(format string) *slog.Logger {

@@ -50,6 +50,12 @@ type Options struct {
 	Clock func() time.Time
 	// Version is reported by the info endpoint.
 	Version string
+	// CPUs, when set, is the CPU pool (instead of the configuration's
+	// cpu_count/cpu_pool): the nitro backend's allocator decides it.
+	CPUs []int
+	// Cores groups CPUs into physical cores; when set, enclaves get whole
+	// cores only, as the Nitro driver requires.
+	Cores [][]int
 }
 
 // Daemon is the control plane. Its methods are safe for concurrent use.
@@ -106,9 +112,12 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 	if err := opts.Backend.Check(ctx); err != nil {
 		return nil, fmt.Errorf("daemon: backend %s cannot run on this host: %w", opts.Backend.Name(), err)
 	}
-	cpus, err := cfg.poolCPUs(onlineCPUs())
-	if err != nil {
-		return nil, fmt.Errorf("daemon: cpu pool: %w", err)
+	cpus := opts.CPUs
+	if cpus == nil {
+		var err error
+		if cpus, err = cfg.poolCPUs(onlineCPUs()); err != nil {
+			return nil, fmt.Errorf("daemon: cpu pool: %w", err)
+		}
 	}
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "enclaves"), 0o700); err != nil {
 		return nil, fmt.Errorf("daemon: state directory: %w", err)
@@ -118,13 +127,14 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 		opts:     opts,
 		log:      opts.Logger,
 		now:      opts.Clock,
-		pool:     newPool(cpus, cfg.MemoryMiB),
+		pool:     newPool(cpus, cfg.MemoryMiB).withCores(opts.Cores),
 		hostID:   instanceID(),
 		enclaves: map[string]*enclave{},
 		closed:   make(chan struct{}),
 	}
 	if cfg.Backend != "nitro" {
-		if d.issuer, err = loadOrCreateIssuer(d.issuerPath(), opts.Clock); err != nil {
+		var err error
+	if d.issuer, err = loadOrCreateIssuer(d.issuerPath(), opts.Clock); err != nil {
 			return nil, err
 		}
 		d.devRoot = d.issuer.RootPEM()

@@ -15,12 +15,31 @@ type pool struct {
 	owner    map[int]string // cpu -> enclave id
 	memTotal int
 	memUsed  map[string]int // enclave id -> MiB
+	// coreOf maps a CPU to its physical core (its siblings, sorted) when
+	// enclaves must get whole cores; nil otherwise.
+	coreOf map[int][]int
 }
 
 func newPool(cpus []int, memMiB int) *pool {
 	s := append([]int(nil), cpus...)
 	sort.Ints(s)
 	return &pool{cpus: s, owner: map[int]string{}, memTotal: memMiB, memUsed: map[string]int{}}
+}
+
+// withCores makes the pool hand out whole cores only.
+func (p *pool) withCores(cores [][]int) *pool {
+	if len(cores) == 0 {
+		return p
+	}
+	p.coreOf = map[int][]int{}
+	for _, core := range cores {
+		c := append([]int(nil), core...)
+		sort.Ints(c)
+		for _, id := range c {
+			p.coreOf[id] = c
+		}
+	}
+	return p
 }
 
 // allocate reserves CPUs (count from the pool, or the exact ids) and memory
@@ -50,6 +69,38 @@ func (p *pool) allocate(id string, count int, ids []int, memMiB int) ([]int, err
 		}
 		chosen = append(chosen, ids...)
 		sort.Ints(chosen)
+		for _, c := range chosen {
+			for _, s := range p.coreOf[c] {
+				if !seen[s] {
+					return nil, newErr("E20", ErrInvalidArgument, "CPU %d shares its core with CPU %d, which is not listed: enclaves get whole cores (add %d to --cpu-ids)", c, s, s)
+				}
+			}
+		}
+	case count > 0 && p.coreOf != nil:
+		taken := map[int]bool{}
+		for _, c := range p.cpus {
+			core := p.coreOf[c]
+			if taken[c] || len(chosen)+len(core) > count {
+				continue
+			}
+			free := true
+			for _, s := range core {
+				if _, busy := p.owner[s]; busy {
+					free = false
+				}
+			}
+			if !free {
+				continue
+			}
+			for _, s := range core {
+				taken[s] = true
+			}
+			chosen = append(chosen, core...)
+		}
+		sort.Ints(chosen)
+		if len(chosen) < count {
+			return nil, newErr("E22", ErrResources, "%d CPUs requested but only %d are free in whole cores (the pool has %d); request a multiple of the threads per core, terminate an enclave or enlarge the pool", count, len(chosen), len(p.cpus))
+		}
 	case count > 0:
 		for _, c := range p.cpus {
 			if _, busy := p.owner[c]; !busy {
