@@ -25,6 +25,7 @@ export PATH="$PATH:$(go env GOPATH)/bin"
 step() { printf '\n==> %s\n' "$*"; }
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
 
 # ---------------------------------------------------------------------------
 # Prerequisites
@@ -66,7 +67,7 @@ fi
 pg_dir=""
 cleanup() {
 	if [ -n "$pg_dir" ] && [ -d "$pg_dir" ]; then
-		sudo_ -u postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+		as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
 		rm -rf "$pg_dir"
 	fi
 }
@@ -78,8 +79,8 @@ if [ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ]; then
 	chmod 0755 "$pg_dir"
 	pg_port=$(( 20000 + RANDOM % 20000 ))
 	if [ "$(id -u)" -eq 0 ]; then chown postgres "$pg_dir"; fi
-	sudo_ -u postgres "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres >/dev/null
-	sudo_ -u postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -w -l "$pg_dir/log" \
+	as_postgres "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres >/dev/null
+	as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -w -l "$pg_dir/log" \
 		-o "-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories=$pg_dir -c fsync=on" start >/dev/null
 	export CLOISTER_TEST_POSTGRES="postgres://postgres@127.0.0.1:$pg_port/postgres?sslmode=disable"
 fi

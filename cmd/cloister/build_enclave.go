@@ -17,6 +17,7 @@ import (
 
 	"github.com/cloister/cloister/enclave/build"
 	"github.com/cloister/cloister/enclave/eif"
+	"github.com/cloister/cloister/internal/kmod"
 )
 
 func init() { register(newBuildEnclaveCmd) }
@@ -27,6 +28,7 @@ func newBuildEnclaveCmd() *cobra.Command {
 		kernel, cmdline, initPath, name, version      string
 		metadataFile, certFile, keyFile               string
 		cmdArgs, env, modules                         []string
+		modulesDir                                    string
 	)
 	cmd := &cobra.Command{
 		Use:   "build-enclave",
@@ -40,7 +42,11 @@ The command is the image's Entrypoint followed by its Cmd; each --cmd flag gives
 one argument that replaces the image's Cmd (use --cmd=--flag for arguments that
 start with a dash). Kernel and command line default to bzImage and cmdline in
 $CLOISTER_BLOBS or /usr/share/nitro_enclaves/blobs; without them the image has
-no kernel and can only run in the process sandbox.`,
+no kernel and can only run in the process sandbox. For the QEMU microVM backend
+with a distribution kernel, --kernel-modules-dir adds the vsock modules it needs:
+
+  cloister build-enclave --rootfs app/ --output-file app.eif \
+    --kernel /boot/vmlinuz-$(uname -r) --kernel-modules-dir /lib/modules/$(uname -r)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var src build.Source
@@ -58,6 +64,16 @@ no kernel and can only run in the process sandbox.`,
 				src = build.FromOCILayout(ociLayout)
 			default:
 				src = build.FromRootFS(rootfs)
+			}
+			if modulesDir != "" {
+				// The vsock modules a stock distribution kernel needs in a
+				// microVM, resolved with their dependencies, before any
+				// --kernel-module given explicitly.
+				vm, err := kmod.VsockModules(modulesDir)
+				if err != nil {
+					return withExit(1, fmt.Errorf("--kernel-modules-dir: %w", err))
+				}
+				modules = append(vm, modules...)
 			}
 			opts := build.Options{
 				Kernel: kernel, Cmdline: cmdline, KernelModules: modules,
@@ -107,6 +123,7 @@ no kernel and can only run in the process sandbox.`,
 	f.StringArrayVar(&cmdArgs, "cmd", nil, "one argument of the command replacing the image's Cmd (repeatable)")
 	f.StringArrayVar(&env, "env", nil, "NAME=value added to the image environment (repeatable)")
 	f.StringArrayVar(&modules, "kernel-module", nil, "kernel module file loaded at boot, in order (repeatable)")
+	f.StringVar(&modulesDir, "kernel-modules-dir", "", "a kernel's /lib/modules/<version> directory: adds the virtio-mmio and vsock modules a microVM needs (for distribution kernels such as Debian's cloud kernel)")
 	f.StringVar(&name, "name", "", "image name in the metadata (default: the image reference)")
 	f.StringVar(&version, "version", "", "image version in the metadata (default: the image ID)")
 	f.StringVar(&metadataFile, "metadata", "", "JSON file (an object, at most 4096 bytes) stored as custom metadata")

@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"sort"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/cloister/cloister/internal/testharness"
 	"github.com/cloister/cloister/parent"
 )
 
@@ -15,20 +17,20 @@ import (
 // small image, terminating each enclave before the next launch. It reports
 // the median and 90th percentile as custom metrics.
 func BenchmarkSandboxRunToHeartbeat(b *testing.B) {
-	d := startDaemon(b, "sandbox", sandboxConfig)
-	img := buildImage(b, shortTemp(b), "echo", nil, "echo")
+	d := testharness.StartDaemon(b, "sandbox", sandboxConfig)
+	img := appImage(b, testharness.ShortTemp(b), "echo", nil, "echo")
 	ctx := context.Background()
 	var lat []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		res, err := d.client.Run(ctx, parent.RunRequest{EIFPath: img, MemoryMiB: 128, CPUCount: 1})
+		res, err := d.Client.Run(ctx, parent.RunRequest{EIFPath: img, MemoryMiB: 128, CPUCount: 1})
 		if err != nil {
 			b.Fatal(err)
 		}
 		lat = append(lat, time.Since(start))
 		b.StopTimer()
-		if _, err := d.client.Terminate(ctx, res.EnclaveID); err != nil {
+		if _, err := d.Client.Terminate(ctx, res.EnclaveID); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
@@ -43,9 +45,9 @@ func BenchmarkSandboxRunToHeartbeat(b *testing.B) {
 // many goroutines as the CPU pool has CPUs, so the pool is recycled
 // continuously, and reports launches per second.
 func BenchmarkSandboxLaunchThroughput(b *testing.B) {
-	d := startDaemon(b, "sandbox", sandboxConfig)
-	img := buildImage(b, shortTemp(b), "echo", nil, "echo")
-	info, err := d.client.Info(context.Background())
+	d := testharness.StartDaemon(b, "sandbox", sandboxConfig)
+	img := appImage(b, testharness.ShortTemp(b), "echo", nil, "echo")
+	info, err := d.Client.Info(context.Background())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -68,12 +70,12 @@ func BenchmarkSandboxLaunchThroughput(b *testing.B) {
 				}
 				next++
 				mu.Unlock()
-				res, err := d.client.Run(ctx, parent.RunRequest{EIFPath: img, MemoryMiB: 128, CPUCount: 1})
+				res, err := d.Client.Run(ctx, parent.RunRequest{EIFPath: img, MemoryMiB: 128, CPUCount: 1})
 				if err != nil {
 					b.Error(err)
 					return
 				}
-				if _, err := d.client.Terminate(ctx, res.EnclaveID); err != nil {
+				if _, err := d.Client.Terminate(ctx, res.EnclaveID); err != nil {
 					b.Error(err)
 					return
 				}
@@ -83,4 +85,78 @@ func BenchmarkSandboxLaunchThroughput(b *testing.B) {
 	wg.Wait()
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "launches/s")
+}
+
+func runReq(eif string) parent.RunRequest {
+	return parent.RunRequest{EIFPath: eif, MemoryMiB: 256, CPUCount: 1}
+}
+
+// BenchmarkMicroVMRunToHeartbeat measures run-enclave → heartbeat for a
+// microVM under the host's accelerator (TCG here), median and p90.
+func BenchmarkMicroVMRunToHeartbeat(b *testing.B) {
+	d, flags := startQEMU(b)
+	img := appImage(b, testharness.ShortTemp(b), "echo", splitFlags(flags), "echo")
+	ctx := context.Background()
+	var lat []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		res, err := d.Client.Run(ctx, runReq(img))
+		if err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+		b.StopTimer()
+		if _, err := d.Client.Terminate(ctx, res.EnclaveID); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "median-ms")
+	b.ReportMetric(float64(lat[len(lat)*9/10].Milliseconds()), "p90-ms")
+}
+
+// benchEcho pushes 4 MiB per iteration through the enclave's echo service
+// and reads it back, reporting the echoed bytes per second.
+func benchEcho(b *testing.B, d *testharness.Daemon, id string) {
+	ctx := context.Background()
+	c, err := d.Client.Connect(ctx, id, 5000)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 4<<20)
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		done := make(chan error, 1)
+		go func() { _, err := c.Write(buf); done <- err }()
+		if _, err := io.CopyN(io.Discard, c, int64(len(buf))); err != nil {
+			b.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkVsockEcho compares host↔enclave throughput over the sandbox's
+// Unix-socket transport and the microVM's virtio-vsock device in one run.
+func BenchmarkVsockEcho(b *testing.B) {
+	b.Run("sandbox", func(b *testing.B) {
+		d := testharness.StartDaemon(b, "sandbox", sandboxConfig)
+		img := appImage(b, testharness.ShortTemp(b), "echo", nil, "echo")
+		res := d.Run(img, 128, false)
+		d.ConsoleUntil(res.EnclaveID, "ECHO READY", time.Minute)
+		benchEcho(b, d, res.EnclaveID)
+	})
+	b.Run("microvm", func(b *testing.B) {
+		d, flags := startQEMU(b)
+		img := appImage(b, testharness.ShortTemp(b), "echo", splitFlags(flags), "echo")
+		res := d.Run(img, 256, false)
+		d.ConsoleUntil(res.EnclaveID, "ECHO READY", 2*time.Minute)
+		benchEcho(b, d, res.EnclaveID)
+	})
 }

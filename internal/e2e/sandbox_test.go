@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cloister/cloister/attest"
+	"github.com/cloister/cloister/internal/testharness"
 	"github.com/cloister/cloister/parent"
 )
 
@@ -26,16 +27,16 @@ heartbeat_timeout: 60s
 `
 
 func TestSandboxEchoOverVsock(t *testing.T) {
-	d := startDaemon(t, "sandbox", sandboxConfig)
-	dir := shortTemp(t)
-	img := buildImage(t, dir, "echo", nil, "echo")
-	res := d.run(img, 128, false)
-	d.consoleUntil(res.EnclaveID, "ECHO READY", time.Minute)
+	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := testharness.ShortTemp(t)
+	img := appImage(t, dir, "echo", nil, "echo")
+	res := d.Run(img, 128, false)
+	d.ConsoleUntil(res.EnclaveID, "ECHO READY", time.Minute)
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for i := 0; i < 3; i++ {
-		c, err := d.client.Connect(ctx, res.EnclaveName, 5000)
+		c, err := d.Client.Connect(ctx, res.EnclaveName, 5000)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -55,11 +56,11 @@ func TestSandboxEchoOverVsock(t *testing.T) {
 }
 
 func TestSandboxAttacksFail(t *testing.T) {
-	d := startDaemon(t, "sandbox", sandboxConfig)
-	dir := shortTemp(t)
-	img := buildImage(t, dir, "attacks", nil, "attacks")
-	res := d.run(img, 128, false)
-	out := d.consoleUntil(res.EnclaveID, "ATTACKS DONE", time.Minute)
+	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := testharness.ShortTemp(t)
+	img := appImage(t, dir, "attacks", nil, "attacks")
+	res := d.Run(img, 128, false)
+	out := d.ConsoleUntil(res.EnclaveID, "ATTACKS DONE", time.Minute)
 	for _, a := range []string{"af_inet", "af_inet6", "af_vsock", "read_host_shadow", "see_host_state", "mount", "ptrace", "chroot", "tcp_dial"} {
 		if !strings.Contains(out, "ATTACK "+a+": blocked") {
 			t.Errorf("attack %s was not blocked; console:\n%s", a, out)
@@ -68,49 +69,49 @@ func TestSandboxAttacksFail(t *testing.T) {
 	if strings.Contains(out, "SUCCEEDED") {
 		t.Errorf("an attack succeeded:\n%s", out)
 	}
-	x := d.waitExit(res.EnclaveID, time.Minute)
+	x := d.WaitExit(res.EnclaveID, time.Minute)
 	if x.ExitStatus == nil || x.ExitStatus.Code != 0 {
 		t.Errorf("attacks app exit: %+v", x.ExitStatus)
 	}
 }
 
 func TestSandboxMemoryLimit(t *testing.T) {
-	d := startDaemon(t, "sandbox", sandboxConfig)
-	dir := shortTemp(t)
-	img := buildImage(t, dir, "oom", nil, "oom")
-	res := d.run(img, 96, false)
-	x := d.waitExit(res.EnclaveID, 2*time.Minute)
+	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := testharness.ShortTemp(t)
+	img := appImage(t, dir, "oom", nil, "oom")
+	res := d.Run(img, 96, false)
+	x := d.WaitExit(res.EnclaveID, 2*time.Minute)
 	if x.ExitStatus == nil || x.ExitStatus.Code != 137 || !strings.Contains(x.ExitStatus.Reason, "out of memory") {
 		t.Fatalf("enclave exceeding its memory: %+v", x.ExitStatus)
 	}
 	// The host and the daemon are unaffected: another enclave still runs.
-	echo := buildImage(t, dir, "echo", nil, "echo")
-	res2 := d.run(echo, 128, false)
-	d.consoleUntil(res2.EnclaveID, "ECHO READY", time.Minute)
+	echo := appImage(t, dir, "echo", nil, "echo")
+	res2 := d.Run(echo, 128, false)
+	d.ConsoleUntil(res2.EnclaveID, "ECHO READY", time.Minute)
 }
 
 func TestSandboxForkBomb(t *testing.T) {
-	d := startDaemon(t, "sandbox", sandboxConfig)
-	dir := shortTemp(t)
-	img := buildImage(t, dir, "forkbomb", nil, "forkbomb")
-	res := d.run(img, 256, false)
-	out := d.consoleUntil(res.EnclaveID, "FORKBOMB", 2*time.Minute)
+	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := testharness.ShortTemp(t)
+	img := appImage(t, dir, "forkbomb", nil, "forkbomb")
+	res := d.Run(img, 256, false)
+	out := d.ConsoleUntil(res.EnclaveID, "FORKBOMB", 2*time.Minute)
 	if !strings.Contains(out, "FORKBOMB stopped after") {
 		t.Fatalf("fork bomb not stopped:\n%s", out)
 	}
-	d.waitExit(res.EnclaveID, 2*time.Minute)
+	d.WaitExit(res.EnclaveID, 2*time.Minute)
 }
 
 func TestSandboxAttestationMatchesDescribeEIF(t *testing.T) {
-	d := startDaemon(t, "sandbox", sandboxConfig)
-	dir := shortTemp(t)
-	img := buildImage(t, dir, "attest", nil, "attest")
-	res := d.run(img, 128, false)
-	d.consoleUntil(res.EnclaveID, "ATTEST READY", time.Minute)
+	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := testharness.ShortTemp(t)
+	img := appImage(t, dir, "attest", nil, "attest")
+	res := d.Run(img, 128, false)
+	d.ConsoleUntil(res.EnclaveID, "ATTEST READY", time.Minute)
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := d.client.Connect(ctx, res.EnclaveID, 5001)
+	c, err := d.Client.Connect(ctx, res.EnclaveID, 5001)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +120,7 @@ func TestSandboxAttestationMatchesDescribeEIF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rootPEM, err := d.client.DevRootPEM(ctx)
+	rootPEM, err := d.Client.DevRootPEM(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,15 +156,15 @@ func TestSandboxAttestationMatchesDescribeEIF(t *testing.T) {
 }
 
 func TestSandboxDebugModeZeroesPCRs(t *testing.T) {
-	d := startDaemon(t, "sandbox", sandboxConfig)
-	dir := shortTemp(t)
-	img := buildImage(t, dir, "attest", nil, "attest")
-	res := d.run(img, 128, true)
-	out := d.consoleUntil(res.EnclaveID, "ATTEST READY", time.Minute)
+	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := testharness.ShortTemp(t)
+	img := appImage(t, dir, "attest", nil, "attest")
+	res := d.Run(img, 128, true)
+	out := d.ConsoleUntil(res.EnclaveID, "ATTEST READY", time.Minute)
 	if !strings.Contains(out, "PCR0 "+strings.Repeat("0", 96)) {
 		t.Errorf("debug enclave does not see a zero PCR0:\n%s", out)
 	}
-	desc, _ := d.client.DescribeEnclave(context.Background(), res.EnclaveID)
+	desc, _ := d.Client.DescribeEnclave(context.Background(), res.EnclaveID)
 	if desc.Flags != parent.FlagsDebug {
 		t.Errorf("flags %q", desc.Flags)
 	}
@@ -173,7 +174,7 @@ type eifMeasurements struct{ PCR0, PCR1, PCR2 string }
 
 func describeEIF(t *testing.T, path string) eifMeasurements {
 	t.Helper()
-	out, err := runCLI("describe-eif", "--eif-path", path)
+	out, err := testharness.CLI(t, "describe-eif", "--eif-path", path)
 	if err != nil {
 		t.Fatalf("describe-eif: %v\n%s", err, out)
 	}
@@ -199,16 +200,16 @@ func describeEIF(t *testing.T, path string) eifMeasurements {
 func TestSandboxEgressProxy(t *testing.T) {
 	allowed := httpServer(t, "allowed-server")
 	denied := httpServer(t, "denied-server")
-	dir := shortTemp(t)
+	dir := testharness.ShortTemp(t)
 	allow := filepath.Join(dir, "allow.yaml")
 	host, port, _ := net.SplitHostPort(allowed)
 	if err := os.WriteFile(allow, []byte(fmt.Sprintf("allowlist:\n- {address: %s, port: %s}\n", host, port)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := startDaemon(t, "sandbox", sandboxConfig+"egress:\n  allowlist: "+allow+"\n")
-	img := buildImage(t, dir, "egress", nil, "egress", allowed, denied)
-	res := d.run(img, 128, false)
-	out := d.consoleUntil(res.EnclaveID, "EGRESS DONE", time.Minute)
+	d := testharness.StartDaemon(t, "sandbox", sandboxConfig+"egress:\n  allowlist: "+allow+"\n")
+	img := appImage(t, dir, "egress", nil, "egress", allowed, denied)
+	res := d.Run(img, 128, false)
+	out := d.ConsoleUntil(res.EnclaveID, "EGRESS DONE", time.Minute)
 	if !strings.Contains(out, "EGRESS "+allowed+": ok: allowed-server") {
 		t.Errorf("allow-listed destination not reached:\n%s", out)
 	}
@@ -231,21 +232,21 @@ func httpServer(t *testing.T, body string) string {
 }
 
 func TestSandboxDaemonRestart(t *testing.T) {
-	d := startDaemon(t, "sandbox", sandboxConfig)
-	dir := shortTemp(t)
-	img := buildImage(t, dir, "echo", nil, "echo")
-	res := d.run(img, 128, false)
-	d.consoleUntil(res.EnclaveID, "ECHO READY", time.Minute)
+	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := testharness.ShortTemp(t)
+	img := appImage(t, dir, "echo", nil, "echo")
+	res := d.Run(img, 128, false)
+	d.ConsoleUntil(res.EnclaveID, "ECHO READY", time.Minute)
 
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-		d.stop(sig)
-		d.start()
-		desc, err := d.client.DescribeEnclave(context.Background(), res.EnclaveID)
+		d.Stop(sig)
+		d.Start()
+		desc, err := d.Client.DescribeEnclave(context.Background(), res.EnclaveID)
 		if err != nil || desc.State != parent.StateRunning {
 			t.Fatalf("after daemon %v: %+v %v", sig, desc, err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		c, err := d.client.Connect(ctx, res.EnclaveID, 5000)
+		c, err := d.Client.Connect(ctx, res.EnclaveID, 5000)
 		cancel()
 		if err != nil {
 			t.Fatalf("after daemon %v: connect: %v", sig, err)
@@ -257,7 +258,7 @@ func TestSandboxDaemonRestart(t *testing.T) {
 		}
 		c.Close()
 	}
-	if _, err := d.client.Terminate(context.Background(), res.EnclaveID); err != nil {
+	if _, err := d.Client.Terminate(context.Background(), res.EnclaveID); err != nil {
 		t.Fatal(err)
 	}
 	// Nothing is left: no cgroup, no monitor.
@@ -271,23 +272,16 @@ func TestSandboxDaemonRestart(t *testing.T) {
 }
 
 func TestSandboxCrashReported(t *testing.T) {
-	d := startDaemon(t, "sandbox", sandboxConfig)
-	dir := shortTemp(t)
-	img := buildImage(t, dir, "crash", nil, "crash", "7")
-	res := d.run(img, 128, false)
-	x := d.waitExit(res.EnclaveID, time.Minute)
+	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := testharness.ShortTemp(t)
+	img := appImage(t, dir, "crash", nil, "crash", "7")
+	res := d.Run(img, 128, false)
+	x := d.WaitExit(res.EnclaveID, time.Minute)
 	if x.ExitStatus == nil || x.ExitStatus.Code != 7 {
 		t.Fatalf("crash exit status: %+v", x.ExitStatus)
 	}
-	out := d.consoleUntil(res.EnclaveID, "application exited with status 7", time.Second)
+	out := d.ConsoleUntil(res.EnclaveID, "application exited with status 7", time.Second)
 	if !strings.Contains(out, "crashing with status 7") {
 		t.Errorf("console lost the application's output:\n%s", out)
 	}
-}
-
-// runCLI runs the built cloister binary.
-func runCLI(args ...string) (string, error) {
-	cmd := execCommand(bins.cloister, args...)
-	b, err := cmd.CombinedOutput()
-	return string(b), err
 }

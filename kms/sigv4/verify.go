@@ -37,6 +37,7 @@ type Error struct {
 
 // Error returns the sentinel text and the AWS message.
 func (e *Error) Error() string { return e.Err.Error() + ": " + e.Message }
+
 // Unwrap returns the sentinel.
 func (e *Error) Unwrap() error { return e.Err }
 

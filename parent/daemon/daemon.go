@@ -134,7 +134,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 	}
 	if cfg.Backend != "nitro" {
 		var err error
-	if d.issuer, err = loadOrCreateIssuer(d.issuerPath(), opts.Clock); err != nil {
+		if d.issuer, err = loadOrCreateIssuer(d.issuerPath(), opts.Clock); err != nil {
 			return nil, err
 		}
 		d.devRoot = d.issuer.RootPEM()

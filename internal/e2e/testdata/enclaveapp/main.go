@@ -23,7 +23,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Println("usage: enclaveapp echo|attacks|oom|forkbomb|attest|egress HOST:PORT|crash N")
+		fmt.Println("usage: enclaveapp echo|attacks|oom|forkbomb|attest|egress HOST:PORT|crash N|sleep|panic")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -45,10 +45,25 @@ func main() {
 		os.Exit(n)
 	case "sleep":
 		select {}
+	case "panic":
+		// In a VM world the application runs as root in the guest: crash the
+		// kernel through sysrq, as a kernel bug would.
+		echoThenPanic()
 	default:
 		fmt.Println("unknown mode", os.Args[1])
 		os.Exit(2)
 	}
+}
+
+// echoThenPanic reports readiness, then crashes the guest kernel.
+func echoThenPanic() {
+	fmt.Println("PANICKING THE KERNEL")
+	time.Sleep(200 * time.Millisecond)
+	if err := os.WriteFile("/proc/sysrq-trigger", []byte("c"), 0); err != nil {
+		fmt.Println("sysrq:", err)
+		os.Exit(1)
+	}
+	select {}
 }
 
 // echo serves an echo service on vsock port 5000.

@@ -1,5 +1,0 @@
-package e2e
-
-import "os/exec"
-
-var execCommand = exec.Command

@@ -1,0 +1,329 @@
+// Package testharness builds Cloister's real binaries and drives a real
+// daemon for end-to-end tests (internal/e2e and the examples): it builds
+// cloister, cloister-init and test programs, builds enclave images with the
+// build-enclave command, and starts `cloister daemon` as a child process
+// with a private state directory and socket. Everything needs root; tests
+// use internal/testenv so a missing prerequisite fails under CI=true.
+package testharness
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cloister/cloister/internal/testenv"
+	"github.com/cloister/cloister/parent"
+)
+
+// bins are the binaries built once per test binary.
+var bins struct {
+	once           sync.Once
+	err            error
+	dir            string
+	cloister, init string
+}
+
+// RepoRoot is the module root: the nearest parent directory of the
+// working directory that holds go.mod.
+func RepoRoot() string {
+	wd, _ := os.Getwd()
+	for d := wd; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			return wd
+		}
+	}
+}
+
+// Cloister returns the path of the built cloister binary.
+func Cloister(t testing.TB) string { buildBinaries(t); return bins.cloister }
+
+// Init returns the path of the built (static) cloister-init binary.
+func Init(t testing.TB) string { buildBinaries(t); return bins.init }
+
+// Cleanup removes the built binaries; call it from TestMain after m.Run.
+func Cleanup() {
+	if bins.dir != "" {
+		os.RemoveAll(bins.dir)
+	}
+}
+
+// BuildProgram builds the Go package pkg (a path relative to the module
+// root, e.g. "./examples/hello/enclave") into dir as a static binary and
+// returns its path.
+func BuildProgram(t testing.TB, dir, name, pkg string) string {
+	t.Helper()
+	out := filepath.Join(dir, name)
+	if err := goBuild(out, pkg, true); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func goBuild(out, pkg string, static bool) error {
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = RepoRoot()
+	cmd.Env = os.Environ()
+	if static {
+		cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
+	}
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return nil
+}
+
+func buildBinaries(t testing.TB) {
+	t.Helper()
+	bins.once.Do(func() {
+		bins.dir, bins.err = os.MkdirTemp("", "cloister-e2e-bin")
+		if bins.err != nil {
+			return
+		}
+		bins.cloister = filepath.Join(bins.dir, "cloister")
+		bins.init = filepath.Join(bins.dir, "cloister-init")
+		if bins.err = goBuild(bins.cloister, "./cmd/cloister", false); bins.err != nil {
+			return
+		}
+		bins.err = goBuild(bins.init, "./cmd/cloister-init", true)
+	})
+	if bins.err != nil {
+		t.Fatal(bins.err)
+	}
+}
+
+// ShortTemp returns a temporary directory with a short path (Unix socket
+// paths are limited to 108 bytes).
+func ShortTemp(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "ce")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// Image describes an enclave image to build.
+type Image struct {
+	// Name is the image's file name without ".eif".
+	Name string
+	// Files maps paths inside the root filesystem to host files copied
+	// there (mode 0755), e.g. {"bin/app": built}.
+	Files map[string]string
+	// Cmd is the command line (the first element is the program).
+	Cmd []string
+	// Extra are further build-enclave flags (e.g. --kernel …).
+	Extra []string
+}
+
+// BuildImage builds an EIF through the real build-enclave command, in dir,
+// and returns its path. SOURCE_DATE_EPOCH is fixed, so the same inputs
+// give the same image.
+func BuildImage(t testing.TB, dir string, img Image) string {
+	t.Helper()
+	buildBinaries(t)
+	rootfs := filepath.Join(dir, img.Name+"-rootfs")
+	for dst, src := range img.Files {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(rootfs, dst)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(dir, img.Name+".eif")
+	cmdArgs := []string{"build-enclave", "--rootfs", rootfs, "--init", bins.init, "--output-file", out}
+	for _, a := range img.Cmd {
+		cmdArgs = append(cmdArgs, "--cmd="+a)
+	}
+	extraArgs := img.Extra
+	cmdArgs = append(cmdArgs, extraArgs...)
+	cmd := exec.Command(bins.cloister, cmdArgs...)
+	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1700000000")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build-enclave: %v\n%s", err, b)
+	}
+	return out
+}
+
+// Daemon is a cloister daemon running as a child process.
+type Daemon struct {
+	t        testing.TB
+	State    string
+	Socket   string
+	config   string
+	backend  string
+	cmd      *exec.Cmd
+	log      *syncBuffer
+	Client   *parent.Client
+	waitDone chan struct{}
+}
+
+// syncBuffer is a bytes.Buffer safe for the daemon's writes and the test's reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Log returns what the daemon has logged so far.
+func (d *Daemon) Log() string { return d.log.String() }
+
+// StartDaemon starts `cloister daemon --backend backend` with the given
+// YAML configuration, a private state directory and socket, and stops it
+// (terminating its enclaves) when the test ends.
+func StartDaemon(t testing.TB, backend, configYAML string) *Daemon {
+	t.Helper()
+	testenv.RequireRoot(t)
+	buildBinaries(t)
+	dir := ShortTemp(t)
+	d := &Daemon{t: t, State: filepath.Join(dir, "state"), Socket: filepath.Join(dir, "d.sock"),
+		config: filepath.Join(dir, "daemon.yaml"), backend: backend}
+	if err := os.WriteFile(d.config, []byte(configYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if _, err := d.Client.TerminateAll(ctx); err != nil {
+			t.Logf("terminate all: %v", err)
+		}
+		d.Stop(syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.Log())
+		}
+	})
+	return d
+}
+
+// Start starts (or restarts) the daemon process and waits for its API.
+func (d *Daemon) Start() {
+	d.t.Helper()
+	d.log = &syncBuffer{}
+	d.cmd = exec.Command(bins.cloister, "daemon", "--backend", d.backend, "--config", d.config,
+		"--state-dir", d.State, "--socket", d.Socket)
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	d.waitDone = make(chan struct{})
+	go func() { _ = d.cmd.Wait(); close(d.waitDone) }()
+	d.Client = parent.NewClient(d.Socket)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := d.Client.Info(context.Background()); err == nil {
+			return
+		}
+		select {
+		case <-d.waitDone:
+			d.t.Fatalf("daemon exited:\n%s", d.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("daemon did not come up:\n%s", d.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Stop sends sig to the daemon and waits for it to exit (enclaves keep
+// running under their monitors).
+func (d *Daemon) Stop(sig syscall.Signal) {
+	if d.cmd.Process == nil {
+		return
+	}
+	_ = d.cmd.Process.Signal(sig)
+	select {
+	case <-d.waitDone:
+	case <-time.After(20 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.waitDone
+	}
+}
+
+// Run launches an enclave with one CPU and fails the test on error.
+func (d *Daemon) Run(eif string, memMiB int, debug bool) parent.RunResult {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	res, err := d.Client.Run(ctx, parent.RunRequest{EIFPath: eif, MemoryMiB: memMiB, CPUCount: 1, DebugMode: debug})
+	if err != nil {
+		d.t.Fatalf("run-enclave %s: %v\ndaemon log:\n%s", filepath.Base(eif), err, d.Log())
+	}
+	return res
+}
+
+// ConsoleUntil reads the enclave's console until it contains want or the
+// enclave ends (follow), and returns it.
+func (d *Daemon) ConsoleUntil(id, want string, timeout time.Duration) string {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var sb strings.Builder
+		if err := d.Client.Console(context.Background(), id, false, 0, &sb); err != nil {
+			d.t.Fatalf("console: %v", err)
+		}
+		if strings.Contains(sb.String(), want) {
+			return sb.String()
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("console of %s never showed %q; it has:\n%s", id, want, sb.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// WaitExit waits until the enclave is listed as EXITED and returns it.
+func (d *Daemon) WaitExit(id string, timeout time.Duration) parent.EnclaveDescription {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		desc, err := d.Client.DescribeEnclave(context.Background(), id)
+		if err != nil {
+			d.t.Fatalf("describe %s: %v", id, err)
+		}
+		if desc.State == parent.StateExited {
+			return desc
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("enclave %s still %s", id, desc.State)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// CLI runs the built cloister binary with args and returns its combined output.
+func CLI(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	buildBinaries(t)
+	b, err := exec.Command(bins.cloister, args...).CombinedOutput()
+	return string(b), err
+}
