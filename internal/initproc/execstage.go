@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cloister/cloister/internal/wellknown"
 )
 
 // execStageArg0 is argv[0] of init re-executed as the exec stage.
@@ -53,6 +55,11 @@ func ExecStage() int {
 		return fail(126, "reading the launch description: %v", err)
 	}
 	if s.DropCaps {
+		// In the sandbox the application gets the task limit minus the
+		// share kept for init (see wellknown.InitTaskReserve).
+		if err := reserveInitTasks(); err != nil {
+			return fail(126, "task limit: %v", err)
+		}
 		// The bounding set can only be emptied while CAP_SETPCAP is still
 		// effective, i.e. before the uid switch clears the effective set.
 		if err := dropBounding(); err != nil {
@@ -190,4 +197,21 @@ func capget() (uint64, error) {
 		return 0, fmt.Errorf("capget: %w", err)
 	}
 	return uint64(data[0].Effective) | uint64(data[1].Effective)<<32, nil
+}
+
+// reserveInitTasks lowers RLIMIT_NPROC by wellknown.InitTaskReserve, so
+// that the application and its children can never use the tasks init needs.
+func reserveInitTasks() error {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NPROC, &lim); err != nil {
+		return err
+	}
+	if lim.Max == unix.RLIM_INFINITY || lim.Max <= wellknown.InitTaskReserve {
+		return nil
+	}
+	lim.Max -= wellknown.InitTaskReserve
+	if lim.Cur > lim.Max {
+		lim.Cur = lim.Max
+	}
+	return unix.Setrlimit(unix.RLIMIT_NPROC, &lim)
 }

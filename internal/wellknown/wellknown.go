@@ -25,3 +25,11 @@ const (
 	// EgressPort is the parent port of the default egress proxy.
 	EgressPort = 8000
 )
+
+// InitTaskReserve is how many tasks (processes and threads) the sandbox
+// keeps for cloister-init beyond the enclave's pid limit: the launcher gives
+// init a task limit (cgroup pids.max and RLIMIT_NPROC) this much higher than
+// the enclave's, and init lowers RLIMIT_NPROC by it for the application, so a
+// fork bomb exhausts the application's share, never the threads init needs
+// to report the exit.
+const InitTaskReserve = 32

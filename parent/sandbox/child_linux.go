@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cloister/cloister/internal/seccomp"
+	"github.com/cloister/cloister/internal/wellknown"
 )
 
 // newRoot is where the child mounts the sandbox's root tmpfs before
@@ -320,7 +321,8 @@ func harden(cfg childConfig) error {
 	}{
 		{"RLIMIT_NOFILE", unix.RLIMIT_NOFILE, nofile},
 		{"RLIMIT_CORE", unix.RLIMIT_CORE, unix.Rlimit{}},
-		{"RLIMIT_NPROC", unix.RLIMIT_NPROC, unix.Rlimit{Cur: uint64(cfg.PidsMax), Max: uint64(cfg.PidsMax)}},
+		// init's own limit; it lowers it by InitTaskReserve for the application.
+		{"RLIMIT_NPROC", unix.RLIMIT_NPROC, unix.Rlimit{Cur: uint64(cfg.PidsMax + wellknown.InitTaskReserve), Max: uint64(cfg.PidsMax + wellknown.InitTaskReserve)}},
 	} {
 		if err := unix.Setrlimit(l.res, &l.lim); err != nil {
 			return step("setrlimit "+l.name, err)

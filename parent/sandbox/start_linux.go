@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cloister/cloister/internal/cgroups"
+	"github.com/cloister/cloister/internal/wellknown"
 )
 
 // uid ranges: slot s maps ids 0–65535 inside to uidBase+s*65536… outside.
@@ -248,7 +249,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
 	group, err := mgr.Create(ctx, spec.ID, cgroups.Limits{
-		MemoryBytes: int64(spec.MemoryMiB) << 20, CPUs: spec.CPUs, PidsMax: spec.PidsMax,
+		MemoryBytes: int64(spec.MemoryMiB) << 20, CPUs: spec.CPUs, PidsMax: spec.PidsMax + wellknown.InitTaskReserve,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)

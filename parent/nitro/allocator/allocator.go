@@ -84,9 +84,14 @@ var (
 	ErrTopology           = errors.New("allocator: cannot read the CPU topology")              // exit 1
 )
 
-var exitCodes = map[error]int{
-	ErrEmptyCPUPool: 200, ErrMissingNode: 201, ErrInvalidNode: 202, ErrClearPage: 203,
-	ErrSetPage: 204, ErrRollbackPage: 205, ErrInsufficientMemory: 206,
+// exitCodes in ascending order: when an error matches several classes (a
+// failure and its failed rollback), the first — the original failure — wins.
+var exitCodes = []struct {
+	err  error
+	code int
+}{
+	{ErrEmptyCPUPool, 200}, {ErrMissingNode, 201}, {ErrInvalidNode, 202}, {ErrClearPage, 203},
+	{ErrSetPage, 204}, {ErrRollbackPage, 205}, {ErrInsufficientMemory, 206},
 }
 
 // Error is an allocator failure: its class, the sysfs file and value
@@ -133,9 +138,9 @@ func ExitCode(err error) int {
 	if err == nil {
 		return 0
 	}
-	for k, c := range exitCodes {
-		if errors.Is(err, k) {
-			return c
+	for _, e := range exitCodes {
+		if errors.Is(err, e.err) {
+			return e.code
 		}
 	}
 	return 1
