@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 )
@@ -38,6 +39,94 @@ type ReadOptions struct {
 // allocated never exceeds size. Metadata and signature contents are not
 // interpreted here (see [ParseMetadata], [DecodeSignatureSection]).
 func Read(r io.ReaderAt, size int64, opts ReadOptions) (*Image, error) {
+	l, err := readLayout(r, size)
+	if err != nil {
+		return nil, err
+	}
+	h := l.Header
+	img := &Image{Header: h, Sections: make([]Section, len(l.Sections))}
+	for i, si := range l.Sections {
+		data := make([]byte, si.Size)
+		if _, err := r.ReadAt(data, si.Offset); err != nil {
+			return nil, readErr(err)
+		}
+		img.Sections[i] = Section{Type: si.Type, Data: data}
+	}
+	if !opts.IgnoreCRC && !CheckCRC(img) {
+		return nil, fmt.Errorf("%w: header says %08x, content gives %08x", ErrCRC, h.CRC32, computeCRC(&h, img.Sections))
+	}
+	return img, nil
+}
+
+// Layout is an EIF's validated structure without its section data: where
+// each section's data lies in the file.
+type Layout struct {
+	Header   Header
+	Sections []SectionInfo
+}
+
+// SectionInfo locates one section's data in an EIF file.
+type SectionInfo struct {
+	Type   SectionType
+	Offset int64 // file offset of the data (after the 12-byte section header)
+	Size   int64
+}
+
+// ReadLayout validates an EIF's header, section headers and layout exactly
+// as [Read] does, without reading section data and so without checking the
+// CRC. It is for callers that copy sections out of an image that was
+// already verified (the daemon checks the whole file before launching it).
+func ReadLayout(r io.ReaderAt, size int64) (*Layout, error) {
+	return readLayout(r, size)
+}
+
+func readErr(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: %w", ErrTruncated, err)
+	}
+	return fmt.Errorf("eif: read: %w", err)
+}
+
+// Unmarshal is [Read] over a byte slice.
+func Unmarshal(b []byte, opts ReadOptions) (*Image, error) {
+	return Read(byteReaderAt(b), int64(len(b)), opts)
+}
+
+type byteReaderAt []byte
+
+func (b byteReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off > int64(len(b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// Open reads and validates the EIF file at path with [Read].
+func Open(path string, opts ReadOptions) (*Image, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("eif: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("eif: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("eif: %s is not a regular file", path)
+	}
+	img, err := Read(f, fi.Size(), opts)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return img, nil
+}
+
+func readLayout(r io.ReaderAt, size int64) (*Layout, error) {
 	if size < 4 {
 		return nil, fmt.Errorf("%w: %d bytes", ErrTruncated, size)
 	}
@@ -112,62 +201,40 @@ func Read(r io.ReaderAt, size int64, opts ReadOptions) (*Image, error) {
 	if err := checkLayout(h.Version, types); err != nil {
 		return nil, err
 	}
-	img := &Image{Header: h, Sections: make([]Section, n)}
+	l := &Layout{Header: h, Sections: make([]SectionInfo, n)}
 	for i := 0; i < n; i++ {
-		data := make([]byte, h.SectionSizes[i])
-		if _, err := r.ReadAt(data, int64(h.SectionOffsets[i])+SectionHeaderSize); err != nil {
-			return nil, readErr(err)
-		}
-		img.Sections[i] = Section{Type: types[i], Data: data}
+		l.Sections[i] = SectionInfo{Type: types[i], Offset: int64(h.SectionOffsets[i]) + SectionHeaderSize, Size: int64(h.SectionSizes[i])}
 	}
-	if !opts.IgnoreCRC && !CheckCRC(img) {
-		return nil, fmt.Errorf("%w: header says %08x, content gives %08x", ErrCRC, h.CRC32, computeCRC(&h, img.Sections))
-	}
-	return img, nil
+	return l, nil
 }
 
-func readErr(err error) error {
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return fmt.Errorf("%w: %w", ErrTruncated, err)
-	}
-	return fmt.Errorf("eif: read: %w", err)
-}
-
-// Unmarshal is [Read] over a byte slice.
-func Unmarshal(b []byte, opts ReadOptions) (*Image, error) {
-	return Read(byteReaderAt(b), int64(len(b)), opts)
-}
-
-type byteReaderAt []byte
-
-func (b byteReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 || off > int64(len(b)) {
-		return 0, io.EOF
-	}
-	n := copy(p, b[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
-// Open reads and validates the EIF file at path with [Read].
-func Open(path string, opts ReadOptions) (*Image, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("eif: %w", err)
-	}
-	defer f.Close()
+// CheckFile validates the EIF in f like [Read] — layout and CRC — while
+// holding only a small buffer in memory, and returns its layout. Callers
+// then copy the sections they need straight from the file.
+func CheckFile(f *os.File) (*Layout, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("eif: %w", err)
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("eif: %s is not a regular file", path)
-	}
-	img, err := Read(f, fi.Size(), opts)
+	l, err := readLayout(f, fi.Size())
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, err
 	}
-	return img, nil
+	// Sections follow the header back to back up to the end of the file
+	// (readLayout checked it), so after the header the CRC covers
+	// [HeaderSize, EOF) in one run.
+	crc := crc32.ChecksumIEEE(l.Header.encode()[:crcOffset])
+	buf := make([]byte, 256<<10)
+	for off := int64(HeaderSize); off < fi.Size(); {
+		n, err := f.ReadAt(buf[:min(int64(len(buf)), fi.Size()-off)], off)
+		crc = crc32.Update(crc, crc32.IEEETable, buf[:n])
+		off += int64(n)
+		if err != nil && !(errors.Is(err, io.EOF) && off == fi.Size()) {
+			return nil, readErr(err)
+		}
+	}
+	if crc != l.Header.CRC32 {
+		return nil, fmt.Errorf("%w: header says %08x, content gives %08x", ErrCRC, l.Header.CRC32, crc)
+	}
+	return l, nil
 }

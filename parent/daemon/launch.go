@@ -17,6 +17,7 @@ import (
 // launch creates the enclave's directory, starts its monitor and waits until
 // the enclave runs (heartbeat received) or the launch fails.
 func (d *Daemon) launch(ctx context.Context, e *enclave, img imageInfo) error {
+	launchBegan := time.Now()
 	if err := os.MkdirAll(e.dir, 0o700); err != nil {
 		return fmt.Errorf("daemon: create enclave directory: %w", err)
 	}
@@ -48,6 +49,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img imageInfo) error {
 	if err != nil {
 		return fmt.Errorf("daemon: start monitor: %w", err)
 	}
+	monitorStarted := time.Now()
 	// Reap the monitor whenever it ends; its exit is reported via exit.json.
 	go func() { _ = cmd.Wait() }()
 	e.rec.MonitorPID = cmd.Process.Pid
@@ -85,6 +87,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img imageInfo) error {
 	if err := writeJSONAtomic(filepath.Join(e.dir, recordFile), rec); err != nil {
 		d.log.Warn("updating enclave record", "err", err)
 	}
+	d.log.Debug("launch timing", "enclave", e.rec.ID, "monitor_exec", monitorStarted.Sub(launchBegan), "until_running", time.Since(monitorStarted))
 	d.watch(e)
 	return nil
 }
@@ -105,6 +108,9 @@ func consoleHint(dir string) string {
 
 // awaitMonitorState polls the monitor until it leaves STARTING.
 func (d *Daemon) awaitMonitorState(ctx context.Context, dir string, pid int) (monitorStatus, error) {
+	// The monitor's socket appears a few milliseconds after it starts:
+	// poll quickly at first, then back off.
+	delay := time.Millisecond
 	for {
 		st, err := monitorCall(ctx, dir, "GET", "/wait?state="+parent.StateStarting)
 		if err == nil && st.State != parent.StateStarting {
@@ -121,8 +127,9 @@ func (d *Daemon) awaitMonitorState(ctx context.Context, dir string, pid int) (mo
 		select {
 		case <-ctx.Done():
 			return monitorStatus{}, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(delay):
 		}
+		delay = min(2*delay, 50*time.Millisecond)
 	}
 }
 

@@ -59,6 +59,7 @@ func RunMonitor(ctx context.Context, dir string, newBackend BackendFactory, logg
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	start := time.Now()
 	var ms monitorSpec
 	if err := readJSON(filepath.Join(dir, specFile), &ms); err != nil {
 		return fmt.Errorf("monitor: read %s: %w", specFile, err)
@@ -67,16 +68,17 @@ func RunMonitor(ctx context.Context, dir string, newBackend BackendFactory, logg
 	if err != nil {
 		return fmt.Errorf("monitor: backend: %w", err)
 	}
-	m := &monitor{dir: dir, spec: ms, be: be, log: logger.With("enclave", ms.Spec.ID), status: monitorStatus{State: parent.StateStarting}}
+	m := &monitor{start: start, dir: dir, spec: ms, be: be, log: logger.With("enclave", ms.Spec.ID), status: monitorStatus{State: parent.StateStarting}}
 	m.changed = make(chan struct{})
 	return m.run(ctx)
 }
 
 type monitor struct {
-	dir  string
-	spec monitorSpec
-	be   backend.Backend
-	log  *slog.Logger
+	start time.Time // when the monitor began
+	dir   string
+	spec  monitorSpec
+	be    backend.Backend
+	log   *slog.Logger
 
 	mu        sync.Mutex
 	status    monitorStatus
@@ -173,7 +175,7 @@ func (m *monitor) run(ctx context.Context) error {
 		return m.fail("E36", fmt.Errorf("%w (enclave: %s)", err, x.Reason))
 	}
 	_ = hb.Close()
-	m.log.Info("heartbeat received; enclave running", "launch", launched.Sub(launchStart), "boot", time.Since(launched))
+	m.log.Info("heartbeat received; enclave running", "setup", launchStart.Sub(m.start), "launch", launched.Sub(launchStart), "boot", time.Since(launched))
 	m.setStatus(func(s *monitorStatus) { s.State, s.Booted = parent.StateRunning, true })
 
 	select {

@@ -71,8 +71,10 @@ func instanceID() string {
 	return "i-0000000000000000"
 }
 
-// writeJSONAtomic writes v as JSON to path through a temporary file, fsync
-// and rename, so a crash never leaves a half-written file.
+// writeJSONAtomic writes v as JSON to path through a temporary file and a
+// rename, so a crash of the daemon never leaves a half-written file. There
+// is no fsync: these files describe running enclaves, which a power loss
+// ends anyway, and a daemon crash leaves the page cache intact.
 func writeJSONAtomic(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
@@ -84,10 +86,6 @@ func writeJSONAtomic(path string, v any) error {
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
 		tmp.Close()
 		return err
 	}

@@ -152,12 +152,39 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	if err != nil {
 		return nil, err
 	}
-	img, err := eif.Open(spec.EIFPath, eif.ReadOptions{})
+	f, err := os.Open(spec.EIFPath)
 	if err != nil {
-		return nil, fmt.Errorf("qemu: read %s: %w", spec.EIFPath, err)
+		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	if eif.IsNoKernel(img) {
-		return nil, fmt.Errorf("%w: %s was built without a kernel, so it can only run in the sandbox backend; rebuild it with build-enclave --kernel (see docs/images.md)", backend.ErrUnsupportedImage, spec.EIFPath)
+	defer f.Close()
+	layout, err := eif.CheckFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %s: %w", spec.EIFPath, err)
+	}
+	var kernelSec, cmdlineSec eif.SectionInfo
+	var ramdisks []eif.SectionInfo
+	for _, sec := range layout.Sections {
+		switch sec.Type {
+		case eif.SectionKernel:
+			kernelSec = sec
+		case eif.SectionCmdline:
+			cmdlineSec = sec
+		case eif.SectionRamdisk:
+			ramdisks = append(ramdisks, sec)
+		}
+	}
+	if kernelSec.Size == int64(len(eif.NoKernelMarker)) {
+		b := make([]byte, kernelSec.Size)
+		if _, err := f.ReadAt(b, kernelSec.Offset); err == nil && string(b) == eif.NoKernelMarker {
+			return nil, fmt.Errorf("%w: %s was built without a kernel, so it can only run in the sandbox backend; rebuild it with build-enclave --kernel (see docs/images.md)", backend.ErrUnsupportedImage, spec.EIFPath)
+		}
+	}
+	if cmdlineSec.Size > 64<<10 {
+		return nil, fmt.Errorf("%w: %s has a %d-byte kernel command line", backend.ErrUnsupportedImage, spec.EIFPath, cmdlineSec.Size)
+	}
+	cmdlineData := make([]byte, cmdlineSec.Size)
+	if _, err := f.ReadAt(cmdlineData, cmdlineSec.Offset); err != nil {
+		return nil, fmt.Errorf("qemu: read command line: %w", err)
 	}
 	vmDir := filepath.Join(spec.Dir, "vm")
 	if err := os.MkdirAll(vmDir, 0o700); err != nil {
@@ -165,25 +192,17 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	}
 	kernel := filepath.Join(vmDir, "kernel")
 	initrd := filepath.Join(vmDir, "initrd")
-	if err := os.WriteFile(kernel, img.Section(eif.SectionKernel).Data, 0o600); err != nil {
+	// QEMU 7.2 cannot load an EIF: the kernel is copied out, and the
+	// ramdisks are concatenated into one initramfs, exactly as the Nitro
+	// hypervisor presents them (copy_file_range: nothing passes through
+	// this process's memory).
+	if err := copySections(kernel, f, kernelSec); err != nil {
 		return nil, fmt.Errorf("qemu: stage kernel: %w", err)
 	}
-	// QEMU 7.2 cannot load an EIF: the ramdisks are concatenated into one
-	// initramfs, exactly as the Nitro hypervisor presents them.
-	f, err := os.OpenFile(initrd, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, err
+	if err := copySections(initrd, f, ramdisks...); err != nil {
+		return nil, fmt.Errorf("qemu: stage initrd: %w", err)
 	}
-	for _, rd := range img.Ramdisks() {
-		if _, err := f.Write(rd); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("qemu: stage initrd: %w", err)
-		}
-	}
-	if err := f.Close(); err != nil {
-		return nil, err
-	}
-	cmdline := strings.TrimSpace(string(img.Section(eif.SectionCmdline).Data)) + " " + runtimeCmdline
+	cmdline := strings.TrimSpace(string(cmdlineData)) + " " + runtimeCmdline
 	if accel == "tcg" {
 		if khz := hostTSCkHz(); khz > 0 {
 			cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
@@ -470,4 +489,24 @@ func (b *Backend) Cleanup(ctx context.Context, spec backend.Spec) error {
 	_, err = mgr.Cleanup(ctx, spec.ID)
 	_ = os.RemoveAll(filepath.Join(spec.Dir, "vm"))
 	return err
+}
+
+// copySections writes the data of secs of the image file f, in order, to a
+// new file at path.
+func copySections(path string, f *os.File, secs ...eif.SectionInfo) error {
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	for _, s := range secs {
+		if _, err := f.Seek(s.Offset, io.SeekStart); err != nil {
+			out.Close()
+			return err
+		}
+		if _, err := io.CopyN(out, f, s.Size); err != nil {
+			out.Close()
+			return err
+		}
+	}
+	return out.Close()
 }

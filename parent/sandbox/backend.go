@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -78,11 +79,24 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	if err := backend.ValidateSpec(spec); err != nil {
 		return nil, err
 	}
-	img, err := eif.Open(spec.EIFPath, eif.ReadOptions{})
+	// The image is checked (layout and CRC) and its ramdisks copied out
+	// inside the kernel (copy_file_range): no copy of the image passes
+	// through this process's memory.
+	f, err := os.Open(spec.EIFPath)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox: read %s: %w", spec.EIFPath, err)
+		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	ramdisks := img.Ramdisks()
+	defer f.Close()
+	layout, err := eif.CheckFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: %s: %w", spec.EIFPath, err)
+	}
+	var ramdisks []eif.SectionInfo
+	for _, s := range layout.Sections {
+		if s.Type == eif.SectionRamdisk {
+			ramdisks = append(ramdisks, s)
+		}
+	}
 	if len(ramdisks) < 2 {
 		return nil, fmt.Errorf("%w: %s has %d ramdisk(s); the sandbox needs the bootstrap and the customer ramdisk that build-enclave writes", backend.ErrUnsupportedImage, spec.EIFPath, len(ramdisks))
 	}
@@ -97,10 +111,10 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	}()
 	for i, rd := range ramdisks {
 		p := filepath.Join(spec.Dir, fmt.Sprintf("ramdisk%d.cpio", i))
-		if err := os.WriteFile(p, rd, 0o600); err != nil {
+		paths = append(paths, p)
+		if err := copySection(p, f, rd); err != nil {
 			return nil, fmt.Errorf("sandbox: stage ramdisk: %w", err)
 		}
-		paths = append(paths, p)
 	}
 	for _, sub := range []string{"host", "guest"} {
 		if err := os.MkdirAll(filepath.Join(spec.Dir, sub), 0o755); err != nil {
@@ -205,4 +219,22 @@ func (i *instance) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 		return nil, fmt.Errorf("sandbox: nobody listening on port %d in the enclave: %w", port, err)
 	}
 	return c, nil
+}
+
+// copySection copies one section of the image file f into a new file at
+// path (copy_file_range where the kernel supports it).
+func copySection(path string, f *os.File, s eif.SectionInfo) error {
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Seek(s.Offset, io.SeekStart); err != nil {
+		out.Close()
+		return err
+	}
+	if _, err := io.CopyN(out, f, s.Size); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
