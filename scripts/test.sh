@@ -13,6 +13,7 @@
 #   FUZZTIME=5s      how long each fuzz target runs (0 skips fuzzing)
 #   TEST_TIMEOUT=45m the go test -timeout
 #   SKIP_INSTALL=1   do not install anything (for machines that are already set up)
+#   TEST_PACKAGES    the packages to check and test (default ./...)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ root=$(pwd)
 FUZZTIME=${FUZZTIME:-5s}
 TEST_TIMEOUT=${TEST_TIMEOUT:-45m}
 STATICCHECK_VERSION=v0.8.2
+read -r -a pkgs <<< "${TEST_PACKAGES:-./...}"
 export PATH="$PATH:$(go env GOPATH)/bin"
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -95,16 +97,16 @@ if [ -n "$unformatted" ]; then
 fi
 
 step "go vet"
-go vet ./...
+go vet "${pkgs[@]}"
 
 step "staticcheck"
-staticcheck ./...
+staticcheck "${pkgs[@]}"
 
 # ---------------------------------------------------------------------------
 # Tests
 # ---------------------------------------------------------------------------
-step "go test -race ./..."
-go test -race -count=1 -timeout "$TEST_TIMEOUT" ./...
+step "go test -race ${pkgs[*]}"
+go test -race -count=1 -timeout "$TEST_TIMEOUT" "${pkgs[@]}"
 
 if [ "$FUZZTIME" != 0 ] && [ "$FUZZTIME" != 0s ]; then
 	step "fuzz targets, $FUZZTIME each"

@@ -171,6 +171,15 @@ func TestMicroVMTerminateCleansUp(t *testing.T) {
 	if !processExists(res.ProcessID) {
 		t.Fatalf("QEMU (pid %d) is not running", res.ProcessID)
 	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", res.ProcessID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(l, "Uid:") && strings.Fields(l)[1] == "0" {
+			t.Errorf("QEMU runs as root: %s", l)
+		}
+	}
 	if _, err := d.Client.Terminate(context.Background(), res.EnclaveID); err != nil {
 		t.Fatal(err)
 	}

@@ -7,9 +7,10 @@
 // hybrid-vsock listeners, so an unmodified Nitro init's heartbeat works.
 //
 // QEMU uses KVM when /dev/kvm is usable and TCG emulation otherwise. It is
-// confined like any enclave process: a cgroup with the enclave's CPUs and
-// memory (plus QEMU's own overhead), QEMU's seccomp sandbox, and no monitor
-// the guest could reach.
+// confined like any enclave process: it runs unprivileged (as nobody, with
+// the kvm group), in a cgroup with the enclave's CPUs and memory (plus
+// QEMU's own overhead), under QEMU's seccomp sandbox, with no monitor the
+// guest could reach.
 package qemu
 
 import (
@@ -22,6 +23,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -49,6 +51,38 @@ type Backend struct {
 	CgroupParent string
 	// Logger receives the device's logs; nil discards them.
 	Logger *slog.Logger
+	// User is the account QEMU runs as when the daemon is root: "" means
+	// "nobody" (with the kvm group when it exists, for /dev/kvm); "root"
+	// keeps root.
+	User string
+}
+
+// qemuCredential resolves the unprivileged account QEMU runs as, or nil to
+// keep the current one (not root, or User "root", or no such account).
+func (b *Backend) qemuCredential() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 || b.User == "root" {
+		return nil, nil
+	}
+	name := b.User
+	if name == "" {
+		name = "nobody"
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		if b.User != "" {
+			return nil, fmt.Errorf("qemu: user %q: %w", b.User, err)
+		}
+		return nil, nil
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	if g, err := user.LookupGroup("kvm"); err == nil {
+		if kgid, err := strconv.ParseUint(g.Gid, 10, 32); err == nil {
+			cred.Groups = []uint32{uint32(kgid)}
+		}
+	}
+	return cred, nil
 }
 
 var (
@@ -186,10 +220,34 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	if _, err := f.ReadAt(cmdlineData, cmdlineSec.Offset); err != nil {
 		return nil, fmt.Errorf("qemu: read command line: %w", err)
 	}
-	vmDir := filepath.Join(spec.Dir, "vm")
-	if err := os.MkdirAll(vmDir, 0o700); err != nil {
+	cred, err := b.qemuCredential()
+	if err != nil {
 		return nil, err
 	}
+	// QEMU's files (kernel, initramfs, vhost-user socket) live in a
+	// directory of their own that the unprivileged QEMU can traverse; the
+	// enclave's private directory stays root-only, because its host
+	// listeners (the emulated security module among them) must not be
+	// reachable by other local users. D/vm points to it.
+	vmDir, err := os.MkdirTemp("", "cloister-vm-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(vmDir, 0o711); err != nil {
+		return nil, err
+	}
+	_ = os.Remove(filepath.Join(spec.Dir, "vm"))
+	if err := os.Symlink(vmDir, filepath.Join(spec.Dir, "vm")); err != nil {
+		os.RemoveAll(vmDir)
+		return nil, err
+	}
+	launched := false
+	defer func() {
+		if !launched {
+			os.RemoveAll(vmDir)
+			os.Remove(filepath.Join(spec.Dir, "vm"))
+		}
+	}()
 	kernel := filepath.Join(vmDir, "kernel")
 	initrd := filepath.Join(vmDir, "initrd")
 	// QEMU 7.2 cannot load an EIF: the kernel is copied out, and the
@@ -201,6 +259,13 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	}
 	if err := copySections(initrd, f, ramdisks...); err != nil {
 		return nil, fmt.Errorf("qemu: stage initrd: %w", err)
+	}
+	if cred != nil {
+		for _, p := range []string{kernel, initrd} {
+			if err := os.Chown(p, int(cred.Uid), int(cred.Gid)); err != nil {
+				return nil, err
+			}
+		}
 	}
 	cmdline := strings.TrimSpace(string(cmdlineData)) + " " + runtimeCmdline
 	if accel == "tcg" {
@@ -235,12 +300,17 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	if err := waitForFile(ctx, vhostSock, 10*time.Second); err != nil {
 		return fail(fmt.Errorf("qemu: vsock device socket: %w", err))
 	}
+	if cred != nil {
+		if err := os.Chown(vhostSock, int(cred.Uid), int(cred.Gid)); err != nil {
+			return fail(fmt.Errorf("qemu: vsock device socket: %w", err))
+		}
+	}
 
 	args := Args(ArgsConfig{Accel: accel, MemoryMiB: spec.MemoryMiB, CPUs: len(spec.CPUs), Kernel: kernel, Initrd: initrd,
 		Cmdline: cmdline, VhostSocket: vhostSock})
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = vmDir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return fail(err)
@@ -250,7 +320,8 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 		return fail(fmt.Errorf("qemu: start %s: %w", bin, err))
 	}
 
-	inst := &instance{cmd: cmd, dev: dev, stopDev: stopDev, devDone: devDone, vmDir: vmDir, done: make(chan struct{})}
+	launched = true
+	inst := &instance{cmd: cmd, dev: dev, stopDev: stopDev, devDone: devDone, vmDir: vmDir, link: filepath.Join(spec.Dir, "vm"), done: make(chan struct{})}
 	// Confine QEMU: the enclave's CPUs, its memory plus QEMU's overhead,
 	// and a bounded number of threads.
 	if mgr, err := cgroups.New(cgroups.Config{Parent: b.CgroupParent}); err == nil {
@@ -364,7 +435,8 @@ type instance struct {
 	stopDev context.CancelFunc
 	devDone chan error
 	group   *cgroups.Group
-	vmDir   string
+	vmDir   string // QEMU's files
+	link    string // D/vm → vmDir
 	done    chan struct{}
 
 	mu         sync.Mutex
@@ -408,6 +480,7 @@ func (i *instance) pump(r io.Reader, console io.Writer) {
 		cancel()
 	}
 	_ = os.RemoveAll(i.vmDir)
+	_ = os.Remove(i.link)
 
 	i.mu.Lock()
 	x := backend.Exit{Code: -1}
@@ -487,7 +560,11 @@ func (b *Backend) Cleanup(ctx context.Context, spec backend.Spec) error {
 		return err
 	}
 	_, err = mgr.Cleanup(ctx, spec.ID)
-	_ = os.RemoveAll(filepath.Join(spec.Dir, "vm"))
+	link := filepath.Join(spec.Dir, "vm")
+	if target, lerr := os.Readlink(link); lerr == nil && strings.HasPrefix(filepath.Base(target), "cloister-vm-") {
+		_ = os.RemoveAll(target)
+	}
+	_ = os.Remove(link)
 	return err
 }
 
