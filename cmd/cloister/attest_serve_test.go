@@ -1,0 +1,157 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runAttestServeCLI runs `cloister attest serve args...` in-process until ctx
+// ends and returns the exit status main would use.
+func runAttestServeCLI(ctx context.Context, args ...string) (code int, stderr string, err error) {
+	root := newRootCmd()
+	var out, errb bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errb)
+	root.SetArgs(append([]string{"attest", "serve"}, args...))
+	err = root.ExecuteContext(ctx)
+	if err != nil {
+		code = 2
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+	}
+	return code, errb.String(), err
+}
+
+func TestAttestServeConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	badPolicy := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(badPolicy, []byte("policies:\n  prod:\n    pcrs: {0: nothex}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	badKey := filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(badKey, []byte("not a key"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"bad-policy", []string{"--policy-file", badPolicy}, 1, `policy "prod": pcrs: PCR0`},
+		{"missing-policy-file", []string{"--policy-file", filepath.Join(dir, "nope.yaml")}, 1, "no such file"},
+		{"missing-root", []string{"--root", filepath.Join(dir, "nope.pem")}, 1, "give --root aws or a readable PEM file"},
+		{"bad-key", []string{"--signing-key", badKey}, 1, "signing key"},
+		{"tls-half", []string{"--tls-cert", badKey}, 2, "--tls-cert and --tls-key go together"},
+		{"log-format", []string{"--log-format", "xml"}, 2, "--log-format"},
+		{"bad-addr", []string{"--addr", "127.0.0.1:notaport"}, 1, "listen"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, err := runAttestServeCLI(context.Background(), tt.args...)
+			if code != tt.code || err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("exit %d, error %v; want exit %d and an error containing %q", code, err, tt.code, tt.want)
+			}
+		})
+	}
+}
+
+// TestAttestServeMatchesVerify serves on loopback and checks that the
+// service's claims for a real document are exactly `cloister verify
+// --json`'s output, then stops the server by cancelling its context.
+func TestAttestServeMatchesVerify(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := runAttestServeCLI(ctx, "--addr", addr, "--allow-time-override", "--root", "aws")
+		done <- err
+	}()
+	base := "http://" + addr
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server not ready: %v", err)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("server exited: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+
+	doc := filepath.Join(verifyTestdata, "veracruz-go-1.cbor")
+	const at = "2022-11-09T23:00:00Z"
+	cliOut, code, err := runVerifyCLI(t, nil, "--json", "--at", at, doc)
+	if code != 0 {
+		t.Fatalf("verify: exit %d: %v", code, err)
+	}
+	raw, err := os.ReadFile(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(base+"/v1/verify?time="+at, "application/cbor", bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /v1/verify: %d %v %s", resp.StatusCode, err, body)
+	}
+	var svc struct {
+		Verdict string          `json:"verdict"`
+		Claims  json.RawMessage `json:"claims"`
+	}
+	if err := json.Unmarshal(body, &svc); err != nil {
+		t.Fatal(err)
+	}
+	var a, b any
+	if err := json.Unmarshal([]byte(cliOut), &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(svc.Claims, &b); err != nil {
+		t.Fatal(err)
+	}
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	if !bytes.Equal(ja, jb) || svc.Verdict != "affirming" {
+		t.Fatalf("service claims differ from `cloister verify --json` (verdict %s):\nverify: %s\nserver: %s", svc.Verdict, ja, jb)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve after cancel: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("server did not stop")
+	}
+}
