@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -217,6 +218,17 @@ func StartDaemon(t testing.TB, backend, configYAML string) *Daemon {
 			t.Logf("terminate all: %v", err)
 		}
 		d.Stop(syscall.SIGTERM)
+		// Every enclave ended, so every monitor must have exited.
+		deadline := time.Now().Add(10 * time.Second)
+		for len(d.Monitors()) > 0 && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if left := d.Monitors(); len(left) > 0 {
+			t.Errorf("monitor processes left running after every enclave ended: %v", left)
+			for _, pid := range left {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", d.Log())
 		}
@@ -326,4 +338,32 @@ func CLI(t testing.TB, args ...string) (string, error) {
 	buildBinaries(t)
 	b, err := exec.Command(bins.cloister, args...).CombinedOutput()
 	return string(b), err
+}
+
+// Monitors returns the pids of the monitor processes of this daemon's
+// enclaves that are still running.
+func (d *Daemon) Monitors() []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) >= 3 && args[1] == "__monitor" && strings.HasPrefix(args[2], d.State+string(filepath.Separator)) {
+			if st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil && strings.Contains(string(st), ") Z ") {
+				continue // a zombie waiting for its parent is gone for our purposes
+			}
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

@@ -133,10 +133,14 @@ func (m *monitor) run(ctx context.Context) error {
 		_ = srv.Shutdown(sctx)
 	}()
 
+	// Services stop when the monitor returns: cancel first, then wait
+	// (one deferred function, so the order cannot be inverted).
 	svcCtx, stopServices := context.WithCancel(ctx)
-	defer stopServices()
 	var svcWG sync.WaitGroup
-	defer svcWG.Wait()
+	defer func() {
+		stopServices()
+		svcWG.Wait()
+	}()
 
 	// Host-side listeners exist before the enclave starts, as on Nitro.
 	hb, err := m.be.HostListen(svcCtx, spec, HeartbeatPort)
