@@ -55,9 +55,11 @@ const (
 
 // ProxyDialer returns a DialContext that ignores the address and connects
 // to (3, port) through the enclave transport (AF_VSOCK, or the sandbox's
-// Unix sockets), where a vsock-proxy-style egress proxy forwards to the KMS
-// endpoint. TLS still runs end to end: the HTTP client verifies the
-// endpoint's certificate by the URL's host name.
+// Unix sockets), where a fixed-destination egress proxy forwards to the KMS
+// endpoint: AWS's vsock-proxy (`vsock-proxy 8000 kms.<region>.amazonaws.com
+// 443`) or a Cloister daemon proxy with remote_addr/remote_port. TLS still
+// runs end to end: the HTTP client verifies the endpoint's certificate by
+// the URL's host name.
 func ProxyDialer(port uint32) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return transport.Dial(ctx, ParentCID, port, nil)
@@ -79,7 +81,8 @@ type Config struct {
 	// HTTPClient, when set, is used as is (Dial is then ignored).
 	HTTPClient *http.Client
 	// Dial opens connections for the default HTTP client; nil means
-	// ProxyDialer(DefaultProxyPort).
+	// ConnectProxyDialer(DefaultProxyPort), the Cloister daemon's default
+	// egress proxy. Use ProxyDialer with AWS's vsock-proxy.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// KeyBits is the ephemeral RSA key size: 2048 (default), 3072 or 4096.
 	KeyBits int
@@ -122,7 +125,7 @@ func New(cfg Config) (*Client, error) {
 	if hc == nil {
 		dial := cfg.Dial
 		if dial == nil {
-			dial = ProxyDialer(DefaultProxyPort)
+			dial = ConnectProxyDialer(DefaultProxyPort)
 		}
 		hc = &http.Client{Transport: &http.Transport{
 			DialContext:         dial,

@@ -6,12 +6,14 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +23,7 @@ import (
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 
 	"github.com/cloister/cloister/attest"
+	"github.com/cloister/cloister/internal/egress"
 	"github.com/cloister/cloister/kms"
 	"github.com/cloister/cloister/kms/sigv4"
 	"github.com/cloister/cloister/kms/store"
@@ -135,10 +138,11 @@ func TestClientThroughSandboxProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	att := &issuerAttester{iss: iss, pcrs: map[int][]byte{0: bytes.Repeat([]byte{0xaa}, 48), 1: bytes.Repeat([]byte{1}, 48), 2: bytes.Repeat([]byte{2}, 48)}}
-	// The host name is never resolved: the default dialer goes to the
-	// parent's proxy port whatever the address.
+	// The host name is never resolved: the fixed-destination dialer goes
+	// to the parent's proxy port whatever the address (AWS vsock-proxy).
 	c, err := New(Config{Attester: att, Region: "us-east-1", Endpoint: "http://kms.us-east-1.amazonaws.com",
-		Credentials: credentials.NewStaticCredentialsProvider("AKIDENCLAVE", "s2", ""), RetryMaxAttempts: 1})
+		Credentials: credentials.NewStaticCredentialsProvider("AKIDENCLAVE", "s2", ""), RetryMaxAttempts: 1,
+		Dial: ProxyDialer(DefaultProxyPort)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,5 +223,58 @@ func TestClientErrors(t *testing.T) {
 	}
 	if _, err := open(nil, nil); !errors.Is(err, ErrNoRecipientCiphertext) {
 		t.Fatalf("empty CFR: %v", err)
+	}
+}
+
+// TestClientThroughConnectProxy uses the default dialer against the
+// daemon's default egress proxy (CONNECT mode with an allowlist), over the
+// sandbox world's Unix sockets.
+func TestClientThroughConnectProxy(t *testing.T) {
+	addr, admin, iss := serve(t)
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "host"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", filepath.Join(dir, "host", fmt.Sprintf("vsock_%d", DefaultProxyPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	proxy := &egress.Proxy{Allowlist: &egress.Allowlist{Entries: []egress.Entry{{Address: host, Port: p}}}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- proxy.Serve(ctx, l) }()
+	t.Cleanup(func() { cancel(); <-done })
+	t.Setenv("CLOISTER_WORLD", "sandbox")
+	t.Setenv("CLOISTER_VSOCK_DIR", dir)
+	t.Setenv("CLOISTER_CID", "16")
+
+	ck, err := admin.CreateKey(ctx, &awskms.CreateKeyInput{Policy: aws.String(policyDoc)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := admin.Encrypt(ctx, &awskms.EncryptInput{KeyId: ck.KeyMetadata.KeyId, Plaintext: []byte("via connect")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	att := &issuerAttester{iss: iss, pcrs: map[int][]byte{0: bytes.Repeat([]byte{0xaa}, 48), 1: bytes.Repeat([]byte{1}, 48), 2: bytes.Repeat([]byte{2}, 48)}}
+	c, err := New(Config{Attester: att, Region: "us-east-1", Endpoint: "http://" + addr,
+		Credentials: credentials.NewStaticCredentialsProvider("AKIDENCLAVE", "s2", ""), RetryMaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt, err := c.Decrypt(ctx, DecryptInput{CiphertextBlob: enc.CiphertextBlob})
+	if err != nil || string(pt) != "via connect" {
+		t.Fatalf("Decrypt through the CONNECT proxy = %q, %v", pt, err)
+	}
+	// A destination missing from the allowlist is refused by the proxy.
+	c2, err := New(Config{Attester: att, Region: "us-east-1", Endpoint: "http://127.0.0.1:1",
+		Credentials: credentials.NewStaticCredentialsProvider("AKIDENCLAVE", "s2", ""), RetryMaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.Decrypt(ctx, DecryptInput{CiphertextBlob: enc.CiphertextBlob}); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("Decrypt to a destination off the allowlist: %v, want the proxy's 403", err)
 	}
 }

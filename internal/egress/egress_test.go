@@ -317,3 +317,40 @@ func BenchmarkConnectProxyThroughput(b *testing.B) {
 		}
 	}
 }
+
+func TestServeEndsOpenTunnels(t *testing.T) {
+	port := echoServer(t)
+	al := &Allowlist{Entries: []Entry{{"127.0.0.1", port}}}
+	sock := filepath.Join(t.TempDir(), "p.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&Proxy{Allowlist: al}).Serve(ctx, l) }()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	target := "127.0.0.1:" + strconv.Itoa(port)
+	_, _ = io.WriteString(c, "CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	// The tunnel is open and idle; ending the proxy must close it.
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Serve did not return while a tunnel was open")
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("the tunnel was not closed: %v", err)
+	}
+}

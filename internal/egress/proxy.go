@@ -48,7 +48,8 @@ func (p *Proxy) Validate(ctx context.Context) error {
 }
 
 // Serve accepts connections on l until ctx ends or l fails, handling each in
-// its own goroutine. It closes l when ctx ends and waits for handlers.
+// its own goroutine. When ctx ends it closes l and every open tunnel, and
+// returns once the handlers are done.
 func (p *Proxy) Serve(ctx context.Context, l net.Listener) error {
 	if err := p.Validate(ctx); err != nil {
 		return err
@@ -83,6 +84,9 @@ func (p *Proxy) logger() *slog.Logger {
 
 func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 	defer c.Close()
+	// Ending the proxy ends its tunnels too.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
 	if p.Target != "" {
 		out, err := p.dialChecked(ctx, p.Target)
 		if err != nil {
@@ -90,6 +94,7 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 			return
 		}
 		defer out.Close()
+		defer context.AfterFunc(ctx, func() { out.Close() })()
 		p.logger().Info("egress connected", "target", p.Target)
 		splice(c, out)
 		return
@@ -121,6 +126,7 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 		return
 	}
 	defer out.Close()
+	defer context.AfterFunc(ctx, func() { out.Close() })()
 	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return
 	}
