@@ -14,10 +14,17 @@
 #   TEST_TIMEOUT=45m the go test -timeout
 #   SKIP_INSTALL=1   do not install anything (for machines that are already set up)
 #   TEST_PACKAGES    the packages to check and test (default ./...)
+#   SKIP_DEMO=1      do not run the main job (scripts/demo.sh) at the end
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
+
+# The enclave tests need root (namespaces, cgroups, QEMU as an unprivileged
+# user); re-run as root when started as another user.
+if [ "$(id -u)" -ne 0 ]; then
+	exec sudo --preserve-env=PATH,GOPATH,GOCACHE,GOMODCACHE,GOFLAGS,GOPROXY,CI,FUZZTIME,TEST_TIMEOUT,SKIP_INSTALL,TEST_PACKAGES,SKIP_DEMO bash "$0" "$@"
+fi
 FUZZTIME=${FUZZTIME:-5s}
 TEST_TIMEOUT=${TEST_TIMEOUT:-45m}
 STATICCHECK_VERSION=v0.8.2
@@ -118,6 +125,13 @@ if [ "$FUZZTIME" != 0 ] && [ "$FUZZTIME" != 0s ]; then
 			go test -run='^$' -fuzz="^${target}\$" -fuzztime="$FUZZTIME" "$pkg"
 		done
 	done
+fi
+
+if [ "${SKIP_DEMO:-}" != 1 ]; then
+	step "the main job (README's first command), sandbox backend"
+	bash scripts/demo.sh
+	step "the main job, QEMU microVM backend"
+	bash scripts/demo.sh --backend qemu
 fi
 
 step "all checks passed"

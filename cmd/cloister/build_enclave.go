@@ -45,8 +45,9 @@ $CLOISTER_BLOBS or /usr/share/nitro_enclaves/blobs; without them the image has
 no kernel and can only run in the process sandbox. For the QEMU microVM backend
 with a distribution kernel, --kernel-modules-dir adds the vsock modules it needs:
 
+  KVER=6.1.0-56-cloud-amd64   # an installed linux-image-cloud-amd64
   cloister build-enclave --rootfs app/ --output-file app.eif \
-    --kernel /boot/vmlinuz-$(uname -r) --kernel-modules-dir /lib/modules/$(uname -r)`,
+    --kernel /boot/vmlinuz-$KVER --kernel-modules-dir /lib/modules/$KVER`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var src build.Source
@@ -114,7 +115,7 @@ with a distribution kernel, --kernel-modules-dir adds the vsock modules it needs
 	f := cmd.Flags()
 	f.StringVar(&output, "output-file", "", "path of the EIF to write (required)")
 	f.StringVar(&dockerURI, "docker-uri", "", "registry image reference to pull, e.g. docker.io/library/alpine:3.20")
-	f.StringVar(&archive, "docker-archive", "", "`docker save` archive; append @repo:tag to choose an image")
+	f.StringVar(&archive, "docker-archive", "", "a \"docker save\" archive; append @repo:tag to choose an image")
 	f.StringVar(&ociLayout, "oci-layout", "", "OCI image layout directory")
 	f.StringVar(&rootfs, "rootfs", "", "root file system directory (requires --cmd)")
 	f.StringVar(&kernel, "kernel", "", "enclave kernel (default: bzImage in $CLOISTER_BLOBS or /usr/share/nitro_enclaves/blobs)")

@@ -17,7 +17,12 @@ func newDescribeEIFCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "describe-eif",
 		Short: "Show an EIF's version, measurements, signature and metadata (nitro-cli JSON)",
-		Args:  cobra.NoArgs,
+		Long: `describe-eif reads an EIF, checks its layout, CRC and (when signed) its
+signature, and prints nitro-cli describe-eif's JSON: EifVersion, Measurements
+(PCR0, PCR1, PCR2 and PCR8 when signed), IsSigned, CheckCRC, SignatureCheck,
+SigningCertificate, ImageName, ImageVersion and Metadata. A CRC mismatch is
+reported as CheckCRC false rather than an error, as nitro-cli does.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			img, err := eif.Open(path, eif.ReadOptions{IgnoreCRC: true})
 			if err != nil {

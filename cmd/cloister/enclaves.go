@@ -179,7 +179,13 @@ func newTerminateEnclaveCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "terminate-enclave",
 		Short: "Terminate enclaves (nitro-cli compatible)",
-		Args:  cobra.NoArgs,
+		Long: `terminate-enclave stops an enclave (by --enclave-id or --enclave-name) or every
+running enclave (--all) and prints nitro-cli's JSON {EnclaveName, EnclaveID,
+Terminated} (an array with --all). The application gets SIGTERM and a few
+seconds to exit before the enclave is killed; its CPUs and memory return to
+the pool. Terminating an enclave that already exited forgets it and its kept
+console log.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c := parent.NewClient(*sock)
 			if all {

@@ -17,7 +17,13 @@ func newSignEIFCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "sign-eif",
 		Short: "Sign an EIF in place (adds or replaces the signature section, fixes the CRC)",
-		Args:  cobra.NoArgs,
+		Long: `sign-eif signs an EIF as nitro-cli does: the signature section holds the PEM
+certificate and a COSE_Sign1 over {register_index: 0, register_value: PCR0},
+with ES256, ES384 or ES512 chosen by the private key's curve. The file is
+rewritten in place with a new CRC, and the new Measurements (now with PCR8,
+the SHA-384 measurement of the certificate) are printed. Key policies can pin
+PCR8 to accept every image signed with that certificate.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			certPEM, key, err := loadSigner(certFile, keyFile)
 			if err != nil {

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cloister/cloister/internal/demo"
+)
+
+func init() { register(newDemoCmd) }
+
+func newDemoCmd() *cobra.Command {
+	var cfg demo.Config
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Show the whole mission on this machine: measure, attest, release a key",
+		Long: `demo builds the kms-secret example's enclave image, starts the parent daemon,
+the key service (embedded store) and the attestation verifier in this process,
+creates a key whose policy pins the image's PCR0, seals a secret, runs the
+enclave, and narrates: the measurements, the enclave's attestation verified,
+the key released to the enclave, and the parent — with the same credentials
+but no attestation — refused. Everything is cleaned up afterwards; the exit
+status is non-zero if any step fails. It needs root (sandbox and microVM
+backends both do). scripts/demo.sh builds what it needs and runs it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.NewBackend = newBackend
+			cfg.Out = cmd.OutOrStdout()
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			if err := demo.Run(ctx, cfg); err != nil {
+				return withExit(1, err)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Backend, "backend", "sandbox", "enclave backend: sandbox or qemu")
+	f.StringVar(&cfg.Init, "init", os.Getenv("CLOISTER_INIT"), "the static cloister-init binary")
+	f.StringVar(&cfg.App, "app", "", "the kms-secret example's enclave program (static)")
+	f.StringVar(&cfg.Kernel, "kernel", "", "kernel image for the qemu backend")
+	f.StringVar(&cfg.ModulesDir, "kernel-modules-dir", "", "the kernel's /lib/modules/<version> directory (qemu backend)")
+	f.BoolVar(&cfg.Keep, "keep", false, "keep the working directory (image, state, logs) for inspection")
+	_ = cmd.MarkFlagRequired("init")
+	_ = cmd.MarkFlagRequired("app")
+	return cmd
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The main job: builds Cloister and the kms-secret example, then runs
+# `cloister demo`, which measures an enclave image, runs it, has the key
+# service release a key to it through attestation, and shows the parent
+# being refused. README.md's first command.
+#
+#   bash scripts/demo.sh                # sandbox backend
+#   bash scripts/demo.sh --backend qemu # QEMU microVM (needs qemu-system-x86 and a kernel)
+#
+# It needs root for the enclave backends and re-runs itself with sudo when
+# started as another user.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+	exec sudo --preserve-env=PATH,GOPATH,GOCACHE,GOMODCACHE,GOFLAGS,GOPROXY bash "$0" "$@"
+fi
+
+bin=$(mktemp -d /tmp/cloister-demo-bin.XXXXXX)
+trap 'rm -rf "$bin"' EXIT
+echo "building cloister, cloister-init and the kms-secret enclave program…"
+go build -o "$bin/cloister" ./cmd/cloister
+CGO_ENABLED=0 go build -o "$bin/cloister-init" ./cmd/cloister-init
+CGO_ENABLED=0 go build -o "$bin/kms-secret-enclave" ./examples/kms-secret/enclave
+
+args=(--init "$bin/cloister-init" --app "$bin/kms-secret-enclave")
+for a in "$@"; do
+	if [ "$a" = qemu ] || [ "$a" = "--backend=qemu" ]; then
+		# A microVM needs a kernel: Debian's cloud kernel and its vsock modules.
+		kernel=$(ls -1 /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+		if [ -z "$kernel" ]; then
+			echo "the qemu backend needs a kernel: apt-get install linux-image-cloud-amd64 qemu-system-x86" >&2
+			exit 1
+		fi
+		args+=(--kernel "$kernel" --kernel-modules-dir "/lib/modules/${kernel#/boot/vmlinuz-}")
+	fi
+done
+"$bin/cloister" demo "${args[@]}" "$@"
