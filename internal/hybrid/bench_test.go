@@ -11,9 +11,10 @@ import (
 	"github.com/cloister/cloister/internal/hybrid"
 )
 
-// The benchmarks compare a connection relayed by the hybrid Server (client →
-// CONNECT socket → splice relay → enclave listener) with a direct Unix
-// connection to the same kind of listener. Run:
+// The benchmarks compare a host → enclave connection made through the hybrid
+// Server (client → CONNECT socket → UnixConnector, which hands the client's
+// socket to the enclave listener) with a direct Unix connection to the same
+// kind of listener. Run:
 //
 //	go test -run '^$' -bench . ./internal/hybrid
 
@@ -41,6 +42,9 @@ func benchPair(b *testing.B, hybridPath bool, serve func(net.Conn)) net.Conn {
 	} else {
 		var d net.Dialer
 		c, err = d.DialContext(ctx, "unix", filepath.Join(w.dir, "guest", "vsock_1"))
+		if err == nil {
+			err = hybrid.SendRelay(c)
+		}
 	}
 	if err != nil {
 		b.Fatal(err)

@@ -2,6 +2,7 @@ package hybrid_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -15,28 +16,44 @@ import (
 // TestConnHybridDial runs nettest's conformance suite on host → enclave
 // connections: c1 is the host's hybrid.Dial connection through a Server with
 // UnixConnector, c2 the enclave's connection accepted from the sandbox
-// transport.
+// transport. "handoff" is the default (the enclave gets the client's socket),
+// "relay" hides the Handoff method so the Server relays.
 func TestConnHybridDial(t *testing.T) {
-	w := newWorld(t, nil)
-	var port atomic.Uint32
-	port.Store(5000)
-	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
-		p := port.Add(1)
-		l, err := transport.Listen(p, w.tcfg)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		accepted := acceptOne(l)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		hc, err := hybrid.Dial(ctx, w.sock, p, dialCfg())
-		if err != nil {
-			l.Close()
-			return nil, nil, nil, err
-		}
-		gc := <-accepted
-		return hc, gc, func() { hc.Close(); gc.Close(); l.Close() }, nil
-	})
+	for _, tc := range []struct {
+		name      string
+		configure func(*hybrid.Server)
+	}{
+		{"handoff", nil},
+		{"relay", func(s *hybrid.Server) { s.Connector = relayOnly(s.Connector) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, tc.configure)
+			var port atomic.Uint32
+			port.Store(5000)
+			nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
+				p := port.Add(1)
+				l, err := transport.Listen(p, w.tcfg)
+				if err != nil {
+					return nil, nil, nil, err
+				}
+				accepted := acceptOne(l)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				hc, err := hybrid.Dial(ctx, w.sock, p, dialCfg())
+				if err != nil {
+					l.Close()
+					return nil, nil, nil, err
+				}
+				gc, ok := <-accepted
+				if !ok {
+					hc.Close()
+					l.Close()
+					return nil, nil, nil, errors.New("accept failed")
+				}
+				return hc, gc, func() { hc.Close(); gc.Close(); l.Close() }, nil
+			})
+		})
+	}
 }
 
 // TestConnHostListener runs nettest's suite on enclave → host connections:

@@ -16,7 +16,27 @@
 //     to (CID 3, port): Firecracker's "<uds_path>_<port>" naming. [Listen]
 //     creates one and [Registry] manages the set for one enclave.
 //   - D/guest/vsock_<port> (sandbox world only) are the enclave's own
-//     listeners; [UnixConnector] dials them for the [Server].
+//     listeners ([ListenGuest]); [UnixConnector] dials them for the [Server].
+//
+// # Handoff in the sandbox world
+//
+// Every connection to a D/guest/vsock_<port> listener starts with one marker
+// byte from the connecting side:
+//
+//   - 'F' ([MarkerHandoff]) with exactly one SCM_RIGHTS descriptor: the
+//     host client's own socket, already past "OK <n>\n". [Server] does this
+//     when its Connector implements [Handoff] ([UnixConnector] does): it
+//     connects to the listener, writes "OK <n>\n" to the client first (so
+//     the enclave can never race the OK line), then sends 'F' and the
+//     descriptor and closes its own copies. No relay remains; if the
+//     handoff fails after OK, the client reads end of stream.
+//   - 'R' ([MarkerRelay]): the connection itself is the stream from the
+//     next byte on ([UnixConnector.ConnectGuest], [SendRelay]); the Server
+//     relays it when the Connector cannot hand off.
+//
+// A [ListenGuest] listener's Accept reads the marker (bounded by
+// MarkerTimeout) and returns either the received socket or the connection
+// itself; connections that send anything else are closed.
 //
 // # Compatibility with existing VMMs
 //

@@ -139,3 +139,14 @@ func wantClass(t testing.TB, err, class error) {
 		t.Errorf("error %v is not a *net.OpError on network vsock", err)
 	}
 }
+
+// relayConnector hides the Handoff method of a Connector, so the Server
+// relays.
+type relayConnector struct{ c hybrid.Connector }
+
+func (r relayConnector) ConnectGuest(ctx context.Context, port uint32) (net.Conn, error) {
+	return r.c.ConnectGuest(ctx, port)
+}
+
+// relayOnly returns c without its Handoff method.
+func relayOnly(c hybrid.Connector) hybrid.Connector { return relayConnector{c} }

@@ -30,7 +30,13 @@ func HostPath(base string, port uint32) string {
 // RemoteAddr = (peer CID, the listener's port): the Unix emulation carries no
 // source port, so the service port stands in for it.
 type Listener struct {
+	// MarkerTimeout bounds, for a listener made by [ListenGuest], how long
+	// Accept waits for one connection's marker; zero means
+	// [DefaultMarkerTimeout]. Set it before the first Accept.
+	MarkerTimeout time.Duration
+
 	ul      *net.UnixListener
+	guest   bool // ListenGuest: read a marker first
 	addr    *vsock.Addr
 	peerCID uint32
 	path    string
@@ -125,11 +131,21 @@ func (l *Listener) Accept() (net.Conn, error) {
 
 // AcceptVsock is Accept with the concrete result type.
 func (l *Listener) AcceptVsock() (*Conn, error) {
-	uc, err := l.ul.AcceptUnix()
-	if err != nil {
-		return nil, opError("accept", err, l.addr, nil)
+	for {
+		uc, err := l.ul.AcceptUnix()
+		if err != nil {
+			return nil, opError("accept", err, l.addr, nil)
+		}
+		if !l.guest {
+			return NewConn(uc, l.addr, &vsock.Addr{ContextID: l.peerCID, Port: l.addr.Port}), nil
+		}
+		sc, err := l.receiveMarker(uc)
+		if err != nil {
+			uc.Close()
+			continue
+		}
+		return NewConn(sc, l.addr, &vsock.Addr{ContextID: l.peerCID, Port: l.addr.Port}), nil
 	}
-	return NewConn(uc, l.addr, &vsock.Addr{ContextID: l.peerCID, Port: l.addr.Port}), nil
 }
 
 // Addr returns the listener's vsock address (*vsock.Addr).

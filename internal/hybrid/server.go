@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -30,16 +28,20 @@ type UnixConnector struct {
 	Dir string
 }
 
-// ConnectGuest dials "<Dir>/vsock_<port>". A missing socket file or a
-// refused connection is class [ErrNoListener]; ctx's deadline gives
-// [ErrTimeout]. The result is a *net.UnixConn, which the [Server] splices
-// without copying through user space.
+// ConnectGuest dials "<Dir>/vsock_<port>" and writes [MarkerRelay], so the
+// enclave's listener (see [ListenGuest]) reads the connection itself as the
+// stream. A missing socket file or a refused connection is class
+// [ErrNoListener]; ctx's deadline gives [ErrTimeout]. The result is a
+// *net.UnixConn, which the [Server] splices without copying through user
+// space. The [Server] prefers [UnixConnector.Handoff], which needs no relay.
 func (u UnixConnector) ConnectGuest(ctx context.Context, port uint32) (net.Conn, error) {
-	path := filepath.Join(u.Dir, "vsock_"+strconv.FormatUint(uint64(port), 10))
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := u.dial(ctx, port)
 	if err != nil {
-		return nil, fmt.Errorf("hybrid: connect to enclave port %d: %w", port, Classify(ctx, err, port))
+		return nil, err
+	}
+	if err := SendRelay(c); err != nil {
+		c.Close()
+		return nil, err
 	}
 	return c, nil
 }
@@ -63,7 +65,11 @@ const (
 // HandshakeTimeout; asks the Connector for the enclave side; answers
 // "OK <hostport>\n" with a host port allocated round-robin from
 // [FirstHostPort] (like Firecracker); then relays both directions until both
-// are finished. End of stream in one direction is forwarded as a half-close
+// are finished. If the Connector implements [Handoff] (as [UnixConnector]
+// does) and the client is a *net.UnixConn, the Server asks it to hand the
+// client's socket to the enclave instead, and relays nothing: after a
+// successful handoff the Server's part in the connection is over (it
+// survives the end of Serve). End of stream in one direction is forwarded as a half-close
 // (CloseWrite) and the other direction keeps flowing; an error in either
 // direction closes both. A malformed request, a failed Connector or an
 // expired handshake closes the client connection without sending a byte,
@@ -79,8 +85,9 @@ type Server struct {
 	// Logger receives per-connection diagnostics at debug level and
 	// accept failures at warn level; nil discards them.
 	Logger *slog.Logger
-	// MaxConns bounds the concurrent connections; zero means
-	// DefaultMaxConns.
+	// MaxConns bounds the concurrent connections (handshakes and relayed
+	// connections; a handed-off connection stops counting once handed
+	// off); zero means DefaultMaxConns.
 	MaxConns int
 	// HandshakeTimeout bounds reading the request plus connecting the
 	// guest; zero means DefaultHandshakeTimeout.
@@ -201,6 +208,22 @@ func (s *Server) handle(ctx context.Context, c net.Conn, log *slog.Logger) {
 		return
 	}
 	cctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if h, ok := s.Connector.(Handoff); ok {
+		if uc, ok := c.(*net.UnixConn); ok {
+			hostPort := s.allocPort()
+			err := h.Handoff(cctx, port, uc, AppendOK(make([]byte, 0, MaxLineLen), hostPort))
+			s.freePort(hostPort)
+			if err == nil {
+				log.Debug("hybrid: handed off", "port", port, "hostport", hostPort)
+				return
+			}
+			if !errors.Is(err, ErrHandoffUnsupported) {
+				log.Debug("hybrid: handoff failed", "port", port, "err", err)
+				return
+			}
+		}
+	}
 	g, err := s.Connector.ConnectGuest(cctx, port)
 	cancel()
 	if err != nil {

@@ -100,14 +100,19 @@ func HostPath(dir string, port uint32) string {
 //
 // In the sandbox world it creates the Unix socket GuestPath(dir, port),
 // removing a stale one (see hybrid.ListenUnix); the listener's Addr is (own
-// CID, port) and accepted connections report Local = (own CID, port),
+// CID, port). Each accepted connection first carries a marker byte
+// (hybrid.ListenGuest): 'F' with a file descriptor (the host client's own
+// socket, handed off by the daemon: Accept returns that socket and closes
+// the connection the marker came on) or 'R' (the connection itself is the
+// stream, relayed by the daemon). Accepted connections report
+// Local = (own CID, port),
 // Remote = (3, port). The own CID is Config.CID or $CLOISTER_CID (AnyCID if
 // neither is set). In the nitro and microvm worlds it is vsock.Listen.
 func Listen(port uint32, cfg *Config) (net.Listener, error) {
 	if cfg.world() != WorldSandbox {
 		return vsock.Listen(port, nil)
 	}
-	l, err := hybrid.ListenUnix(GuestPath(cfg.dir(), port), &vsock.Addr{ContextID: cfg.ownCID(), Port: port}, ParentCID)
+	l, err := hybrid.ListenGuest(GuestPath(cfg.dir(), port), &vsock.Addr{ContextID: cfg.ownCID(), Port: port}, ParentCID)
 	if err != nil {
 		return nil, err
 	}

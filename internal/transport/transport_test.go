@@ -72,6 +72,9 @@ func TestSandboxListen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	if err := hybrid.SendRelay(c); err != nil {
+		t.Fatal(err)
+	}
 	ac, err := l.Accept()
 	if err != nil {
 		t.Fatal(err)
@@ -258,6 +261,10 @@ func TestSandboxConn(t *testing.T) {
 			defer l.Close()
 			c2, err = net.Dial("unix", GuestPath(cfg.Dir, p))
 			if err != nil {
+				return nil, nil, nil, err
+			}
+			if err := hybrid.SendRelay(c2); err != nil {
+				c2.Close()
 				return nil, nil, nil, err
 			}
 			c1, err = l.Accept()

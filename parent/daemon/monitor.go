@@ -382,6 +382,16 @@ func (c instanceConnector) ConnectGuest(ctx context.Context, port uint32) (net.C
 	return c.inst.Dial(ctx, port)
 }
 
+// Handoff hands the client's socket to the enclave when the instance can
+// (the sandbox backend); otherwise it returns hybrid.ErrHandoffUnsupported
+// and the hybrid server relays through ConnectGuest.
+func (c instanceConnector) Handoff(ctx context.Context, port uint32, client *net.UnixConn, ok []byte) error {
+	if h, is := c.inst.(hybrid.Handoff); is {
+		return h.Handoff(ctx, port, client, ok)
+	}
+	return hybrid.ErrHandoffUnsupported
+}
+
 func listenUnix(path string) (net.Listener, error) {
 	_ = os.Remove(path)
 	l, err := net.Listen("unix", path)

@@ -211,14 +211,32 @@ func (i *instance) Terminate(ctx context.Context) error {
 // terminateGrace is how long an application may take to exit on SIGTERM.
 const terminateGrace = 5 * time.Second
 
-// Dial connects to the enclave's listener for port (D/guest/vsock_<port>).
+// Dial connects to the enclave's listener for port (D/guest/vsock_<port>)
+// and sends the relay marker, so the enclave reads this connection itself as
+// the stream (see hybrid.ListenGuest).
 func (i *instance) Dial(ctx context.Context, port uint32) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", filepath.Join(i.dir, "guest", fmt.Sprintf("vsock_%d", port)))
+	c, err := i.guest().ConnectGuest(ctx, port)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: nobody listening on port %d in the enclave: %w", port, err)
 	}
 	return c, nil
+}
+
+// Handoff passes the host client's socket to the enclave's listener for
+// port instead of relaying (hybrid.Handoff; see hybrid.UnixConnector.Handoff):
+// it writes ok to client once the enclave's listener is connected.
+func (i *instance) Handoff(ctx context.Context, port uint32, client *net.UnixConn, ok []byte) error {
+	if err := i.guest().Handoff(ctx, port, client, ok); err != nil {
+		return fmt.Errorf("sandbox: handing a connection to port %d of the enclave: %w", port, err)
+	}
+	return nil
+}
+
+var _ hybrid.Handoff = (*instance)(nil)
+
+// guest reaches the enclave's listeners in D/guest.
+func (i *instance) guest() hybrid.UnixConnector {
+	return hybrid.UnixConnector{Dir: filepath.Join(i.dir, "guest")}
 }
 
 // copySection copies one section of the image file f into a new file at
