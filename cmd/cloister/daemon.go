@@ -94,13 +94,24 @@ Running enclaves survive a daemon restart.`,
 // newMonitorCmd is the per-enclave monitor process the daemon starts.
 func newMonitorCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:    "__monitor DIR",
+		Use:    "__monitor (DIR | --spare ROOT)",
 		Short:  "Internal: supervise one enclave (started by the daemon)",
 		Hidden: true,
-		Args:   cobra.ExactArgs(1),
+		// The daemon's own flag for spare monitors is an argument here.
+		DisableFlagParsing: true,
+		Args:               cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := args[0]
+			if root, ok := daemon.SpareArg(args); ok {
+				var err error
+				if dir, err = daemon.AwaitMonitorJob(root, os.Stdin); err != nil {
+					return withExit(1, err)
+				}
+			} else if len(args) != 1 {
+				return fmt.Errorf("usage: __monitor DIR | --spare ROOT")
+			}
 			logger := newLogger("json")
-			if err := daemon.RunMonitor(cmd.Context(), args[0], newBackend, logger); err != nil {
+			if err := daemon.RunMonitor(cmd.Context(), dir, newBackend, logger); err != nil {
 				return withExit(1, err)
 			}
 			return nil

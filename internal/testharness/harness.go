@@ -358,7 +358,17 @@ func (d *Daemon) Monitors() []int {
 			continue
 		}
 		args := strings.Split(string(b), "\x00")
-		if len(args) >= 3 && args[1] == "__monitor" && strings.HasPrefix(args[2], d.State+string(filepath.Separator)) {
+		if len(args) < 3 || args[1] != "__monitor" {
+			continue
+		}
+		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		mine := false
+		for _, a := range append(args[2:], cwd) {
+			if strings.HasPrefix(a, d.State+string(filepath.Separator)) {
+				mine = true // its enclave directory, or a spare's root
+			}
+		}
+		if mine {
 			if st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil && strings.Contains(string(st), ") Z ") {
 				continue // a zombie waiting for its parent is gone for our purposes
 			}

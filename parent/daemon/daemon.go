@@ -69,6 +69,9 @@ type Daemon struct {
 	devRoot []byte
 	hostID  string
 
+	spares bool  // keep a spare monitor ready (the default monitor command)
+	spare  spare // the waiting spare monitor
+
 	mu       sync.Mutex
 	enclaves map[string]*enclave // by ID
 	wg       sync.WaitGroup
@@ -104,6 +107,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
+	useSpares := opts.MonitorCommand == nil
 	if opts.MonitorCommand == nil {
 		opts.MonitorCommand = func(dir string) *exec.Cmd {
 			return exec.Command("/proc/self/exe", "__monitor", dir)
@@ -131,6 +135,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 		hostID:   instanceID(),
 		enclaves: map[string]*enclave{},
 		closed:   make(chan struct{}),
+		spares:   useSpares,
 	}
 	if cfg.Backend != "nitro" {
 		var err error
@@ -141,6 +146,9 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 	}
 	if err := d.recover(ctx); err != nil {
 		return nil, err
+	}
+	if d.spares {
+		d.spawnSpare()
 	}
 	return d, nil
 }
@@ -159,6 +167,7 @@ func (d *Daemon) Close() error {
 	default:
 		close(d.closed)
 	}
+	d.stopSpare()
 	d.wg.Wait()
 	return nil
 }

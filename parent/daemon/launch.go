@@ -37,24 +37,34 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img imageInfo) error {
 		return fmt.Errorf("daemon: write monitor spec: %w", err)
 	}
 
-	logf, err := os.OpenFile(filepath.Join(e.dir, monitorLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("daemon: monitor log: %w", err)
+	// A spare monitor, already running, takes the job; otherwise one is
+	// started for this enclave.
+	var proc *os.Process
+	if d.spares {
+		proc = d.takeSpare(e.dir)
+		defer func() { go d.spawnSpare() }()
 	}
-	cmd := d.opts.MonitorCommand(e.dir)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	logf.Close()
-	if err != nil {
-		return fmt.Errorf("daemon: start monitor: %w", err)
+	if proc == nil {
+		logf, err := os.OpenFile(filepath.Join(e.dir, monitorLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("daemon: monitor log: %w", err)
+		}
+		cmd := d.opts.MonitorCommand(e.dir)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		err = cmd.Start()
+		logf.Close()
+		if err != nil {
+			return fmt.Errorf("daemon: start monitor: %w", err)
+		}
+		// Reap the monitor whenever it ends; its exit is reported via exit.json.
+		go func() { _ = cmd.Wait() }()
+		proc = cmd.Process
 	}
 	monitorStarted := time.Now()
-	// Reap the monitor whenever it ends; its exit is reported via exit.json.
-	go func() { _ = cmd.Wait() }()
-	e.rec.MonitorPID = cmd.Process.Pid
+	e.rec.MonitorPID = proc.Pid
 	if err := writeJSONAtomic(filepath.Join(e.dir, recordFile), e.rec); err != nil {
-		_ = cmd.Process.Kill()
+		_ = proc.Kill()
 		return fmt.Errorf("daemon: write enclave record: %w", err)
 	}
 
@@ -62,9 +72,9 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img imageInfo) error {
 	deadline := hbTimeout + 60*time.Second
 	wctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
-	st, err := d.awaitMonitorState(wctx, e.dir, cmd.Process.Pid)
+	st, err := d.awaitMonitorState(wctx, e.dir, proc.Pid)
 	if err != nil {
-		_ = cmd.Process.Kill()
+		_ = proc.Kill()
 		_ = monitorTerminate(context.Background(), e.dir)
 		return newErr("E39", ErrBoot, "enclave monitor did not report: %v (see %s)", err, filepath.Join(e.dir, monitorLog))
 	}
@@ -195,8 +205,9 @@ func (d *Daemon) reapLost(ctx context.Context, e *enclave, reason string) {
 	d.ended(e, x)
 }
 
-// isMonitorOf reports whether process pid is a monitor for dir, judged by
-// its command line.
+// isMonitorOf reports whether process pid is a monitor for dir: a
+// "__monitor" process with dir on its command line, or (a spare that took
+// the job) as its working directory.
 func isMonitorOf(pid int, dir string) bool {
 	if pid <= 0 {
 		return false
@@ -205,12 +216,17 @@ func isMonitorOf(pid int, dir string) bool {
 	if err != nil {
 		return false
 	}
-	for _, arg := range bytes.Split(b, []byte{0}) {
+	args := bytes.Split(b, []byte{0})
+	if len(args) < 2 || string(args[1]) != "__monitor" {
+		return false
+	}
+	for _, arg := range args {
 		if string(arg) == dir {
 			return true
 		}
 	}
-	return false
+	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	return err == nil && cwd == dir
 }
 
 // recover finds the enclaves of a previous daemon: running ones are adopted,
