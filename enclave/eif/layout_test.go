@@ -78,3 +78,39 @@ func TestCheckFile(t *testing.T) {
 		t.Fatalf("corrupted image: %v, want ErrCRC", err)
 	}
 }
+
+func TestExtractSections(t *testing.T) {
+	img := &Image{Sections: []Section{
+		{Type: SectionKernel, Data: []byte("KERNEL")},
+		{Type: SectionCmdline, Data: []byte("c")},
+		{Type: SectionMetadata, Data: []byte(`{}`)},
+		{Type: SectionRamdisk, Data: []byte("first ramdisk|")},
+		{Type: SectionRamdisk, Data: []byte("second ramdisk")},
+	}}
+	b, err := Marshal(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	p := filepath.Join(dir, "x.eif")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	l, err := CheckFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "initrd")
+	if err := ExtractSections(out, f, l.Sections[3], l.Sections[4]); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(out)
+	if string(got) != "first ramdisk|second ramdisk" {
+		t.Fatalf("extracted %q", got)
+	}
+}

@@ -238,3 +238,27 @@ func CheckFile(f *os.File) (*Layout, error) {
 	}
 	return l, nil
 }
+
+// ExtractSections writes the data of secs, in order, from the image file
+// src to a new file at path (mode 0600). The kernel copies the bytes
+// (copy_file_range) without passing them through this process.
+func ExtractSections(path string, src *os.File, secs ...SectionInfo) error {
+	dst, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("eif: %w", err)
+	}
+	for _, s := range secs {
+		if _, err := src.Seek(s.Offset, io.SeekStart); err != nil {
+			dst.Close()
+			return fmt.Errorf("eif: %w", err)
+		}
+		if _, err := io.CopyN(dst, src, s.Size); err != nil {
+			dst.Close()
+			return fmt.Errorf("eif: extract %s section: %w", s.Type, err)
+		}
+	}
+	if err := dst.Close(); err != nil {
+		return fmt.Errorf("eif: %w", err)
+	}
+	return nil
+}

@@ -11,7 +11,10 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+
 	"time"
+
+	"github.com/cloister/cloister/internal/hybrid"
 )
 
 // Proxy forwards connections accepted from the enclave to allowlisted TCP
@@ -96,7 +99,7 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 		defer out.Close()
 		defer context.AfterFunc(ctx, func() { out.Close() })()
 		p.logger().Info("egress connected", "target", p.Target)
-		splice(c, out)
+		hybrid.Splice(c, out)
 		return
 	}
 
@@ -138,7 +141,7 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
-	splice(c, out)
+	hybrid.Splice(c, out)
 }
 
 func (p *Proxy) dialChecked(ctx context.Context, target string) (net.Conn, error) {
@@ -186,27 +189,4 @@ func writeStatus(c net.Conn, code int, msg string) {
 	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
 		code, http.StatusText(code), len(msg)+1, msg+"\n")
-}
-
-// closeWriter is implemented by TCP and Unix connections.
-type closeWriter interface{ CloseWrite() error }
-
-// splice copies both directions until both are done, propagating
-// half-close so request/response protocols that shut down their write side
-// keep working.
-func splice(a, b net.Conn) {
-	var wg sync.WaitGroup
-	cp := func(dst, src net.Conn) {
-		defer wg.Done()
-		_, _ = io.Copy(dst, src)
-		if cw, ok := dst.(closeWriter); ok {
-			_ = cw.CloseWrite()
-		} else {
-			_ = dst.Close()
-		}
-	}
-	wg.Add(2)
-	go cp(a, b)
-	go cp(b, a)
-	wg.Wait()
 }

@@ -32,3 +32,30 @@ func relay(dst, src net.Conn) (int64, error) {
 	defer bufPool.Put(bp)
 	return io.CopyBuffer(dst, src, *bp)
 }
+
+// Splice copies a to b and b to a until both directions end, propagating
+// half-close (CloseWrite) so request/response protocols keep working; on a
+// copy error it closes both connections. Two Unix sockets are spliced in
+// the kernel. It is the one relay used by the hybrid server, the daemon's
+// connect endpoint and the egress proxy.
+func Splice(a, b net.Conn) {
+	var once sync.Once
+	closeBoth := func() { once.Do(func() { a.Close(); b.Close() }) }
+	pipe := func(dst, src net.Conn) {
+		if _, err := relay(dst, src); err != nil {
+			closeBoth()
+			return
+		}
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			return
+		}
+		closeBoth()
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pipe(b, a)
+	}()
+	pipe(a, b)
+	<-done
+}

@@ -12,9 +12,9 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"time"
 
+	"github.com/cloister/cloister/internal/hybrid"
 	"github.com/cloister/cloister/parent"
 )
 
@@ -194,27 +194,7 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	spliceConns(conn, enc)
-}
-
-type closeWriter interface{ CloseWrite() error }
-
-// spliceConns copies both ways, propagating half-close.
-func spliceConns(a, b net.Conn) {
-	var wg sync.WaitGroup
-	cp := func(dst, src net.Conn) {
-		defer wg.Done()
-		_, _ = io.Copy(dst, src)
-		if cw, ok := dst.(closeWriter); ok {
-			_ = cw.CloseWrite()
-		} else {
-			_ = dst.Close()
-		}
-	}
-	wg.Add(2)
-	go cp(a, b)
-	go cp(b, a)
-	wg.Wait()
+	hybrid.Splice(conn, enc)
 }
 
 func writeError(w http.ResponseWriter, err error) {

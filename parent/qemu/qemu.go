@@ -254,10 +254,10 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	// ramdisks are concatenated into one initramfs, exactly as the Nitro
 	// hypervisor presents them (copy_file_range: nothing passes through
 	// this process's memory).
-	if err := copySections(kernel, f, kernelSec); err != nil {
+	if err := eif.ExtractSections(kernel, f, kernelSec); err != nil {
 		return nil, fmt.Errorf("qemu: stage kernel: %w", err)
 	}
-	if err := copySections(initrd, f, ramdisks...); err != nil {
+	if err := eif.ExtractSections(initrd, f, ramdisks...); err != nil {
 		return nil, fmt.Errorf("qemu: stage initrd: %w", err)
 	}
 	if cred != nil {
@@ -566,24 +566,4 @@ func (b *Backend) Cleanup(ctx context.Context, spec backend.Spec) error {
 	}
 	_ = os.Remove(link)
 	return err
-}
-
-// copySections writes the data of secs of the image file f, in order, to a
-// new file at path.
-func copySections(path string, f *os.File, secs ...eif.SectionInfo) error {
-	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	for _, s := range secs {
-		if _, err := f.Seek(s.Offset, io.SeekStart); err != nil {
-			out.Close()
-			return err
-		}
-		if _, err := io.CopyN(out, f, s.Size); err != nil {
-			out.Close()
-			return err
-		}
-	}
-	return out.Close()
 }

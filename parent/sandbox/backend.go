@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -112,7 +111,7 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	for i, rd := range ramdisks {
 		p := filepath.Join(spec.Dir, fmt.Sprintf("ramdisk%d.cpio", i))
 		paths = append(paths, p)
-		if err := copySection(p, f, rd); err != nil {
+		if err := eif.ExtractSections(p, f, rd); err != nil {
 			return nil, fmt.Errorf("sandbox: stage ramdisk: %w", err)
 		}
 	}
@@ -237,22 +236,4 @@ var _ hybrid.Handoff = (*instance)(nil)
 // guest reaches the enclave's listeners in D/guest.
 func (i *instance) guest() hybrid.UnixConnector {
 	return hybrid.UnixConnector{Dir: filepath.Join(i.dir, "guest")}
-}
-
-// copySection copies one section of the image file f into a new file at
-// path (copy_file_range where the kernel supports it).
-func copySection(path string, f *os.File, s eif.SectionInfo) error {
-	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Seek(s.Offset, io.SeekStart); err != nil {
-		out.Close()
-		return err
-	}
-	if _, err := io.CopyN(out, f, s.Size); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
