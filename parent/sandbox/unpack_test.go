@@ -258,7 +258,7 @@ func TestUnpackMalformed(t *testing.T) {
 // FuzzMapPath checks that no archive name maps outside the root or, from
 // the customer's rootfs, into /.cloister.
 func FuzzMapPath(f *testing.F) {
-	for _, s := range []string{"init", "rootfs/bin/sh", "../x", "rootfs/../../x", "./rootfs/.cloister/init", "/", "rootfs//a/./b"} {
+	for _, s := range []string{"init", "rootfs/bin/sh", "../x", "rootfs/../../x", "./rootfs/.cloister/init", "/", "rootfs//a/./b", ".rootfs/0", "././/rootfs/x"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
@@ -270,7 +270,12 @@ func FuzzMapPath(f *testing.F) {
 			t.Fatalf("mapPath(%q) = %q: not a clean path inside the root", name, rel)
 		}
 		if strings.HasPrefix(rel, ".cloister") && (rel == ".cloister" || strings.HasPrefix(rel, ".cloister/")) {
-			n := strings.TrimLeft(name, "./")
+			// Only whole "./" and "/" prefixes are dropped from archive names
+			// (".rootfs/x" is not under rootfs/).
+			n := name
+			for strings.HasPrefix(n, "./") || strings.HasPrefix(n, "/") {
+				n = strings.TrimPrefix(strings.TrimPrefix(n, "./"), "/")
+			}
 			if strings.HasPrefix(filepath.Clean("/"+n), "/rootfs/") {
 				t.Fatalf("mapPath(%q) = %q: customer rootfs entry in /.cloister", name, rel)
 			}
