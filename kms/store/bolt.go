@@ -142,24 +142,7 @@ func (b *Bolt) GetKey(ctx context.Context, id string) (Key, error) {
 
 // ListKeys implements Store.
 func (b *Bolt) ListKeys(ctx context.Context) ([]Key, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	var out []Key
-	err := b.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketKeys).ForEach(func(_, v []byte) error {
-			var k Key
-			if err := json.Unmarshal(v, &k); err != nil {
-				return err
-			}
-			out = append(out, k)
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("store: listing keys: %w", err)
-	}
-	return out, nil
+	return listBucket[Key](ctx, b, bucketKeys, "keys")
 }
 
 // UpdateKey implements Store.
@@ -330,22 +313,27 @@ func (b *Bolt) GetAlias(ctx context.Context, name string) (Alias, error) {
 
 // ListAliases implements Store.
 func (b *Bolt) ListAliases(ctx context.Context) ([]Alias, error) {
+	return listBucket[Alias](ctx, b, bucketAliases, "aliases")
+}
+
+// listBucket decodes every JSON value of bucket, in key order.
+func listBucket[T any](ctx context.Context, b *Bolt, bucket []byte, what string) ([]T, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	var out []Alias
+	var out []T
 	err := b.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketAliases).ForEach(func(_, v []byte) error {
-			var a Alias
-			if err := json.Unmarshal(v, &a); err != nil {
+		return tx.Bucket(bucket).ForEach(func(_, v []byte) error {
+			var x T
+			if err := json.Unmarshal(v, &x); err != nil {
 				return err
 			}
-			out = append(out, a)
+			out = append(out, x)
 			return nil
 		})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("store: listing aliases: %w", err)
+		return nil, fmt.Errorf("store: listing %s: %w", what, err)
 	}
 	return out, nil
 }

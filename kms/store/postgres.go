@@ -175,23 +175,7 @@ func (p *Postgres) GetKey(ctx context.Context, id string) (Key, error) {
 
 // ListKeys implements Store.
 func (p *Postgres) ListKeys(ctx context.Context) ([]Key, error) {
-	rows, err := p.pool.Query(ctx, `SELECT data FROM cloister_kms_keys ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("store: listing keys: %w", err)
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Key, error) {
-		var data []byte
-		if err := r.Scan(&data); err != nil {
-			return Key{}, err
-		}
-		var k Key
-		err := json.Unmarshal(data, &k)
-		return k, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("store: listing keys: %w", err)
-	}
-	return out, nil
+	return listRows[Key](ctx, p, `SELECT data FROM cloister_kms_keys ORDER BY id`, "keys")
 }
 
 // UpdateKey implements Store (SELECT ... FOR UPDATE, then UPDATE).
@@ -327,21 +311,27 @@ func (p *Postgres) GetAlias(ctx context.Context, name string) (Alias, error) {
 
 // ListAliases implements Store.
 func (p *Postgres) ListAliases(ctx context.Context) ([]Alias, error) {
-	rows, err := p.pool.Query(ctx, `SELECT data FROM cloister_kms_aliases ORDER BY name`)
+	return listRows[Alias](ctx, p, `SELECT data FROM cloister_kms_aliases ORDER BY name`, "aliases")
+}
+
+// listRows runs query, whose rows are one JSON data column, and decodes
+// every row.
+func listRows[T any](ctx context.Context, p *Postgres, query, what string) ([]T, error) {
+	rows, err := p.pool.Query(ctx, query)
 	if err != nil {
-		return nil, fmt.Errorf("store: listing aliases: %w", err)
+		return nil, fmt.Errorf("store: listing %s: %w", what, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Alias, error) {
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (T, error) {
+		var x T
 		var data []byte
 		if err := r.Scan(&data); err != nil {
-			return Alias{}, err
+			return x, err
 		}
-		var a Alias
-		err := json.Unmarshal(data, &a)
-		return a, err
+		err := json.Unmarshal(data, &x)
+		return x, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("store: listing aliases: %w", err)
+		return nil, fmt.Errorf("store: listing %s: %w", what, err)
 	}
 	return out, nil
 }
