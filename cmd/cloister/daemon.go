@@ -12,6 +12,7 @@ import (
 
 	"github.com/cloister/cloister/parent/daemon"
 	"github.com/cloister/cloister/parent/nitro/allocator"
+	"github.com/cloister/cloister/parent/qemu"
 )
 
 func init() {
@@ -56,12 +57,23 @@ Running enclaves survive a daemon restart.`,
 				cfg.StateDir = stateDir
 			}
 			logger := newLogger(logFormat)
+			ctx, cancel := signalContext(cmd.Context())
+			defer cancel()
+			if cfg.Backend == "qemu" {
+				// Decide KVM or TCG once; monitors get the result.
+				accel, why, err := (&qemu.Backend{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel}).ResolveAccel(ctx)
+				if err != nil {
+					return withExit(1, err)
+				}
+				if why != "" {
+					logger.Warn("microVMs run under TCG (software emulation)", "why", why)
+				}
+				cfg.QEMU.Accel = accel
+			}
 			be, err := newBackend(cfg)
 			if err != nil {
 				return withExit(1, err)
 			}
-			ctx, cancel := signalContext(cmd.Context())
-			defer cancel()
 			opts := daemon.Options{Backend: be, Logger: logger, Version: version()}
 			if cfg.Backend == "nitro" {
 				// The Nitro driver needs its CPU pool and hugepages set up
@@ -102,16 +114,19 @@ func newMonitorCmd() *cobra.Command {
 		Args:               cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := args[0]
+			var img *os.File
 			if root, ok := daemon.SpareArg(args); ok {
 				var err error
-				if dir, err = daemon.AwaitMonitorJob(root, os.Stdin); err != nil {
+				if dir, img, err = daemon.AwaitMonitorJob(root, os.Stdin); err != nil {
 					return withExit(1, err)
 				}
 			} else if len(args) != 1 {
 				return fmt.Errorf("usage: __monitor DIR | --spare ROOT")
+			} else {
+				img = os.NewFile(daemon.ImageFD, "eif")
 			}
 			logger := newLogger("json")
-			if err := daemon.RunMonitor(cmd.Context(), dir, newBackend, logger); err != nil {
+			if err := daemon.RunMonitor(cmd.Context(), dir, img, newBackend, logger); err != nil {
 				return withExit(1, err)
 			}
 			return nil

@@ -135,7 +135,7 @@ func readLayout(r io.ReaderAt, size int64) (*Layout, error) {
 		return nil, readErr(err)
 	}
 	if string(magic[:]) != Magic {
-		return nil, fmt.Errorf("%w: starts with %x", ErrBadMagic, magic)
+		return nil, ErrBadMagic // the bytes are not echoed: messages reach callers who may not read the file
 	}
 	if size < HeaderSize {
 		return nil, fmt.Errorf("%w: %d bytes, the header alone has %d", ErrTruncated, size, HeaderSize)

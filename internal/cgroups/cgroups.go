@@ -190,7 +190,13 @@ type Limits struct {
 	// CPUQuota and CPUPeriod set a CFS bandwidth limit (quota per period);
 	// CPUQuota 0 = none. CPUPeriod defaults to 100ms.
 	CPUQuota, CPUPeriod time.Duration
+	// Devices are further v1 device rules to allow beyond the fixed list,
+	// in devices.allow syntax ("c 10:232 rwm" for /dev/kvm).
+	Devices []string
 }
+
+// KVMDevice is the device rule for /dev/kvm (character device 10:232).
+const KVMDevice = "c 10:232 rwm"
 
 // v1Controllers are the hierarchies every v1 group joins; "cpu" is added
 // when a quota is set.
@@ -389,7 +395,7 @@ func (m *Manager) createV1(g *Group, lim Limits) error {
 	if err := m.writeFile(d["devices"], "devices.deny", "a"); err != nil {
 		return err
 	}
-	for _, a := range allowedDevices {
+	for _, a := range append(allowedDevices[:len(allowedDevices):len(allowedDevices)], lim.Devices...) {
 		if err := m.writeFile(d["devices"], "devices.allow", a); err != nil {
 			return err
 		}

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 )
 
 // Sentinel errors a backend returns, wrapped with detail.
@@ -37,7 +38,14 @@ type Spec struct {
 	CPUs      []int  // dedicated host CPU ids
 	MemoryMiB int
 	Debug     bool
-	EIFPath   string
+	// EIFPath names where the image came from, for messages only: a
+	// backend never opens it.
+	EIFPath string
+	// Image holds the exact bytes to boot: the daemon's sealed in-memory
+	// copy, the one it measured (see docs/ARCHITECTURE.md, "The image that
+	// boots"). A backend reads the image only from here (ReadAt, or
+	// copy_file_range from it), never from EIFPath, and does not close it.
+	Image *os.File `json:"-"`
 	// Dir is the enclave's private directory. Its layout is fixed by the
 	// daemon (see docs/ARCHITECTURE.md): vsock.sock, host/, guest/.
 	Dir string
@@ -102,8 +110,8 @@ func ValidateSpec(s Spec) error {
 		return errors.New("backend: spec has no CPUs")
 	case s.MemoryMiB <= 0:
 		return errors.New("backend: spec has no memory")
-	case s.EIFPath == "":
-		return errors.New("backend: spec has no EIF path")
+	case s.Image == nil:
+		return errors.New("backend: spec has no image")
 	case s.Dir == "":
 		return errors.New("backend: spec has no private directory")
 	}

@@ -229,7 +229,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, ConnContext: withCaller}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	d.log.Info("daemon listening", "socket", d.cfg.Socket, "backend", d.cfg.Backend)

@@ -217,10 +217,17 @@ func (d *Daemon) Run(ctx context.Context, req parent.RunRequest) (parent.RunResu
 	if err != nil {
 		return parent.RunResult{}, newErr("E19", ErrInvalidArgument, "EIF path %q: %v", req.EIFPath, err)
 	}
-	img, err := inspectImage(eifPath, d.now())
+	src, err := openAsCaller(ctx, eifPath)
+	if err != nil {
+		return parent.RunResult{}, newErr("E19", ErrInvalidArgument, "cannot read EIF: %v", err)
+	}
+	loaded, err := loadImage(ctx, src, eifPath, d.now())
+	src.Close()
 	if err != nil {
 		return parent.RunResult{}, err
 	}
+	defer loaded.Close()
+	img := loaded.info
 	if min := minMemoryMiB(img.size); req.MemoryMiB < min {
 		return parent.RunResult{}, newErr("E26", ErrInvalidArgument, "at least %d MiB must be allocated to run %s (4 × its %d-byte size, and no less than 64 MiB); raise --memory", min, filepath.Base(eifPath), img.size)
 	}
@@ -269,7 +276,7 @@ func (d *Daemon) Run(ctx context.Context, req parent.RunRequest) (parent.RunResu
 
 	log := d.log.With("enclave", id, "name", name)
 	log.Info("launching enclave", "cid", cid, "cpus", cpus, "memory_mib", req.MemoryMiB, "eif", eifPath, "debug", e.rec.Debug)
-	if err := d.launch(ctx, e, img); err != nil {
+	if err := d.launch(ctx, e, loaded); err != nil {
 		log.Error("launch failed", "err", err)
 		d.forget(e)
 		return parent.RunResult{}, err

@@ -25,7 +25,7 @@ import (
 func TestMain(m *testing.M) {
 	if dir := os.Getenv("CLOISTER_TEST_MONITOR"); dir != "" {
 		logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-		err := RunMonitor(context.Background(), dir, func(Config) (backend.Backend, error) { return fakeBackend{}, nil }, logger)
+		err := RunMonitor(context.Background(), dir, os.NewFile(ImageFD, "eif"), func(Config) (backend.Backend, error) { return fakeBackend{}, nil }, logger)
 		if err != nil {
 			os.Exit(1)
 		}

@@ -1,16 +1,40 @@
 package daemon
 
 import (
+	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"os"
 	"sync"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cloister/cloister/enclave/eif"
 	"github.com/cloister/cloister/parent"
 )
+
+// An enclave boots exactly the bytes the daemon measured. The daemon opens
+// the caller's EIF once (with the caller's file permissions, see
+// openAsCaller), copies it into a sealed memfd, and measures that copy; the
+// monitor and the backend read only the memfd (handed over as descriptor
+// ImageFD), never the path. Rewriting, truncating or renaming the file after
+// run-enclave was called changes nothing about what boots or what is
+// attested: a sealed memfd cannot be written, grown or shrunk by anyone.
+
+// image is an EIF loaded for one launch: the sealed copy and what the daemon
+// learned from it.
+type image struct {
+	file *os.File // sealed memfd holding the exact bytes that boot
+	info imageInfo
+}
+
+// Close releases the daemon's descriptor of the copy.
+func (img *image) Close() error { return img.file.Close() }
 
 // imageInfo is what the daemon needs to know about an EIF before launching it.
 type imageInfo struct {
@@ -23,67 +47,142 @@ type imageInfo struct {
 	metadata     json.RawMessage
 }
 
-// imageKey identifies one version of an image file.
-type imageKey struct {
-	path  string
-	size  int64
-	mtime time.Time
-	ino   uint64
-}
-
-// imageCache remembers the measurements of recently launched images so
-// that launching the same image again does not read and hash it again. A
-// changed file (size, mtime or inode) is measured anew.
+// imageCache remembers the measurements of recently launched images by the
+// SHA-256 of their content (computed while copying them), so that launching
+// the same bytes again does not parse and measure them again. Nothing about
+// the file (path, size, times, inode) is part of the key: only the bytes
+// that boot.
 var imageCache = struct {
 	sync.Mutex
-	m map[imageKey]imageInfo
-}{m: map[imageKey]imageInfo{}}
+	m map[[sha256.Size]byte]imageInfo
+}{m: map[[sha256.Size]byte]imageInfo{}}
 
 const imageCacheSize = 64
 
-// inspectImage reads, validates and measures the EIF at path. A signed
-// image's signature is checked as nitro-cli does before launch (E59), at
-// every launch since certificates expire.
-func inspectImage(path string, now time.Time) (imageInfo, error) {
-	fi, err := os.Stat(path)
+// maxImageSize bounds the EIFs the daemon accepts (they are copied into
+// memory): far above any enclave's memory today.
+const maxImageSize = 64 << 30
+
+// loadImage copies the EIF open in src into a sealed memfd, validates it and
+// measures it. A signed image's signature is checked as nitro-cli does
+// before launch (E59), at every launch since certificates expire. The
+// caller owns the returned image and must Close it.
+func loadImage(ctx context.Context, src *os.File, name string, now time.Time) (*image, error) {
+	fi, err := src.Stat()
 	if err != nil {
-		return imageInfo{}, newErr("E19", ErrInvalidArgument, "cannot read EIF: %v", err)
+		return nil, newErr("E19", ErrInvalidArgument, "cannot read EIF %s: %v", name, err)
 	}
-	key := imageKey{path: path, size: fi.Size(), mtime: fi.ModTime()}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		key.ino = st.Ino
+	if !fi.Mode().IsRegular() {
+		return nil, newErr("E19", ErrInvalidArgument, "EIF %s is not a regular file", name)
+	}
+	if fi.Size() > maxImageSize {
+		return nil, newErr("E19", ErrInvalidArgument, "EIF %s has %d bytes, more than the %d the daemon accepts", name, fi.Size(), int64(maxImageSize))
+	}
+	f, sum, err := sealedCopy(ctx, src, fi.Size())
+	if err != nil {
+		return nil, newErr("E19", ErrInvalidArgument, "cannot read EIF %s: %v", name, err)
 	}
 	imageCache.Lock()
-	info, ok := imageCache.m[key]
+	info, ok := imageCache.m[sum]
 	imageCache.Unlock()
 	if ok && info.measurements.PCR8 == "" {
-		return info, nil
+		return &image{file: f, info: info}, nil
 	}
-	info, err = measureImage(path, fi.Size(), now)
+	info, err = measureImage(f, name, fi.Size(), now)
 	if err != nil {
-		return imageInfo{}, err
+		f.Close()
+		return nil, err
 	}
 	imageCache.Lock()
 	if len(imageCache.m) >= imageCacheSize {
 		clear(imageCache.m)
 	}
-	imageCache.m[key] = info
+	imageCache.m[sum] = info
 	imageCache.Unlock()
-	return info, nil
+	return &image{file: f, info: info}, nil
 }
 
-func measureImage(path string, size int64, now time.Time) (imageInfo, error) {
-	img, err := eif.Open(path, eif.ReadOptions{})
+// imageSeals are the seals that make a memfd immutable.
+const imageSeals = unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
+
+// sealedCopy copies exactly size bytes of src into a new memfd, seals it
+// against any change and returns it with the SHA-256 of what it holds. A
+// file that shrinks while it is copied is an error; bytes beyond size are
+// not read.
+func sealedCopy(ctx context.Context, src *os.File, size int64) (*os.File, [sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	fd, err := unix.MemfdCreate("cloister-eif", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
-		return imageInfo{}, newErr("E35", ErrInvalidArgument, "%s is not a valid EIF: %v", path, err)
+		return nil, sum, fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "cloister-eif")
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return nil, sum, fmt.Errorf("size the in-memory copy (%d bytes): %w", size, err)
+	}
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	var off int64
+	for off < size {
+		if err := ctx.Err(); err != nil {
+			f.Close()
+			return nil, sum, err
+		}
+		n, err := src.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
+		if n > 0 {
+			h.Write(buf[:n])
+			if _, werr := f.WriteAt(buf[:n], off); werr != nil {
+				f.Close()
+				return nil, sum, fmt.Errorf("copy into memory: %w", werr)
+			}
+			off += int64(n)
+		}
+		if err != nil && !(errors.Is(err, io.EOF) && off == size) {
+			f.Close()
+			if errors.Is(err, io.EOF) {
+				return nil, sum, fmt.Errorf("the file shrank to %d bytes while it was read", off)
+			}
+			return nil, sum, err
+		}
+	}
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, imageSeals); err != nil {
+		f.Close()
+		return nil, sum, fmt.Errorf("seal the in-memory copy: %w", err)
+	}
+	copy(sum[:], h.Sum(nil))
+	return f, sum, nil
+}
+
+// ImageFD is the descriptor on which a monitor started for one enclave
+// (not a spare) receives its enclave's image, the daemon's sealed copy.
+const ImageFD = 3
+
+// checkSealed reports whether f is a sealed memfd, which nobody can change.
+func checkSealed(f *os.File) error {
+	seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return fmt.Errorf("the image is not the daemon's sealed copy: %w", err)
+	}
+	if seals&imageSeals != imageSeals {
+		return fmt.Errorf("the image is not sealed (seals %#x)", seals)
+	}
+	return nil
+}
+
+// measureImage validates and measures the EIF held in f. name is only used
+// in messages; no message echoes the file's content.
+func measureImage(f *os.File, name string, size int64, now time.Time) (imageInfo, error) {
+	img, err := eif.Read(f, size, eif.ReadOptions{})
+	if err != nil {
+		return imageInfo{}, newErr("E35", ErrInvalidArgument, "%s is not a valid EIF: %v", name, err)
 	}
 	m, err := eif.Measure(img)
 	if err != nil {
-		return imageInfo{}, newErr("E35", ErrInvalidArgument, "measuring %s: %v", path, err)
+		return imageInfo{}, newErr("E35", ErrInvalidArgument, "measuring %s: %v", name, err)
 	}
 	if m.PCR8 != nil {
 		if _, err := eif.VerifySignature(img, now); err != nil {
-			return imageInfo{}, newErr("E59", ErrInvalidArgument, "signature of %s does not verify: %v", path, err)
+			return imageInfo{}, newErr("E59", ErrInvalidArgument, "signature of %s does not verify: %v", name, err)
 		}
 	}
 	info := imageInfo{
@@ -108,7 +207,7 @@ func measureImage(path string, size int64, now time.Time) (imageInfo, error) {
 	if sec := img.Section(eif.SectionMetadata); sec != nil {
 		md, err := eif.ParseMetadata(sec.Data)
 		if err != nil {
-			return imageInfo{}, newErr("E35", ErrInvalidArgument, "metadata of %s: %v", path, err)
+			return imageInfo{}, newErr("E35", ErrInvalidArgument, "metadata of %s: %v", name, err)
 		}
 		info.name, info.version = md.ImageName, md.ImageVersion
 		if b, err := json.Marshal(md); err == nil {

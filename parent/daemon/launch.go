@@ -16,20 +16,20 @@ import (
 
 // launch creates the enclave's directory, starts its monitor and waits until
 // the enclave runs (heartbeat received) or the launch fails.
-func (d *Daemon) launch(ctx context.Context, e *enclave, img imageInfo) error {
+func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	launchBegan := time.Now()
 	if err := os.MkdirAll(e.dir, 0o700); err != nil {
 		return fmt.Errorf("daemon: create enclave directory: %w", err)
 	}
 	spec := backend.Spec{
 		ID: e.rec.ID, Name: e.rec.Name, CID: uint32(e.rec.CID), CPUs: e.rec.CPUs, MemoryMiB: e.rec.MemoryMiB,
-		Debug: e.rec.Debug, EIFPath: e.rec.EIFPath, Dir: e.dir,
+		Debug: e.rec.Debug, EIFPath: e.rec.EIFPath, Image: img.file, Dir: e.dir,
 	}
 	if err := backend.ValidateSpec(spec); err != nil {
 		return newErr("E03", ErrInvalidArgument, "%v", err)
 	}
 	hbTimeout := d.heartbeatTimeout(e.rec.EIFSize, e.rec.MemoryMiB)
-	ms := monitorSpec{Spec: spec, Config: d.cfg, HeartbeatTimeout: hbTimeout, PCRs: img.pcrs}
+	ms := monitorSpec{Spec: spec, Config: d.cfg, HeartbeatTimeout: hbTimeout, PCRs: img.info.pcrs}
 	if d.issuer != nil {
 		ms.IssuerFile = d.issuerPath()
 	}
@@ -41,7 +41,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img imageInfo) error {
 	// started for this enclave.
 	var proc *os.Process
 	if d.spares {
-		proc = d.takeSpare(e.dir)
+		proc = d.takeSpare(e.dir, img.file)
 		defer func() { go d.spawnSpare() }()
 	}
 	if proc == nil {
@@ -51,6 +51,8 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img imageInfo) error {
 		}
 		cmd := d.opts.MonitorCommand(e.dir)
 		cmd.Stdout, cmd.Stderr = logf, logf
+		// The image goes to the monitor as descriptor ImageFD (3).
+		cmd.ExtraFiles = []*os.File{img.file}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		err = cmd.Start()
 		logf.Close()

@@ -53,9 +53,11 @@ type monitorStatus struct {
 type BackendFactory func(cfg Config) (backend.Backend, error)
 
 // RunMonitor is the body of the monitor process for the enclave directory
-// dir: it launches the enclave, serves its services and records its exit.
-// It returns when the enclave has ended and its exit is recorded.
-func RunMonitor(ctx context.Context, dir string, newBackend BackendFactory, logger *slog.Logger) error {
+// dir: it launches the enclave from img, the daemon's sealed in-memory copy
+// of the image (the bytes it measured), serves the enclave's services and
+// records its exit. It returns when the enclave has ended and its exit is
+// recorded. RunMonitor closes img once the enclave is launched.
+func RunMonitor(ctx context.Context, dir string, img *os.File, newBackend BackendFactory, logger *slog.Logger) error {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -64,12 +66,17 @@ func RunMonitor(ctx context.Context, dir string, newBackend BackendFactory, logg
 	if err := readJSON(filepath.Join(dir, specFile), &ms); err != nil {
 		return fmt.Errorf("monitor: read %s: %w", specFile, err)
 	}
+	defer img.Close()
 	be, err := newBackend(ms.Config)
 	if err != nil {
 		return fmt.Errorf("monitor: backend: %w", err)
 	}
+	ms.Spec.Image = img
 	m := &monitor{start: start, dir: dir, spec: ms, be: be, log: logger.With("enclave", ms.Spec.ID), status: monitorStatus{State: parent.StateStarting}}
 	m.changed = make(chan struct{})
+	if err := checkSealed(img); err != nil {
+		return m.fail("E36", err)
+	}
 	return m.run(ctx)
 }
 
@@ -158,6 +165,8 @@ func (m *monitor) run(ctx context.Context) error {
 		return m.fail("E36", fmt.Errorf("launch: %w", err))
 	}
 	launched := time.Now()
+	// The backend has what it needs of the image: release the copy.
+	_ = spec.Image.Close()
 	m.mu.Lock()
 	m.inst = inst
 	m.mu.Unlock()

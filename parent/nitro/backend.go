@@ -44,7 +44,7 @@ func (e *StepError) Error() string { return "nitro: launch failed at " + e.Step 
 // Unwrap returns the cause.
 func (e *StepError) Unwrap() error { return e.Err }
 
-// ImageFile is what [Config.OpenImage] returns; *os.File satisfies it.
+// ImageFile is how a launch reads the image; *os.File satisfies it.
 type ImageFile interface {
 	io.ReaderAt
 	io.Closer
@@ -65,8 +65,9 @@ type Config struct {
 	PageSizes []uint64
 	// Vsock provides AF_VSOCK (default AFVsock).
 	Vsock Vsock
-	// OpenImage opens the EIF (default os.Open).
-	OpenImage func(path string) (ImageFile, error)
+	// WrapImage, when set, wraps the image the launch reads (spec.Image),
+	// for tests that inject read failures.
+	WrapImage func(*os.File) ImageFile
 	// Host is how Check sees the machine (default: the real host).
 	Host doctor.Host
 	// Logger receives diagnostics (default: discarded).
@@ -97,9 +98,6 @@ func New(cfg Config) *Backend {
 	}
 	if cfg.Vsock == nil {
 		cfg.Vsock = AFVsock{}
-	}
-	if cfg.OpenImage == nil {
-		cfg.OpenImage = func(p string) (ImageFile, error) { return os.Open(p) }
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -11,7 +11,7 @@
 // tests against the simulated driver (nedev.Sim), the fake hugepage mapper
 // (hugepage.Fake) and Unix-socket stand-ins for AF_VSOCK: the device
 // ([Config.OpenDevice]), the memory ([Config.Mapper]), vsock ([Config.Vsock])
-// and the image file ([Config.OpenImage]).
+// and reads of the image ([Config.WrapImage]).
 //
 // The CPU pool and hugepage reservation that must exist before any launch
 // are set up by the sibling package allocator. See docs/nitro.md.

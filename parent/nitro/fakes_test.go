@@ -200,7 +200,20 @@ func newRig(t *testing.T, simCfg nedev.SimConfig, free map[uint64]int) *rig {
 		ID: "i-0123456789abcdef0-enc0123456789abcdef", Name: "app", CID: 20, CPUs: []int{1, 5}, MemoryMiB: 64,
 		EIFPath: testEIF(t, dir, []byte("bzImage-bytes"), 0), Dir: dir, Console: r.console,
 	}
+	r.openImage(t)
 	return r
+}
+
+// openImage opens r.spec.EIFPath as the image the launch reads, as the
+// daemon hands a backend its sealed copy.
+func (r *rig) openImage(t testing.TB) {
+	t.Helper()
+	f, err := os.Open(r.spec.EIFPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	r.spec.Image = f
 }
 
 // checkNoLeaks verifies that nothing the launch created is left.

@@ -54,11 +54,10 @@ func step(name string, err error) error { return &StepError{Step: name, Err: err
 
 func (b *Backend) launch(ctx context.Context, spec backend.Spec, res *resources) (*Instance, error) {
 	// 1. The image.
-	f, err := b.cfg.OpenImage(spec.EIFPath)
-	if err != nil {
-		return nil, step("read image", fmt.Errorf("open %s: %w", spec.EIFPath, err))
+	var f ImageFile = spec.Image
+	if b.cfg.WrapImage != nil {
+		f = b.cfg.WrapImage(spec.Image)
 	}
-	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, step("read image", fmt.Errorf("stat %s: %w", spec.EIFPath, err))

@@ -201,13 +201,7 @@ func TestLaunchFailures(t *testing.T) {
 		{"image read fails during the copy", nedev.SimConfig{}, nil, func(r *rig) {
 			// Let eif.Read's own reads through, then fail the copy's.
 			calls := countReads(r.spec.EIFPath)
-			r.b.cfg.OpenImage = func(p string) (ImageFile, error) {
-				f, err := os.Open(p)
-				if err != nil {
-					return nil, err
-				}
-				return &failingFile{File: f, n: calls}, nil
-			}
+			r.b.cfg.WrapImage = func(f *os.File) ImageFile { return &failingFile{File: f, n: calls} }
 		}, hugepage.ErrCopy, "copy image"},
 		{"no-kernel image", nedev.SimConfig{}, nil, func(r *rig) {
 			r.spec.EIFPath = testEIF(r.testingT, r.spec.Dir, []byte(eif.NoKernelMarker), 0)
@@ -218,7 +212,6 @@ func TestLaunchFailures(t *testing.T) {
 		{"corrupt EIF", nedev.SimConfig{}, nil, func(r *rig) {
 			os.WriteFile(r.spec.EIFPath, []byte("not an eif at all"), 0o644)
 		}, eif.ErrBadMagic, "read image"},
-		{"missing EIF", nedev.SimConfig{}, nil, func(r *rig) { r.spec.EIFPath += ".gone" }, os.ErrNotExist, "read image"},
 	}
 	covered := map[nedev.Errno]bool{}
 	for _, tt := range tests {
@@ -227,6 +220,7 @@ func TestLaunchFailures(t *testing.T) {
 			r.testingT = t
 			if tt.setup != nil {
 				tt.setup(r)
+				r.openImage(t)
 			}
 			inst, err := r.b.Launch(context.Background(), r.spec)
 			if err == nil {
@@ -393,6 +387,12 @@ func BenchmarkLaunchTerminate(b *testing.B) {
 	sim := nedev.NewSim(nedev.SimConfig{Memory: mem})
 	be := New(Config{OpenDevice: sim.Open, Mapper: mem, Vsock: &fakeVsock{dir: dir}})
 	spec := backend.Spec{ID: "bench", CID: 20, CPUs: []int{1, 5}, MemoryMiB: 64, EIFPath: testEIF(b, dir, []byte("k"), 1<<20), Dir: dir}
+	img, err := os.Open(spec.EIFPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer img.Close()
+	spec.Image = img
 	for b.Loop() {
 		inst, err := be.Launch(context.Background(), spec)
 		if err != nil {

@@ -105,31 +105,81 @@ func (b *Backend) binary() (string, error) {
 	return p, nil
 }
 
-// accel resolves the accelerator: KVM when requested or when /dev/kvm can
-// be opened, else TCG.
+// accel resolves the accelerator: KVM when requested, or (auto) when
+// /dev/kvm can be opened and QEMU can really start a vCPU on it (see
+// ResolveAccel), else TCG.
 func (b *Backend) accel() (string, error) {
-	kvmOK := func() error {
-		f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-		if err == nil {
-			f.Close()
-		}
-		return err
-	}
 	switch b.Accel {
 	case "kvm":
-		if err := kvmOK(); err != nil {
+		if err := kvmOpens(); err != nil {
 			return "", fmt.Errorf("%w: accel kvm requested but /dev/kvm is not usable: %v", backend.ErrUnavailable, err)
 		}
 		return "kvm", nil
 	case "tcg":
 		return "tcg", nil
 	case "", "auto":
-		if kvmOK() == nil {
-			return "kvm", nil
-		}
-		return "tcg", nil
+		accel, _, err := b.ResolveAccel(context.Background())
+		return accel, err
 	}
 	return "", fmt.Errorf("unknown accelerator %q (use auto, kvm or tcg)", b.Accel)
+}
+
+func kvmOpens() error {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err == nil {
+		f.Close()
+	}
+	return err
+}
+
+// ResolveAccel turns Accel "auto" into the accelerator this host can run:
+// "kvm" when /dev/kvm opens and a QEMU probe (as the account VMs run as)
+// gets through vCPU initialisation with the CPU model VMs use, else "tcg",
+// with why KVM was passed over. Some nested hypervisors expose a /dev/kvm
+// on which QEMU aborts at the first vCPU reset ("failed to set MSR …"):
+// the probe catches that once, so each launch does not fail. The daemon
+// calls it at start-up and hands the result to its monitors. Accel values
+// other than auto are returned as they are.
+func (b *Backend) ResolveAccel(ctx context.Context) (accel, why string, err error) {
+	if b.Accel != "" && b.Accel != "auto" {
+		return b.Accel, "", nil
+	}
+	if err := kvmOpens(); err != nil {
+		return "tcg", fmt.Sprintf("/dev/kvm is not usable: %v", err), nil
+	}
+	bin, err := b.binary()
+	if err != nil {
+		return "", "", err
+	}
+	cred, err := b.qemuCredential()
+	if err != nil {
+		return "", "", err
+	}
+	if err := probeKVM(ctx, bin, cred); err != nil {
+		return "tcg", err.Error(), nil
+	}
+	return "kvm", "", nil
+}
+
+// probeKVM starts QEMU stopped (-S) on KVM with the CPU model VMs use,
+// completes the QMP handshake (which resets the vCPUs) and quits. It fails
+// when QEMU does not answer and exit cleanly.
+func probeKVM(ctx context.Context, bin string, cred *syscall.Credential) error {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-M", "microvm", "-accel", "kvm", "-cpu", cpuModel("kvm"),
+		"-m", "16M", "-nodefaults", "-no-user-config", "-display", "none", "-S", "-qmp", "stdio")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	cmd.Stdin = strings.NewReader(`{"execute":"qmp_capabilities"}` + "\n" + `{"execute":"quit"}` + "\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"return"`) {
+		msg := strings.TrimSpace(string(out))
+		if i := strings.LastIndex(msg, "}\n"); i >= 0 {
+			msg = strings.TrimSpace(msg[i+2:])
+		}
+		return fmt.Errorf("QEMU cannot run a KVM vCPU here (%v: %s)", err, msg)
+	}
+	return nil
 }
 
 // Check verifies QEMU is installed with the microvm machine and the
@@ -186,11 +236,7 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(spec.EIFPath)
-	if err != nil {
-		return nil, fmt.Errorf("qemu: %w", err)
-	}
-	defer f.Close()
+	f := spec.Image
 	layout, err := eif.CheckFile(f)
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %s: %w", spec.EIFPath, err)
@@ -327,6 +373,7 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	if mgr, err := cgroups.New(cgroups.Config{Parent: b.CgroupParent}); err == nil {
 		grp, err := mgr.Create(ctx, spec.ID, cgroups.Limits{
 			MemoryBytes: int64(spec.MemoryMiB+memOverheadMiB) << 20, CPUs: spec.CPUs, PidsMax: 512,
+			Devices: kvmDevices(accel),
 		})
 		if err == nil {
 			if err := grp.Attach(cmd.Process.Pid); err != nil {
@@ -345,6 +392,24 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	return inst, nil
 }
 
+// kvmDevices is the device rule the VM's cgroup needs for accel: QEMU
+// keeps using /dev/kvm after it joined the group.
+func kvmDevices(accel string) []string {
+	if accel == "kvm" {
+		return []string{cgroups.KVMDevice}
+	}
+	return nil
+}
+
+// cpuModel is the -cpu model for accel: the host's CPU under KVM, the
+// most capable emulated one under TCG.
+func cpuModel(accel string) string {
+	if accel == "kvm" {
+		return "host"
+	}
+	return "max"
+}
+
 // ArgsConfig describes one microVM's command line.
 type ArgsConfig struct {
 	Accel       string // kvm or tcg
@@ -361,10 +426,7 @@ type ArgsConfig struct {
 // monitor, the serial console on stdout, guest memory in a shared memfd
 // (the vhost-user device maps it), and QEMU's own seccomp sandbox.
 func Args(c ArgsConfig) []string {
-	cpu := "max"
-	if c.Accel == "kvm" {
-		cpu = "host"
-	}
+	cpu := cpuModel(c.Accel)
 	mem := strconv.Itoa(c.MemoryMiB) + "M"
 	return []string{
 		"-M", "microvm,x-option-roms=off,rtc=on,memory-backend=mem",

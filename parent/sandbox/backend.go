@@ -79,13 +79,9 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 		return nil, err
 	}
 	// The image is checked (layout and CRC) and its ramdisks copied out
-	// inside the kernel (copy_file_range): no copy of the image passes
-	// through this process's memory.
-	f, err := os.Open(spec.EIFPath)
-	if err != nil {
-		return nil, fmt.Errorf("sandbox: %w", err)
-	}
-	defer f.Close()
+	// inside the kernel: no copy of the image passes through this
+	// process's memory.
+	f := spec.Image
 	layout, err := eif.CheckFile(f)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %s: %w", spec.EIFPath, err)

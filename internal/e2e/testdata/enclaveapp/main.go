@@ -169,6 +169,8 @@ func attest() {
 	}
 	pcr0, _ := s.DescribePCR(ctx, 0)
 	fmt.Println("PCR0", hex.EncodeToString(pcr0.Value))
+	// Further arguments are a marker that tells which image booted.
+	fmt.Println("ARGS", os.Args[2:])
 	l, err := enclave.Listen(5001)
 	if err != nil {
 		fmt.Println("listen:", err)
