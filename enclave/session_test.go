@@ -155,7 +155,7 @@ func TestSessionAPI(t *testing.T) {
 }
 
 // startSandboxModule serves an emulator where a sandboxed enclave finds the
-// parent's NSM port: $CLOISTER_VSOCK_DIR/host/vsock_5129037.
+// parent's NSM port: $CLOISTER_VSOCK_DIR/host/vsock_5133133.
 func startSandboxModule(t *testing.T, e *emulator.Emulator) string {
 	t.Helper()
 	dir := t.TempDir()

@@ -27,11 +27,11 @@ func TestParseConnect(t *testing.T) {
 		{"extra spaces", "  CONNECT    52   \n", 52, true},
 		{"tabs", "CONNECT\t52\t\n", 52, true},
 		{"CRLF", "CONNECT 52\r\n", 52, true},
-		{"exactly 32 bytes", "CONNECT " + strings.Repeat(" ", 16) + "5129037\n", 5129037, true},
+		{"exactly 32 bytes", "CONNECT " + strings.Repeat(" ", 16) + "5133133\n", 5133133, true},
 
 		{"overflow u32", "CONNECT 4294967296\n", 0, false},
 		{"eleven digits", "CONNECT 00000000052\n", 0, false},
-		{"too long", "CONNECT " + strings.Repeat(" ", 17) + "5129037\n", 0, false},
+		{"too long", "CONNECT " + strings.Repeat(" ", 17) + "5133133\n", 0, false},
 		{"missing newline", "CONNECT 52", 0, false},
 		{"empty", "", 0, false},
 		{"only newline", "\n", 0, false},
@@ -100,7 +100,7 @@ func TestParseOK(t *testing.T) {
 }
 
 func TestAppendRoundTrip(t *testing.T) {
-	for _, p := range []uint32{0, 1, 52, 9000, 5129037, 1 << 30, 4294967295} {
+	for _, p := range []uint32{0, 1, 52, 9000, 5133133, 1 << 30, 4294967295} {
 		line := AppendConnect(nil, p)
 		if len(line) > MaxLineLen {
 			t.Fatalf("AppendConnect(%d) = %q is longer than MaxLineLen", p, line)
@@ -112,7 +112,7 @@ func TestAppendRoundTrip(t *testing.T) {
 			t.Errorf("ParseOK(AppendOK(%d)) = %d, %v", p, got, err)
 		}
 	}
-	if diff := cmp.Diff("CONNECT 5129037\n", string(AppendConnect(nil, 5129037))); diff != "" {
+	if diff := cmp.Diff("CONNECT 5133133\n", string(AppendConnect(nil, 5133133))); diff != "" {
 		t.Errorf("AppendConnect (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff("OK 1073741824\n", string(AppendOK(nil, 1<<30))); diff != "" {

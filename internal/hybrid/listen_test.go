@@ -95,7 +95,7 @@ func TestListenPathTooLong(t *testing.T) {
 func TestRegistry(t *testing.T) {
 	dir := shortDir(t)
 	reg := &hybrid.Registry{Base: filepath.Join(dir, "vsock"), PeerCID: enclaveCID}
-	for _, p := range []uint32{9000, 5129037, 8000} {
+	for _, p := range []uint32{9000, 5133133, 8000} {
 		if _, err := reg.Open(p); err != nil {
 			t.Fatalf("Open(%d): %v", p, err)
 		}
@@ -103,7 +103,7 @@ func TestRegistry(t *testing.T) {
 	if _, err := reg.Open(8000); !errors.Is(err, syscall.EADDRINUSE) {
 		t.Errorf("Open of an open port: %v, want EADDRINUSE", err)
 	}
-	if diff := cmp.Diff([]uint32{8000, 9000, 5129037}, reg.Ports()); diff != "" {
+	if diff := cmp.Diff([]uint32{8000, 9000, 5133133}, reg.Ports()); diff != "" {
 		t.Errorf("Ports (-want +got):\n%s", diff)
 	}
 	if reg.Listener(9000) == nil || reg.Listener(1) != nil {

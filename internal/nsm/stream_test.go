@@ -18,7 +18,7 @@ import (
 
 func unixListener(t *testing.T) (net.Listener, func(ctx context.Context) (net.Conn, error), *atomic.Int32) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "vsock_5129037")
+	path := filepath.Join(t.TempDir(), "vsock_5133133")
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)

@@ -68,7 +68,7 @@ func transports(t *testing.T, newE func() *emulator.Emulator) []namedClient {
 	e := newE()
 	mem := nsm.TransportFunc(func(ctx context.Context, req []byte) ([]byte, error) { return e.Handle(ctx, req), nil })
 
-	path := filepath.Join(t.TempDir(), "vsock_5129037")
+	path := filepath.Join(t.TempDir(), "vsock_5133133")
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
