@@ -13,8 +13,8 @@ import (
 // TestDocumentedPortsMatchConstants reads every Markdown file and Go
 // comment in the repository: wherever the NSM port is written in hex
 // (0x4E534D, "NSM" in ASCII), the decimal port written beside it must be
-// NSMPort. The docs once gave 5129037 for 0x4E534D (which is 5133133), and
-// a program written against the docs could not reach the emulated NSM.
+// NSMPort. The docs once gave a port off by 4096 (512 9037) for that hex
+// value, and a program written against them could not reach the emulated NSM.
 func TestDocumentedPortsMatchConstants(t *testing.T) {
 	root := repoRoot(t)
 	hex := regexp.MustCompile(`(?i)0x4E534D`)
