@@ -240,25 +240,44 @@ func CheckFile(f *os.File) (*Layout, error) {
 }
 
 // ExtractSections writes the data of secs, in order, from the image file
-// src to a new file at path (mode 0600). The kernel copies the bytes
-// (copy_file_range) without passing them through this process.
+// src to a new file at path (mode 0600) with [CopySections].
 func ExtractSections(path string, src *os.File, secs ...SectionInfo) error {
 	dst, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("eif: %w", err)
 	}
-	for _, s := range secs {
-		if _, err := src.Seek(s.Offset, io.SeekStart); err != nil {
-			dst.Close()
-			return fmt.Errorf("eif: %w", err)
-		}
-		if _, err := io.CopyN(dst, src, s.Size); err != nil {
-			dst.Close()
-			return fmt.Errorf("eif: extract %s section: %w", s.Type, err)
-		}
+	if err := CopySections(dst, src, secs...); err != nil {
+		dst.Close()
+		return err
 	}
 	if err := dst.Close(); err != nil {
 		return fmt.Errorf("eif: %w", err)
 	}
 	return nil
 }
+
+// CopySections appends the data of secs, in order, from the image file src
+// to dst. Where the two files allow it the kernel copies the bytes
+// (copy_file_range) without passing them through this process. It reads
+// src at the sections' offsets and leaves src's file offset alone, so
+// several readers may share one descriptor.
+func CopySections(dst, src *os.File, secs ...SectionInfo) error {
+	for _, s := range secs {
+		if err := copySection(dst, src, s.Offset, s.Size); err != nil {
+			return fmt.Errorf("eif: extract %s section: %w", s.Type, err)
+		}
+	}
+	return nil
+}
+
+// copyThroughMemory copies n bytes at off in src to dst's offset.
+func copyThroughMemory(dst, src *os.File, off, n int64) error {
+	w, err := io.Copy(onlyWriter{dst}, io.NewSectionReader(src, off, n))
+	if err == nil && w != n {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// onlyWriter hides dst's ReadFrom, which would read src from its own offset.
+type onlyWriter struct{ io.Writer }

@@ -41,7 +41,7 @@ func monitorCommand(dir string) *exec.Cmd {
 }
 
 // writeTestEIF writes a small valid EIF and returns its path.
-func writeTestEIF(t *testing.T, dir, name string, ramdisk []byte) string {
+func writeTestEIF(t testing.TB, dir, name string, ramdisk []byte) string {
 	t.Helper()
 	md, err := eif.MarshalMetadata(&eif.Metadata{ImageName: name, ImageVersion: "1"})
 	if err != nil {

@@ -120,31 +120,40 @@ func sealedCopy(ctx context.Context, src *os.File, size int64) (*os.File, [sha25
 		f.Close()
 		return nil, sum, fmt.Errorf("size the in-memory copy (%d bytes): %w", size, err)
 	}
+	// Hashing runs beside the copy, one chunk behind it.
+	const chunk = 1 << 20
 	h := sha256.New()
-	buf := make([]byte, 1<<20)
+	bufs := [2][]byte{make([]byte, chunk), make([]byte, chunk)}
+	hashed := make(chan struct{}, 1)
+	hashed <- struct{}{}
 	var off int64
-	for off < size {
+	fail := func(err error) (*os.File, [sha256.Size]byte, error) {
+		<-hashed
+		f.Close()
+		return nil, sum, err
+	}
+	for i := 0; off < size; i++ {
 		if err := ctx.Err(); err != nil {
-			f.Close()
-			return nil, sum, err
+			return fail(err)
 		}
-		n, err := src.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
+		buf := bufs[i%2]
+		n, err := src.ReadAt(buf[:min(int64(chunk), size-off)], off)
 		if n > 0 {
-			h.Write(buf[:n])
 			if _, werr := f.WriteAt(buf[:n], off); werr != nil {
-				f.Close()
-				return nil, sum, fmt.Errorf("copy into memory: %w", werr)
+				return fail(fmt.Errorf("copy into memory: %w", werr))
 			}
 			off += int64(n)
+			<-hashed // the previous chunk is hashed: its buffer is free
+			go func(b []byte) { h.Write(b); hashed <- struct{}{} }(buf[:n])
 		}
 		if err != nil && !(errors.Is(err, io.EOF) && off == size) {
-			f.Close()
 			if errors.Is(err, io.EOF) {
-				return nil, sum, fmt.Errorf("the file shrank to %d bytes while it was read", off)
+				return fail(fmt.Errorf("the file shrank to %d bytes while it was read", off))
 			}
-			return nil, sum, err
+			return fail(err)
 		}
 	}
+	<-hashed
 	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, imageSeals); err != nil {
 		f.Close()
 		return nil, sum, fmt.Errorf("seal the in-memory copy: %w", err)

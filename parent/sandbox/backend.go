@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cloister/cloister/enclave/eif"
 	"github.com/cloister/cloister/internal/cgroups"
 	"github.com/cloister/cloister/internal/hybrid"
@@ -95,21 +97,27 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	if len(ramdisks) < 2 {
 		return nil, fmt.Errorf("%w: %s has %d ramdisk(s); the sandbox needs the bootstrap and the customer ramdisk that build-enclave writes", backend.ErrUnsupportedImage, spec.EIFPath, len(ramdisks))
 	}
-	// The ramdisks are handed to the launcher as files, then removed:
-	// nothing of the image stays on disk once the sandbox has unpacked it
-	// into its tmpfs.
+	// The ramdisks are handed to the launcher as memfds, copied inside
+	// the kernel from the image: nothing of the image touches the disk,
+	// and they are gone once the sandbox has unpacked them into its tmpfs.
 	var paths []string
+	var staged []*os.File
 	defer func() {
-		for _, p := range paths {
-			_ = os.Remove(p)
+		for _, f := range staged {
+			f.Close()
 		}
 	}()
 	for i, rd := range ramdisks {
-		p := filepath.Join(spec.Dir, fmt.Sprintf("ramdisk%d.cpio", i))
-		paths = append(paths, p)
-		if err := eif.ExtractSections(p, f, rd); err != nil {
+		fd, err := unix.MemfdCreate(fmt.Sprintf("ramdisk%d", i), unix.MFD_CLOEXEC)
+		if err != nil {
 			return nil, fmt.Errorf("sandbox: stage ramdisk: %w", err)
 		}
+		f := os.NewFile(uintptr(fd), fmt.Sprintf("ramdisk%d", i))
+		staged = append(staged, f)
+		if err := eif.CopySections(f, spec.Image, rd); err != nil {
+			return nil, fmt.Errorf("sandbox: stage ramdisk: %w", err)
+		}
+		paths = append(paths, fmt.Sprintf("/proc/self/fd/%d", fd))
 	}
 	for _, sub := range []string{"host", "guest"} {
 		if err := os.MkdirAll(filepath.Join(spec.Dir, sub), 0o755); err != nil {
