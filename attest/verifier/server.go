@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -71,6 +73,35 @@ type Config struct {
 	// SessionTTL and MaxSessions bound the Veraison challenge-response sessions.
 	SessionTTL  time.Duration
 	MaxSessions int
+	// MaxChallengesPerClient and MaxSessionsPerClient bound what one
+	// client holds at once (issued and neither expired nor deleted), so
+	// that no client can take the whole store (defaults
+	// DefaultMaxChallengesPerClient, DefaultMaxSessionsPerClient;
+	// negative: no per-client bound).
+	MaxChallengesPerClient int
+	MaxSessionsPerClient   int
+	// ClientRate and ClientBurst are each client's token bucket for
+	// creating challenges and sessions: ClientRate per second sustained,
+	// ClientBurst at once (defaults DefaultClientRate, DefaultClientBurst;
+	// negative ClientRate: no rate limit).
+	ClientRate  float64
+	ClientBurst int
+	// ClientIPv4Prefix and ClientIPv6Prefix are how many leading bits of
+	// the source address name a client (defaults DefaultClientIPv4Prefix,
+	// DefaultClientIPv6Prefix: one IPv4 address, one IPv6 /64).
+	ClientIPv4Prefix int
+	ClientIPv6Prefix int
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For names
+	// the client. A request from one of them is counted against the
+	// right-most X-Forwarded-For address that is not itself a trusted
+	// proxy. Empty (the default): X-Forwarded-For is ignored and the
+	// client is the TCP peer, so clients behind a proxy share its limits.
+	TrustedProxies []netip.Prefix
+	// MaxClients bounds the clients tracked for these limits (default
+	// DefaultMaxClients). A client that holds nothing and has used none of
+	// its burst is forgotten; while MaxClients others hold something, a
+	// new client gets 429.
+	MaxClients int
 	// MaxBodyBytes bounds every request body (default DefaultMaxBodyBytes).
 	MaxBodyBytes int64
 	// Clock returns the current time (default time.Now).
@@ -94,6 +125,8 @@ type Server struct {
 	keys          *keyRing
 	challenges    *challengeStore
 	sessions      *sessionStore
+	limiter       clientLimiter
+	clientOf      clientIdentity
 	mux           *http.ServeMux
 	ready         atomic.Bool
 	m             metrics
@@ -104,6 +137,55 @@ type metrics struct {
 	latency  *prometheus.HistogramVec
 	verdicts *prometheus.CounterVec
 	appraise prometheus.Histogram
+	limited  *prometheus.CounterVec
+}
+
+// clientLimits checks and completes cfg's per-client limits.
+func clientLimits(cfg *Config) (limits, clientIdentity, error) {
+	if cfg.MaxChallengesPerClient == 0 {
+		cfg.MaxChallengesPerClient = DefaultMaxChallengesPerClient
+	}
+	if cfg.MaxSessionsPerClient == 0 {
+		cfg.MaxSessionsPerClient = DefaultMaxSessionsPerClient
+	}
+	if cfg.ClientRate == 0 {
+		cfg.ClientRate = DefaultClientRate
+	}
+	if cfg.ClientBurst <= 0 {
+		cfg.ClientBurst = DefaultClientBurst
+	}
+	if cfg.ClientIPv4Prefix == 0 {
+		cfg.ClientIPv4Prefix = DefaultClientIPv4Prefix
+	}
+	if cfg.ClientIPv6Prefix == 0 {
+		cfg.ClientIPv6Prefix = DefaultClientIPv6Prefix
+	}
+	if cfg.MaxClients <= 0 {
+		cfg.MaxClients = DefaultMaxClients
+	}
+	if cfg.ClientIPv4Prefix < 1 || cfg.ClientIPv4Prefix > 32 {
+		return limits{}, clientIdentity{}, fmt.Errorf("verifier: client IPv4 prefix /%d: want 1..32 bits", cfg.ClientIPv4Prefix)
+	}
+	if cfg.ClientIPv6Prefix < 1 || cfg.ClientIPv6Prefix > 128 {
+		return limits{}, clientIdentity{}, fmt.Errorf("verifier: client IPv6 prefix /%d: want 1..128 bits", cfg.ClientIPv6Prefix)
+	}
+	if math.IsNaN(cfg.ClientRate) || math.IsInf(cfg.ClientRate, 0) {
+		return limits{}, clientIdentity{}, fmt.Errorf("verifier: client rate %v: want a number of requests per second (negative: no limit)", cfg.ClientRate)
+	}
+	proxies := make([]netip.Prefix, 0, len(cfg.TrustedProxies))
+	for _, p := range cfg.TrustedProxies {
+		if !p.IsValid() {
+			return limits{}, clientIdentity{}, fmt.Errorf("verifier: trusted proxy %v: want an address or CIDR block", p)
+		}
+		proxies = append(proxies, p.Masked())
+	}
+	l := limits{
+		quota:      [numHoldKinds]int{holdChallenge: cfg.MaxChallengesPerClient, holdSession: cfg.MaxSessionsPerClient},
+		rate:       cfg.ClientRate,
+		burst:      float64(cfg.ClientBurst),
+		maxClients: cfg.MaxClients,
+	}
+	return l, clientIdentity{v4: cfg.ClientIPv4Prefix, v6: cfg.ClientIPv6Prefix, proxies: proxies}, nil
 }
 
 // New validates cfg (roots, every policy, the signing key) and returns a
@@ -152,9 +234,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Issuer != "" && !strings.HasPrefix(cfg.Issuer, "https://") && !strings.HasPrefix(cfg.Issuer, "http://") {
 		return nil, fmt.Errorf("verifier: issuer %q: want an absolute http(s) URL", cfg.Issuer)
 	}
+	lim, ident, err := clientLimits(&cfg)
+	if err != nil {
+		return nil, err
+	}
 
-	s := &Server{cfg: cfg, policies: make(map[string]*policy)}
-	var err error
+	s := &Server{cfg: cfg, policies: make(map[string]*policy), limiter: newMemLimiter(lim), clientOf: ident}
 	if s.roots, err = newRootSet(cfg.Roots, cfg.NoAWSRoot); err != nil {
 		return nil, err
 	}
@@ -231,8 +316,16 @@ func (s *Server) initMetrics() error {
 			Help:    "Time to verify a document, apply the policy and sign the token.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
 		}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cloister_verifier_client_limited_total",
+			Help: "Challenges and sessions refused by a per-client limit, by limit (challenges, sessions, rate, clients).",
+		}, []string{"limit"}),
 	}
-	cs := []prometheus.Collector{s.m.requests, s.m.latency, s.m.verdicts, s.m.appraise,
+	cs := []prometheus.Collector{s.m.requests, s.m.latency, s.m.verdicts, s.m.appraise, s.m.limited,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "cloister_verifier_clients",
+			Help: "Clients tracked for the per-client limits.",
+		}, func() float64 { return float64(s.limiter.clients()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "cloister_verifier_challenges",
 			Help: "Challenges held (issued, used or recently expired).",
