@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -62,8 +63,11 @@ type Config struct {
 	// TokenTTL is exp − iat of the tokens (default DefaultTokenTTL).
 	TokenTTL time.Duration
 	// Issuer is the iss claim and the OpenID issuer, an absolute URL
-	// without trailing slash. Empty: derived from each request (scheme and
-	// Host).
+	// without trailing slash: the URL relying parties use to reach this
+	// server. Empty: [Server.Serve] derives it from its listener
+	// ([DefaultIssuer]); a Server used as a plain http.Handler derives it
+	// from the local address each connection was accepted on. It never
+	// comes from a request's Host header, which the client chooses.
 	Issuer string
 	// Build is ear.verifier-id.build (default "cloister").
 	Build string
@@ -127,6 +131,7 @@ type Server struct {
 	sessions      *sessionStore
 	limiter       clientLimiter
 	clientOf      clientIdentity
+	served        atomic.Pointer[string] // the issuer Serve derived from its listener
 	mux           *http.ServeMux
 	ready         atomic.Bool
 	m             metrics
@@ -483,16 +488,51 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "ready\n")
 }
 
-// issuer returns the configured issuer or one derived from the request.
+// issuer returns the configured issuer, else the one Serve derived from
+// its listener, else one derived from the local address the request's
+// connection was accepted on; never anything the client sent.
 func (s *Server) issuer(r *http.Request) string {
 	if s.cfg.Issuer != "" {
 		return s.cfg.Issuer
 	}
+	if p := s.served.Load(); p != nil {
+		return *p
+	}
+	addr, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	return DefaultIssuer(addr, r.TLS != nil)
+}
+
+// DefaultIssuer is the issuer of a server listening on addr without a
+// configured one: "http://HOST:PORT", or "https://…" with TLS. An
+// unspecified host (0.0.0.0, ::) is replaced by this machine's host name;
+// a nil or non-IP addr gives "http(s)://localhost". Configure the issuer
+// when relying parties reach the server by another name (a DNS name, a
+// proxy).
+func DefaultIssuer(addr net.Addr, tls bool) string {
 	scheme := "http"
-	if r.TLS != nil {
+	if tls {
 		scheme = "https"
 	}
-	return scheme + "://" + r.Host
+	host, port := "localhost", ""
+	if addr != nil {
+		if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
+			ip := ap.Addr().Unmap()
+			host, port = ip.WithZone("").String(), strconv.Itoa(int(ap.Port()))
+			if ip.IsUnspecified() {
+				host = "localhost"
+				if h, err := os.Hostname(); err == nil && h != "" {
+					host = h
+				}
+			}
+		}
+	}
+	if port == "" || port == "80" && !tls || port == "443" && tls {
+		if strings.Contains(host, ":") {
+			return scheme + "://[" + host + "]"
+		}
+		return scheme + "://" + host
+	}
+	return scheme + "://" + net.JoinHostPort(host, port)
 }
 
 func (s *Server) handleJWKS(w http.ResponseWriter, r *http.Request) {
@@ -559,9 +599,15 @@ func (s *Server) SetReady(ok bool) { s.ready.Store(ok) }
 
 // Serve serves HTTP on ln (HTTPS when tlsConfig is not nil) until ctx is
 // cancelled, then shuts down gracefully, waiting at most 10 s for requests
-// in flight. The http.Server has read-header (5 s), read (15 s), write
-// (30 s) and idle (2 min) timeouts and a 16 KiB header limit.
+// in flight. Without a configured issuer, the tokens name
+// DefaultIssuer(ln.Addr(), tlsConfig != nil). The http.Server has
+// read-header (5 s), read (15 s), write (30 s) and idle (2 min) timeouts
+// and a 16 KiB header limit.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config) error {
+	if s.cfg.Issuer == "" {
+		iss := DefaultIssuer(ln.Addr(), tlsConfig != nil)
+		s.served.Store(&iss)
+	}
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)
 	}
