@@ -11,12 +11,16 @@
 //     holds the claims (exactly `cloister verify --json`'s object), every
 //     check, the verdict and an EAR JWT. Evidence that verifies badly gets
 //     200 with a negative verdict; only unparseable input gets 4xx.
-//   - POST /v1/challenges: a single-use nonce with a TTL.
+//   - POST /v1/challenges: a single-use nonce with a TTL. Each client
+//     (source address block; X-Forwarded-For only from a trusted proxy)
+//     may hold a bounded share of the challenges and sessions and create
+//     them at a bounded rate (Config.MaxChallengesPerClient, ClientRate…).
 //   - Veraison's challenge-response API under /challenge-response/v1 and
 //     its discovery document at /.well-known/veraison/verification.
 //   - /.well-known/jwks.json and /.well-known/openid-configuration: the
 //     token signing keys (rotated; retired keys stay until their tokens
-//     expire).
+//     expire). The issuer is Config.Issuer or derived from the listen
+//     address (DefaultIssuer), never from a request's Host header.
 //   - / (a page to paste or upload a document), /healthz, /readyz,
 //     /metrics (Prometheus).
 //

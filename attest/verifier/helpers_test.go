@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -122,6 +123,13 @@ type httpResult struct {
 
 func do(t testing.TB, method, url, contentType string, body []byte, hdr ...string) httpResult {
 	t.Helper()
+	return doWith(t, http.DefaultClient, method, url, contentType, body, hdr...)
+}
+
+// doWith is do through client. A "Host" pair in hdr sets the request's
+// Host header.
+func doWith(t testing.TB, client *http.Client, method, url, contentType string, body []byte, hdr ...string) httpResult {
+	t.Helper()
 	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -130,9 +138,13 @@ func do(t testing.TB, method, url, contentType string, body []byte, hdr ...strin
 		req.Header.Set("Content-Type", contentType)
 	}
 	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i] == "Host" {
+			req.Host = hdr[i+1]
+			continue
+		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,6 +154,17 @@ func do(t testing.TB, method, url, contentType string, body []byte, hdr ...strin
 		t.Fatal(err)
 	}
 	return httpResult{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+// clientFrom returns an HTTP client whose connections leave from the
+// loopback address ip (127.0.0.1, 127.0.0.2, ...: Linux routes all of
+// 127.0.0.0/8 to lo), so that a server sees it as a distinct client.
+func clientFrom(t testing.TB, ip string) *http.Client {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 10 * time.Second}
+	tr := &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 1}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }
 
 // verifyOK posts and decodes a 200 VerifyResponse.

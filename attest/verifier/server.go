@@ -10,8 +10,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"net/netip"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -60,8 +63,11 @@ type Config struct {
 	// TokenTTL is exp − iat of the tokens (default DefaultTokenTTL).
 	TokenTTL time.Duration
 	// Issuer is the iss claim and the OpenID issuer, an absolute URL
-	// without trailing slash. Empty: derived from each request (scheme and
-	// Host).
+	// without trailing slash: the URL relying parties use to reach this
+	// server. Empty: [Server.Serve] derives it from its listener
+	// ([DefaultIssuer]); a Server used as a plain http.Handler derives it
+	// from the local address each connection was accepted on. It never
+	// comes from a request's Host header, which the client chooses.
 	Issuer string
 	// Build is ear.verifier-id.build (default "cloister").
 	Build string
@@ -71,6 +77,35 @@ type Config struct {
 	// SessionTTL and MaxSessions bound the Veraison challenge-response sessions.
 	SessionTTL  time.Duration
 	MaxSessions int
+	// MaxChallengesPerClient and MaxSessionsPerClient bound what one
+	// client holds at once (issued and neither expired nor deleted), so
+	// that no client can take the whole store (defaults
+	// DefaultMaxChallengesPerClient, DefaultMaxSessionsPerClient;
+	// negative: no per-client bound).
+	MaxChallengesPerClient int
+	MaxSessionsPerClient   int
+	// ClientRate and ClientBurst are each client's token bucket for
+	// creating challenges and sessions: ClientRate per second sustained,
+	// ClientBurst at once (defaults DefaultClientRate, DefaultClientBurst;
+	// negative ClientRate: no rate limit).
+	ClientRate  float64
+	ClientBurst int
+	// ClientIPv4Prefix and ClientIPv6Prefix are how many leading bits of
+	// the source address name a client (defaults DefaultClientIPv4Prefix,
+	// DefaultClientIPv6Prefix: one IPv4 address, one IPv6 /64).
+	ClientIPv4Prefix int
+	ClientIPv6Prefix int
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For names
+	// the client. A request from one of them is counted against the
+	// right-most X-Forwarded-For address that is not itself a trusted
+	// proxy. Empty (the default): X-Forwarded-For is ignored and the
+	// client is the TCP peer, so clients behind a proxy share its limits.
+	TrustedProxies []netip.Prefix
+	// MaxClients bounds the clients tracked for these limits (default
+	// DefaultMaxClients). A client that holds nothing and has used none of
+	// its burst is forgotten; while MaxClients others hold something, a
+	// new client gets 429.
+	MaxClients int
 	// MaxBodyBytes bounds every request body (default DefaultMaxBodyBytes).
 	MaxBodyBytes int64
 	// Clock returns the current time (default time.Now).
@@ -94,6 +129,9 @@ type Server struct {
 	keys          *keyRing
 	challenges    *challengeStore
 	sessions      *sessionStore
+	limiter       clientLimiter
+	clientOf      clientIdentity
+	served        atomic.Pointer[string] // the issuer Serve derived from its listener
 	mux           *http.ServeMux
 	ready         atomic.Bool
 	m             metrics
@@ -104,6 +142,55 @@ type metrics struct {
 	latency  *prometheus.HistogramVec
 	verdicts *prometheus.CounterVec
 	appraise prometheus.Histogram
+	limited  *prometheus.CounterVec
+}
+
+// clientLimits checks and completes cfg's per-client limits.
+func clientLimits(cfg *Config) (limits, clientIdentity, error) {
+	if cfg.MaxChallengesPerClient == 0 {
+		cfg.MaxChallengesPerClient = DefaultMaxChallengesPerClient
+	}
+	if cfg.MaxSessionsPerClient == 0 {
+		cfg.MaxSessionsPerClient = DefaultMaxSessionsPerClient
+	}
+	if cfg.ClientRate == 0 {
+		cfg.ClientRate = DefaultClientRate
+	}
+	if cfg.ClientBurst <= 0 {
+		cfg.ClientBurst = DefaultClientBurst
+	}
+	if cfg.ClientIPv4Prefix == 0 {
+		cfg.ClientIPv4Prefix = DefaultClientIPv4Prefix
+	}
+	if cfg.ClientIPv6Prefix == 0 {
+		cfg.ClientIPv6Prefix = DefaultClientIPv6Prefix
+	}
+	if cfg.MaxClients <= 0 {
+		cfg.MaxClients = DefaultMaxClients
+	}
+	if cfg.ClientIPv4Prefix < 1 || cfg.ClientIPv4Prefix > 32 {
+		return limits{}, clientIdentity{}, fmt.Errorf("verifier: client IPv4 prefix /%d: want 1..32 bits", cfg.ClientIPv4Prefix)
+	}
+	if cfg.ClientIPv6Prefix < 1 || cfg.ClientIPv6Prefix > 128 {
+		return limits{}, clientIdentity{}, fmt.Errorf("verifier: client IPv6 prefix /%d: want 1..128 bits", cfg.ClientIPv6Prefix)
+	}
+	if math.IsNaN(cfg.ClientRate) || math.IsInf(cfg.ClientRate, 0) {
+		return limits{}, clientIdentity{}, fmt.Errorf("verifier: client rate %v: want a number of requests per second (negative: no limit)", cfg.ClientRate)
+	}
+	proxies := make([]netip.Prefix, 0, len(cfg.TrustedProxies))
+	for _, p := range cfg.TrustedProxies {
+		if !p.IsValid() {
+			return limits{}, clientIdentity{}, fmt.Errorf("verifier: trusted proxy %v: want an address or CIDR block", p)
+		}
+		proxies = append(proxies, p.Masked())
+	}
+	l := limits{
+		quota:      [numHoldKinds]int{holdChallenge: cfg.MaxChallengesPerClient, holdSession: cfg.MaxSessionsPerClient},
+		rate:       cfg.ClientRate,
+		burst:      float64(cfg.ClientBurst),
+		maxClients: cfg.MaxClients,
+	}
+	return l, clientIdentity{v4: cfg.ClientIPv4Prefix, v6: cfg.ClientIPv6Prefix, proxies: proxies}, nil
 }
 
 // New validates cfg (roots, every policy, the signing key) and returns a
@@ -152,9 +239,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Issuer != "" && !strings.HasPrefix(cfg.Issuer, "https://") && !strings.HasPrefix(cfg.Issuer, "http://") {
 		return nil, fmt.Errorf("verifier: issuer %q: want an absolute http(s) URL", cfg.Issuer)
 	}
+	lim, ident, err := clientLimits(&cfg)
+	if err != nil {
+		return nil, err
+	}
 
-	s := &Server{cfg: cfg, policies: make(map[string]*policy)}
-	var err error
+	s := &Server{cfg: cfg, policies: make(map[string]*policy), limiter: newMemLimiter(lim), clientOf: ident}
 	if s.roots, err = newRootSet(cfg.Roots, cfg.NoAWSRoot); err != nil {
 		return nil, err
 	}
@@ -231,8 +321,16 @@ func (s *Server) initMetrics() error {
 			Help:    "Time to verify a document, apply the policy and sign the token.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
 		}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cloister_verifier_client_limited_total",
+			Help: "Challenges and sessions refused by a per-client limit, by limit (challenges, sessions, rate, clients).",
+		}, []string{"limit"}),
 	}
-	cs := []prometheus.Collector{s.m.requests, s.m.latency, s.m.verdicts, s.m.appraise,
+	cs := []prometheus.Collector{s.m.requests, s.m.latency, s.m.verdicts, s.m.appraise, s.m.limited,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "cloister_verifier_clients",
+			Help: "Clients tracked for the per-client limits.",
+		}, func() float64 { return float64(s.limiter.clients()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "cloister_verifier_challenges",
 			Help: "Challenges held (issued, used or recently expired).",
@@ -390,16 +488,51 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "ready\n")
 }
 
-// issuer returns the configured issuer or one derived from the request.
+// issuer returns the configured issuer, else the one Serve derived from
+// its listener, else one derived from the local address the request's
+// connection was accepted on; never anything the client sent.
 func (s *Server) issuer(r *http.Request) string {
 	if s.cfg.Issuer != "" {
 		return s.cfg.Issuer
 	}
+	if p := s.served.Load(); p != nil {
+		return *p
+	}
+	addr, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	return DefaultIssuer(addr, r.TLS != nil)
+}
+
+// DefaultIssuer is the issuer of a server listening on addr without a
+// configured one: "http://HOST:PORT", or "https://…" with TLS. An
+// unspecified host (0.0.0.0, ::) is replaced by this machine's host name;
+// a nil or non-IP addr gives "http(s)://localhost". Configure the issuer
+// when relying parties reach the server by another name (a DNS name, a
+// proxy).
+func DefaultIssuer(addr net.Addr, tls bool) string {
 	scheme := "http"
-	if r.TLS != nil {
+	if tls {
 		scheme = "https"
 	}
-	return scheme + "://" + r.Host
+	host, port := "localhost", ""
+	if addr != nil {
+		if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
+			ip := ap.Addr().Unmap()
+			host, port = ip.WithZone("").String(), strconv.Itoa(int(ap.Port()))
+			if ip.IsUnspecified() {
+				host = "localhost"
+				if h, err := os.Hostname(); err == nil && h != "" {
+					host = h
+				}
+			}
+		}
+	}
+	if port == "" || port == "80" && !tls || port == "443" && tls {
+		if strings.Contains(host, ":") {
+			return scheme + "://[" + host + "]"
+		}
+		return scheme + "://" + host
+	}
+	return scheme + "://" + net.JoinHostPort(host, port)
 }
 
 func (s *Server) handleJWKS(w http.ResponseWriter, r *http.Request) {
@@ -466,9 +599,15 @@ func (s *Server) SetReady(ok bool) { s.ready.Store(ok) }
 
 // Serve serves HTTP on ln (HTTPS when tlsConfig is not nil) until ctx is
 // cancelled, then shuts down gracefully, waiting at most 10 s for requests
-// in flight. The http.Server has read-header (5 s), read (15 s), write
-// (30 s) and idle (2 min) timeouts and a 16 KiB header limit.
+// in flight. Without a configured issuer, the tokens name
+// DefaultIssuer(ln.Addr(), tlsConfig != nil). The http.Server has
+// read-header (5 s), read (15 s), write (30 s) and idle (2 min) timeouts
+// and a 16 KiB header limit.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config) error {
+	if s.cfg.Issuer == "" {
+		iss := DefaultIssuer(ln.Addr(), tlsConfig != nil)
+		s.served.Store(&iss)
+	}
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)
 	}

@@ -44,6 +44,7 @@ type SessionEvidence struct {
 }
 
 type session struct {
+	client   string // who created it (clientIdentity), for the per-client limits
 	nonce    []byte
 	policy   *policy
 	status   string
@@ -134,13 +135,21 @@ func (s *Server) handleNewSession(w http.ResponseWriter, r *http.Request) {
 		s.problem(w, r, http.StatusBadRequest, "bad-policy", "policy "+pol.id+" fixes its own nonce or challenge; a session supplies the nonce")
 		return
 	}
-	sess := &session{policy: pol, status: "waiting"}
+	sess := &session{client: s.clientOf.of(r), policy: pol, status: "waiting"}
 	var id string
 	var exp time.Time
 	add := func(n []byte, now time.Time) (time.Time, bool, error) {
+		exp := now.Add(s.cfg.SessionTTL)
+		if err := s.limiter.admit(sess.client, holdSession, now, exp); err != nil {
+			return time.Time{}, false, err
+		}
 		id = uuid.NewString()
 		sess.nonce = n
-		return s.sessions.s.add(id, sess, now)
+		e, ok, err := s.sessions.s.add(id, sess, now)
+		if err != nil || !ok {
+			s.limiter.release(sess.client, holdSession, exp)
+		}
+		return e, ok, err
 	}
 	switch {
 	case q.Has("nonce"):
@@ -218,8 +227,11 @@ func (s *Server) handleDeleteSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	found := false
-	s.sessions.s.update(id, s.cfg.Clock(), func(sess **session, _ time.Time, expired bool) bool {
+	s.sessions.s.update(id, s.cfg.Clock(), func(sess **session, exp time.Time, expired bool) bool {
 		found = sess != nil && !expired
+		if found {
+			s.limiter.release((*sess).client, holdSession, exp)
+		}
 		return sess != nil
 	})
 	if !found {

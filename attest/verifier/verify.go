@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -499,8 +501,17 @@ func (s *Server) handleNewChallenge(w http.ResponseWriter, r *http.Request) {
 		s.problem(w, r, http.StatusBadRequest, "bad-size", fmt.Sprintf("size %d: want 8..64 bytes", size))
 		return
 	}
+	client := s.clientOf.of(r)
 	nonce, exp, err := s.newNonce(size, func(n []byte, now time.Time) (time.Time, bool, error) {
-		return s.challenges.issue(n, now)
+		exp := now.Add(s.cfg.ChallengeTTL)
+		if err := s.limiter.admit(client, holdChallenge, now, exp); err != nil {
+			return time.Time{}, false, err
+		}
+		e, ok, err := s.challenges.issue(n, now)
+		if err != nil || !ok {
+			s.limiter.release(client, holdChallenge, exp)
+		}
+		return e, ok, err
 	})
 	if err != nil {
 		s.storeError(w, r, err)
@@ -535,6 +546,13 @@ func (s *Server) newNonce(size int, add func([]byte, time.Time) (time.Time, bool
 }
 
 func (s *Server) storeError(w http.ResponseWriter, r *http.Request, err error) {
+	var le *LimitError
+	if errors.As(err, &le) {
+		s.m.limited.WithLabelValues(le.Reason).Inc()
+		w.Header().Set("Retry-After", strconv.FormatInt(int64(max(1, math.Ceil(le.RetryAfter.Seconds()))), 10))
+		s.problem(w, r, http.StatusTooManyRequests, "client-limit", err.Error())
+		return
+	}
 	if errors.Is(err, ErrStoreFull) {
 		w.Header().Set("Retry-After", "10")
 		s.problem(w, r, http.StatusTooManyRequests, "too-many", err.Error()+"; retry later")

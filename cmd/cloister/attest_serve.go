@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -44,6 +46,15 @@ type attestServeFlags struct {
 	challengeTTL      time.Duration
 	issuer            string
 	logFormat         string
+
+	maxChallengesPerClient int
+	maxSessionsPerClient   int
+	clientRate             float64
+	clientBurst            int
+	clientIPv4Prefix       int
+	clientIPv6Prefix       int
+	maxClients             int
+	trustedProxies         []string
 }
 
 func newAttestServeCmd() *cobra.Command {
@@ -68,6 +79,19 @@ accepted. The file is validated at start.
 
 Tokens are signed with --signing-key (EC P-256 → ES256 or P-384 → ES384 PEM,
 never rotated) or with a generated P-256 key replaced every --key-rotation.
+Their issuer (iss, and the OpenID discovery document's issuer and jwks_uri)
+is --issuer, or http(s)://ADDR from --addr (this host's name for an
+unspecified host such as 0.0.0.0); it never comes from a request's Host
+header. Set --issuer to the URL relying parties use when that is a DNS name
+or a proxy.
+
+Challenges and Veraison sessions are open to any client, so each client
+(source address; an IPv6 /64) may hold at most --max-challenges-per-client
+challenges and --max-sessions-per-client sessions and create them at
+--client-rate per second (--client-burst at once); beyond that it gets 429
+with Retry-After while other clients are served. Behind a reverse proxy
+every client has the proxy's address: name the proxy with --trusted-proxy
+so that its X-Forwarded-For is believed (never from anyone else).
 
 The server stops gracefully on SIGINT or SIGTERM.`,
 		Example: `  cloister attest serve
@@ -87,8 +111,16 @@ The server stops gracefully on SIGINT or SIGTERM.`,
 	fl.DurationVar(&f.keyRotation, "key-rotation", verifier.DefaultKeyRotation, "lifetime of a generated signing key (negative: never rotate)")
 	fl.DurationVar(&f.tokenTTL, "token-ttl", verifier.DefaultTokenTTL, "lifetime of issued tokens (exp - iat)")
 	fl.DurationVar(&f.challengeTTL, "challenge-ttl", verifier.DefaultChallengeTTL, "lifetime of nonces from POST /v1/challenges")
-	fl.StringVar(&f.issuer, "issuer", "", "token issuer URL (default: scheme and Host of each request)")
+	fl.StringVar(&f.issuer, "issuer", "", "token issuer URL, as relying parties reach this server (default: http(s)://ADDR from --addr; never the request's Host header)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "access log format on stderr: text or json")
+	fl.IntVar(&f.maxChallengesPerClient, "max-challenges-per-client", verifier.DefaultMaxChallengesPerClient, "challenges one client may hold at once (negative: no limit)")
+	fl.IntVar(&f.maxSessionsPerClient, "max-sessions-per-client", verifier.DefaultMaxSessionsPerClient, "Veraison sessions one client may hold at once (negative: no limit)")
+	fl.Float64Var(&f.clientRate, "client-rate", verifier.DefaultClientRate, "challenges and sessions one client may create per second, sustained (negative: no limit)")
+	fl.IntVar(&f.clientBurst, "client-burst", verifier.DefaultClientBurst, "challenges and sessions one client may create at once")
+	fl.IntVar(&f.clientIPv4Prefix, "client-ipv4-prefix", verifier.DefaultClientIPv4Prefix, "leading bits of an IPv4 source address that name a client")
+	fl.IntVar(&f.clientIPv6Prefix, "client-ipv6-prefix", verifier.DefaultClientIPv6Prefix, "leading bits of an IPv6 source address that name a client")
+	fl.IntVar(&f.maxClients, "max-clients", verifier.DefaultMaxClients, "clients tracked for the per-client limits")
+	fl.StringArrayVar(&f.trustedProxies, "trusted-proxy", nil, "address or CIDR block of a reverse proxy whose X-Forwarded-For names the client; repeatable (default: none, the header is ignored)")
 	return cmd
 }
 
@@ -106,13 +138,37 @@ func runAttestServe(cmd *cobra.Command, f attestServeFlags) error {
 		return fmt.Errorf("--tls-cert and --tls-key go together")
 	}
 	cfg := verifier.Config{
-		AllowTimeOverride: f.allowTimeOverride,
-		KeyRotation:       f.keyRotation,
-		TokenTTL:          f.tokenTTL,
-		ChallengeTTL:      f.challengeTTL,
-		Issuer:            f.issuer,
-		Build:             "cloister " + attestServeVersion(),
-		Logger:            slog.New(h),
+		AllowTimeOverride:      f.allowTimeOverride,
+		KeyRotation:            f.keyRotation,
+		TokenTTL:               f.tokenTTL,
+		ChallengeTTL:           f.challengeTTL,
+		Issuer:                 f.issuer,
+		Build:                  "cloister " + attestServeVersion(),
+		Logger:                 slog.New(h),
+		MaxChallengesPerClient: f.maxChallengesPerClient,
+		MaxSessionsPerClient:   f.maxSessionsPerClient,
+		ClientRate:             f.clientRate,
+		ClientBurst:            f.clientBurst,
+		ClientIPv4Prefix:       f.clientIPv4Prefix,
+		ClientIPv6Prefix:       f.clientIPv6Prefix,
+		MaxClients:             f.maxClients,
+	}
+	for _, p := range f.trustedProxies {
+		pfx, err := netip.ParsePrefix(p)
+		if err != nil {
+			a, aerr := netip.ParseAddr(p)
+			if aerr != nil {
+				return fmt.Errorf("--trusted-proxy %q: want an IP address or a CIDR block such as 10.0.0.0/8", p)
+			}
+			pfx = netip.PrefixFrom(a, a.BitLen())
+		}
+		cfg.TrustedProxies = append(cfg.TrustedProxies, pfx)
+	}
+	if f.clientBurst < 1 {
+		return fmt.Errorf("--client-burst %d: want at least 1", f.clientBurst)
+	}
+	if f.maxClients < 1 {
+		return fmt.Errorf("--max-clients %d: want at least 1", f.maxClients)
 	}
 	fail := func(err error) error { return withExit(1, fmt.Errorf("attest serve: %w", err)) }
 
@@ -166,7 +222,15 @@ func runAttestServe(cmd *cobra.Command, f attestServeFlags) error {
 	if tlsCfg != nil {
 		scheme = "https"
 	}
-	cfg.Logger.Info("attestation verifier listening", "url", scheme+"://"+ln.Addr().String(), "allow_time_override", f.allowTimeOverride)
+	issuer := strings.TrimSuffix(f.issuer, "/")
+	if issuer == "" { // what Serve derives
+		issuer = verifier.DefaultIssuer(ln.Addr(), tlsCfg != nil)
+		if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil && ap.Addr().IsUnspecified() {
+			cfg.Logger.Warn("issuer derived from an unspecified listen address; set --issuer to the URL relying parties use", "issuer", issuer)
+		}
+	}
+	cfg.Logger.Info("attestation verifier listening", "url", scheme+"://"+ln.Addr().String(), "issuer", issuer,
+		"allow_time_override", f.allowTimeOverride, "trusted_proxies", len(cfg.TrustedProxies))
 	parent := cmd.Context()
 	if parent == nil {
 		parent = context.Background()
