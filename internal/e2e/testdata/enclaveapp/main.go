@@ -229,7 +229,11 @@ func fetchVia(target string) (string, error) {
 			return "", errors.New(resp.Status)
 		}
 	}
-	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", target)
+	host := target
+	if fixed {
+		host = "fixed-proxy" // the proxy alone knows its destination
+	}
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		return "", err
