@@ -61,10 +61,16 @@ func twoServices(t *testing.T) int {
 }
 
 // dialVia is a proxy dialer that resolves names with r, the resolver the
-// allowlist uses: in a deployment both use the host's.
-func dialVia(r *net.Resolver) func(ctx context.Context, network, addr string) (net.Conn, error) {
+// allowlist uses (in a deployment both use the host's), and fails the test
+// when it is asked to dial a name rather than an address that was checked.
+func dialVia(t *testing.T, r *net.Resolver) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	d := &net.Dialer{Resolver: r}
-	return d.DialContext
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if _, err := netip.ParseAddrPort(addr); err != nil {
+			t.Errorf("the proxy dialled %q, not the address it checked", addr)
+		}
+		return d.DialContext(ctx, network, addr)
+	}
 }
 
 // alternate answers a name's odd-numbered queries with first and its
@@ -182,13 +188,19 @@ func TestDNSCannotBypassAllowlist(t *testing.T) {
 				var got, want []string
 				lookups := attempts
 				if mode == "connect" {
-					sock := startProxy(t, &Proxy{Allowlist: al, Dial: dialVia(r)})
+					sock := startProxy(t, &Proxy{Allowlist: al, Dial: dialVia(t, r)})
 					for range attempts {
 						got = append(got, connectAttempt(t, sock, target))
 					}
 					want = tt.wantConnect
 				} else {
-					sock := startProxy(t, &Proxy{Allowlist: al, Target: target, Dial: dialVia(r)})
+					p := &Proxy{Allowlist: al, Target: target, Dial: dialVia(t, r)}
+					// vsock-proxy's startup check, as the daemon's monitor
+					// runs it.
+					if err := p.Validate(context.Background()); err != nil {
+						t.Fatalf("Validate: %v", err)
+					}
+					sock := startProxy(t, p)
 					for range attempts {
 						got = append(got, fixedAttempt(t, sock))
 					}
@@ -230,7 +242,7 @@ func TestAddressSpellingsCannotBypassAllowlist(t *testing.T) {
 	}
 	r := NewResolver(netip.MustParseAddrPort(dns.Addr()))
 	al.Resolver = r
-	sock := startProxy(t, &Proxy{Allowlist: al, Dial: dialVia(r)})
+	sock := startProxy(t, &Proxy{Allowlist: al, Dial: dialVia(t, r)})
 	for _, tt := range []struct{ target, want string }{
 		{"[::ffff:127.0.0.1]:" + p, "allowed"},
 		{"[::ffff:127.0.0.2]:" + p, "refused"},

@@ -291,7 +291,6 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 	}
 
 	var al *egress.Allowlist
-	var dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	if p := m.spec.Config.Egress.Allowlist; p != "" {
 		var err error
 		if al, err = egress.LoadAllowlist(p); err != nil {
@@ -302,13 +301,11 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 			if err != nil {
 				return fmt.Errorf("egress nameserver %q: %w", ns, err)
 			}
-			r := egress.NewResolver(ap)
-			al.Resolver = r
-			dial = (&net.Dialer{Resolver: r}).DialContext
+			al.Resolver = egress.NewResolver(ap)
 		}
 	}
 	for _, pc := range m.spec.Config.Egress.Proxies {
-		p := &egress.Proxy{Allowlist: al, Dial: dial, Logger: m.log.With("service", "egress", "port", pc.Port)}
+		p := &egress.Proxy{Allowlist: al, Logger: m.log.With("service", "egress", "port", pc.Port)}
 		if pc.RemoteAddr != "" {
 			p.Target = net.JoinHostPort(pc.RemoteAddr, fmt.Sprint(pc.RemotePort))
 			if err := p.Validate(ctx); err != nil {
