@@ -142,20 +142,30 @@ func (a *Allowlist) Resolve(ctx context.Context, host string, port int) ([]netip
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrNotAllowed, dest, err)
 	}
-	var rules []rule
+	// An entry naming host permits all its addresses: no other entry
+	// matters. name is a valid host name, so an entry equal to it is one.
 	byName := false
 	for _, e := range a.Entries {
-		if e.Port != port {
+		if e.Port == port && name != "" && strings.EqualFold(strings.TrimSuffix(strings.TrimSpace(e.Address), "."), name) {
+			byName = true
+			break
+		}
+	}
+	var rules []rule
+	if !byName {
+		rules = make([]rule, 0, len(a.Entries))
+	}
+	for _, e := range a.Entries {
+		if byName || e.Port != port {
 			continue
 		}
 		r, err := parseEntry(e)
 		if err != nil {
 			continue // only reachable when Entries was built by hand
 		}
-		byName = byName || (name != "" && r.name == name)
 		rules = append(rules, r)
 	}
-	if len(rules) == 0 {
+	if !byName && len(rules) == 0 {
 		// Not even resolved: the proxy is no DNS oracle for other ports.
 		return nil, fmt.Errorf("%w: %s (no entry for port %d)", ErrNotAllowed, dest, port)
 	}
@@ -189,7 +199,7 @@ func (a *Allowlist) Resolve(ctx context.Context, host string, port int) ([]netip
 		if pending == 0 {
 			break
 		}
-		if r.name == "" || r.name == name {
+		if r.name == "" {
 			continue
 		}
 		entryAddrs, err := a.lookup(ctx, r.name)
@@ -260,7 +270,7 @@ func parseEntry(e Entry) (rule, error) {
 	case e.Port < 1 || e.Port > 65535:
 		return rule{}, fmt.Errorf("%s has port %d; want 1..65535", s, e.Port)
 	}
-	if ip, err := netip.ParseAddr(s); err == nil {
+	if ip, ok := parseIP(s); ok {
 		if ip.Zone() != "" {
 			return rule{}, fmt.Errorf("%s has an IPv6 zone; list the address without it", s)
 		}
@@ -299,7 +309,7 @@ func parseEntry(e Entry) (rule, error) {
 // 0177.0.0.1, 0x7f.0.0.1, 127.0.0.01; C's inet_aton and some resolvers
 // accept them), and strings that are not host names.
 func parseHost(host string) (name string, ip netip.Addr, err error) {
-	if ip, err := netip.ParseAddr(host); err == nil {
+	if ip, ok := parseIP(host); ok {
 		if ip.Zone() != "" {
 			return "", netip.Addr{}, fmt.Errorf("%q has an IPv6 zone", host)
 		}
@@ -309,23 +319,52 @@ func parseHost(host string) (name string, ip netip.Addr, err error) {
 	if len(h) == 0 || len(h) > 253 {
 		return "", netip.Addr{}, fmt.Errorf("%q is not a host name", host)
 	}
-	labels := strings.Split(h, ".")
-	for _, l := range labels {
-		if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' || strings.ContainsFunc(l, func(r rune) bool {
-			return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '_')
-		}) {
+	last := ""
+	for rest := h; ; {
+		label, more, found := strings.Cut(rest, ".")
+		if !validLabel(label) {
 			return "", netip.Addr{}, fmt.Errorf("%q is not a host name", host)
 		}
+		if !found {
+			last = label
+			break
+		}
+		rest = more
 	}
 	// A last label that is a number makes the whole an IPv4 address to
 	// inet_aton-style parsers (and never a DNS name: top-level labels are
 	// not numeric); only the canonical form, handled above, is accepted.
-	last := labels[len(labels)-1]
 	hex, isHex := strings.CutPrefix(strings.ToLower(last), "0x")
 	if isDigits(last, false) || isHex && isDigits(hex, true) {
 		return "", netip.Addr{}, fmt.Errorf("%q is not a canonical IP address; write IPv4 as four decimal numbers, a.b.c.d", host)
 	}
 	return strings.ToLower(h), netip.Addr{}, nil
+}
+
+// parseIP parses a canonical IP address. It skips netip.ParseAddr (and its
+// error allocation) for strings that are plainly names: the check runs for
+// every entry on every connection.
+func parseIP(s string) (netip.Addr, bool) {
+	if !strings.ContainsRune(s, ':') && strings.ContainsFunc(s, func(r rune) bool { return r != '.' && (r < '0' || r > '9') }) {
+		return netip.Addr{}, false
+	}
+	ip, err := netip.ParseAddr(s)
+	return ip, err == nil
+}
+
+// validLabel reports whether l is a host name label: 1 to 63 letters,
+// digits, '-' and '_', not starting or ending with '-'.
+func validLabel(l string) bool {
+	if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(l); i++ {
+		c := l[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func isDigits(s string, hex bool) bool {
