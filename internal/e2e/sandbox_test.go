@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,7 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/cloister/cloister/attest"
+	"github.com/cloister/cloister/internal/egress/egresstest"
 	"github.com/cloister/cloister/internal/testharness"
 	"github.com/cloister/cloister/parent"
 )
@@ -216,6 +220,107 @@ func TestSandboxEgressProxy(t *testing.T) {
 	if !strings.Contains(out, "EGRESS "+denied+": refused: 403") {
 		t.Errorf("other destination not refused with 403:\n%s", out)
 	}
+}
+
+// TestSandboxEgressDNSBypass is the DNS attack on the egress allowlist,
+// through the daemon, its monitor's proxies and a real enclave: the
+// allowlist names 127.0.0.1:P, and names under the enclave's control resolve
+// to [127.0.0.2, 127.0.0.1] or alternate between the two (rebinding, TTL 0).
+// A "secret" service listens on 127.0.0.2:P, as the parent's own services,
+// an internal network or instance metadata would; the enclave must never
+// reach it, through the CONNECT proxy or a fixed (vsock-proxy style) one.
+func TestSandboxEgressDNSBypass(t *testing.T) {
+	port := httpServerPair(t, "127.0.0.1", "allowed-server", "127.0.0.2", "secret-server")
+	listed, secret := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
+	dns := egresstest.StartDNS(t, func(name string, n int) ([]netip.Addr, bool) {
+		switch name {
+		case "multi.test":
+			return []netip.Addr{secret, listed}, true
+		case "rebind-connect.test", "rebind-fixed.test":
+			if n%2 == 1 {
+				return []netip.Addr{listed}, true
+			}
+			return []netip.Addr{secret}, true
+		}
+		return nil, false
+	})
+	dir := testharness.ShortTemp(t)
+	allow := filepath.Join(dir, "allow.yaml")
+	if err := os.WriteFile(allow, []byte(fmt.Sprintf("allowlist:\n- {address: 127.0.0.1, port: %d}\n", port)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := testharness.StartDaemon(t, "sandbox", sandboxConfig+fmt.Sprintf(`egress:
+  allowlist: %s
+  nameserver: %s
+  proxies:
+    - port: 8000
+    - {port: 8001, remote_addr: multi.test, remote_port: %d}
+    - {port: 8002, remote_addr: rebind-fixed.test, remote_port: %d}
+`, allow, dns.Addr(), port, port))
+	p := fmt.Sprint(port)
+	targets := []string{"multi.test:" + p, "multi.test:" + p,
+		"rebind-connect.test:" + p, "rebind-connect.test:" + p, "rebind-connect.test:" + p, "rebind-connect.test:" + p,
+		"@8001", "@8001", "@8002", "@8002", "@8002", "@8002"}
+	img := appImage(t, dir, "egress-dns", nil, append([]string{"egress"}, targets...)...)
+	res := d.Run(img, 128, false)
+	out := d.ConsoleUntil(res.EnclaveID, "EGRESS DONE", 2*time.Minute)
+
+	// Each connection resolves its destination once and dials only what
+	// that lookup allowed; the fixed proxy's startup check took the first
+	// answer of rebind-fixed.test.
+	want := []string{"multi.test ok: allowed-server", "multi.test ok: allowed-server",
+		"rebind-connect.test ok: allowed-server", "rebind-connect.test refused",
+		"rebind-connect.test ok: allowed-server", "rebind-connect.test refused",
+		"@8001 ok: allowed-server", "@8001 ok: allowed-server",
+		"@8002 refused", "@8002 ok: allowed-server", "@8002 refused", "@8002 ok: allowed-server"}
+	var got []string
+	for _, line := range strings.Split(out, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "EGRESS ")
+		if !ok || rest == "DONE" {
+			continue
+		}
+		target, outcome, _ := strings.Cut(rest, ": ")
+		target = strings.TrimSuffix(target, ":"+p)
+		if strings.HasPrefix(outcome, "refused") {
+			outcome = "refused"
+		}
+		got = append(got, target+" "+outcome)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("egress outcomes (-want +got):\n%s\nconsole:\n%s", diff, out)
+	}
+	if strings.Contains(out, "secret-server") {
+		t.Errorf("the enclave reached the unlisted service:\n%s", out)
+	}
+}
+
+// httpServerPair serves body1 on ip1:P and body2 on ip2:P, with one port P,
+// and returns P.
+func httpServerPair(t *testing.T, ip1, body1, ip2, body2 string) int {
+	t.Helper()
+	for attempt := 0; attempt < 20; attempt++ {
+		l2, err := net.Listen("tcp", net.JoinHostPort(ip2, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l2.Addr().(*net.TCPAddr).Port
+		l1, err := net.Listen("tcp", net.JoinHostPort(ip1, fmt.Sprint(port)))
+		if err != nil {
+			l2.Close() // taken on ip1: try another port
+			continue
+		}
+		for _, s := range []struct {
+			l    net.Listener
+			body string
+		}{{l1, body1}, {l2, body2}} {
+			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, s.body) })}
+			go srv.Serve(s.l)
+			t.Cleanup(func() { srv.Close() })
+		}
+		return port
+	}
+	t.Fatalf("no port free on both %s and %s", ip1, ip2)
+	return 0
 }
 
 // httpServer serves body on a loopback port and returns host:port.

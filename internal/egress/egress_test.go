@@ -17,15 +17,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-type fakeResolver map[string][]netip.Addr
-
-func (f fakeResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
-	if ips, ok := f[host]; ok {
-		return ips, nil
-	}
-	return nil, errors.New("no such host")
-}
-
 func TestParseAllowlist(t *testing.T) {
 	al, err := ParseAllowlist([]byte("allowlist:\n- {address: kms.us-east-1.amazonaws.com, port: 443}\n- address: 127.0.0.1\n  port: 8443\n"))
 	if err != nil {
@@ -58,44 +49,137 @@ func TestLoadAllowlistMissing(t *testing.T) {
 	}
 }
 
-func TestCheck(t *testing.T) {
-	al := &Allowlist{
-		Entries: []Entry{{"kms.example", 443}, {"10.1.2.3", 80}},
-		Resolver: fakeResolver{
-			"kms.example":   {netip.MustParseAddr("192.0.2.7")},
-			"alias.example": {netip.MustParseAddr("192.0.2.7")},
-			"other.example": {netip.MustParseAddr("192.0.2.8")},
-		},
+func TestParseAllowlistAddresses(t *testing.T) {
+	for _, good := range []string{"10.0.0.0/8", "fd00::/8", "::ffff:10.0.0.0/104", "::1", "::ffff:127.0.0.1", "KMS.example.", "_svc.example", "localhost"} {
+		if _, err := ParseAllowlist([]byte("allowlist:\n- {address: '" + good + "', port: 1}\n")); err != nil {
+			t.Errorf("address %q: %v", good, err)
+		}
 	}
-	ctx := context.Background()
+	for _, bad := range []string{
+		"0.0.0.0", "::", "::ffff:0.0.0.0", "0.1.2.3", // this host
+		"127.1", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "127.0.0.01", "127.0.0.1.", // non-canonical IPv4
+		"10.0.0.1/8", "10.0.0.0/33", "fe80::1%eth0", "bad host", "ünicode.example", "a..b", "-", "x/y",
+	} {
+		if _, err := ParseAllowlist([]byte("allowlist:\n- {address: '" + bad + "', port: 1}\n")); !errors.Is(err, ErrConfig) {
+			t.Errorf("address %q: %v, want ErrConfig", bad, err)
+		}
+	}
+}
+
+// countingResolver answers from a map (as DNS does: case-insensitive, a
+// trailing dot or not) and counts lookups per name as asked.
+type countingResolver struct {
+	answers map[string][]netip.Addr
+	n       map[string]int
+}
+
+func (r *countingResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	r.n[host]++
+	if ips, ok := r.answers[strings.ToLower(strings.TrimSuffix(host, "."))]; ok {
+		return ips, nil
+	}
+	return nil, errors.New("no such host")
+}
+
+func TestResolve(t *testing.T) {
+	ip := netip.MustParseAddr
+	answers := map[string][]netip.Addr{
+		"kms.example":   {ip("192.0.2.7"), ip("2001:db8::7")},
+		"alias.example": {ip("192.0.2.7")},
+		"other.example": {ip("192.0.2.8")},
+		"multi.example": {ip("192.0.2.8"), ip("192.0.2.7")},
+		"mixed.example": {ip("192.0.2.8"), ip("10.9.1.1"), ip("::ffff:10.9.2.2"), ip("fd00::1"), ip("10.9.1.1")},
+		"zero.example":  {ip("0.0.0.0"), ip("::"), ip("10.9.0.5")},
+		"zero2.example": {ip("0.0.0.0")},
+	}
+	entries := []Entry{
+		{"kms.example", 443}, {"10.1.2.3", 80}, {"10.9.0.0/16", 8443}, {"fd00::/8", 8443},
+		{"0.0.0.0/0", 9}, {"zero2.example", 9}, {"127.0.0.1", 7777},
+		{"not an entry", 7777}, // built by hand, invalid: permits nothing
+	}
 	tests := []struct {
-		host string
-		port int
-		ok   bool
+		host    string
+		port    int
+		want    []netip.Addr
+		wantErr error
+		lookups map[string]int
 	}{
-		{"kms.example", 443, true},
-		{"KMS.example", 443, true},
-		{"kms.example", 444, false},
-		{"192.0.2.7", 443, true},     // resolved name matches the literal
-		{"alias.example", 443, true}, // both resolve to the same address
-		{"other.example", 443, false},
-		{"10.1.2.3", 80, true},
-		{"10.1.2.4", 80, false},
-		{"unresolvable.example", 443, false},
+		// Allowed by name: every address of that one lookup.
+		{"kms.example", 443, []netip.Addr{ip("192.0.2.7"), ip("2001:db8::7")}, nil, map[string]int{"kms.example": 1}},
+		{"KMS.example.", 443, []netip.Addr{ip("192.0.2.7"), ip("2001:db8::7")}, nil, map[string]int{"KMS.example.": 1}},
+		{"kms.example", 444, nil, ErrNotAllowed, map[string]int{}},
+		// vsock-proxy's rule: an address the allowlisted name resolves to.
+		{"192.0.2.7", 443, []netip.Addr{ip("192.0.2.7")}, nil, map[string]int{"kms.example": 1}},
+		{"::ffff:192.0.2.7", 443, []netip.Addr{ip("192.0.2.7")}, nil, map[string]int{"kms.example": 1}},
+		{"alias.example", 443, []netip.Addr{ip("192.0.2.7")}, nil, map[string]int{"alias.example": 1, "kms.example": 1}},
+		{"multi.example", 443, []netip.Addr{ip("192.0.2.7")}, nil, map[string]int{"multi.example": 1, "kms.example": 1}},
+		{"other.example", 443, nil, ErrNotAllowed, map[string]int{"other.example": 1, "kms.example": 1}},
+		// IP and CIDR entries: only the addresses they match.
+		{"10.1.2.3", 80, []netip.Addr{ip("10.1.2.3")}, nil, map[string]int{}},
+		{"10.1.2.4", 80, nil, ErrNotAllowed, map[string]int{}},
+		{"mixed.example", 8443, []netip.Addr{ip("10.9.1.1"), ip("10.9.2.2"), ip("fd00::1")}, nil, map[string]int{"mixed.example": 1}},
+		// Unspecified addresses are never dialled, whatever the list says.
+		{"zero.example", 8443, []netip.Addr{ip("10.9.0.5")}, nil, map[string]int{"zero.example": 1}},
+		{"zero2.example", 9, nil, ErrNotAllowed, map[string]int{"zero2.example": 1}},
+		{"0.0.0.0", 9, nil, ErrNotAllowed, map[string]int{}},
+		{"0.1.2.3", 9, nil, ErrNotAllowed, map[string]int{}},
+		{"::", 9, nil, ErrNotAllowed, map[string]int{}},
+		{"1.2.3.4", 9, []netip.Addr{ip("1.2.3.4")}, nil, map[string]int{}},
+		// Lookups fail: ErrResolve; not even tried for a port no entry has.
+		{"unresolvable.example", 443, nil, ErrResolve, map[string]int{"unresolvable.example": 1}},
+		{"unresolvable.example", 1, nil, ErrNotAllowed, map[string]int{}},
+		// Hosts that are neither canonical addresses nor names.
+		{"2130706433", 7777, nil, ErrNotAllowed, map[string]int{}},
+		{"127.1", 7777, nil, ErrNotAllowed, map[string]int{}},
+		{"0x7f.0.0.1", 7777, nil, ErrNotAllowed, map[string]int{}},
+		{"fe80::1%lo", 7777, nil, ErrNotAllowed, map[string]int{}},
+		{"bad host", 7777, nil, ErrNotAllowed, map[string]int{}},
+		{"127.0.0.1", 7777, []netip.Addr{ip("127.0.0.1")}, nil, map[string]int{}},
 	}
 	for _, tt := range tests {
-		err := al.Check(ctx, tt.host, tt.port)
-		if tt.ok && err != nil {
-			t.Errorf("Check(%s:%d) = %v, want allowed", tt.host, tt.port, err)
+		r := &countingResolver{answers: answers, n: map[string]int{}}
+		al := &Allowlist{Entries: entries, Resolver: r}
+		got, err := al.Resolve(context.Background(), tt.host, tt.port)
+		if !errors.Is(err, tt.wantErr) || (err == nil) != (tt.wantErr == nil) {
+			t.Errorf("Resolve(%s, %d) error = %v, want %v", tt.host, tt.port, err, tt.wantErr)
 		}
-		if !tt.ok && !errors.Is(err, ErrNotAllowed) {
-			t.Errorf("Check(%s:%d) = %v, want ErrNotAllowed", tt.host, tt.port, err)
+		if diff := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+			t.Errorf("Resolve(%s, %d) (-want +got):\n%s", tt.host, tt.port, diff)
+		}
+		if diff := cmp.Diff(tt.lookups, r.n); diff != "" {
+			t.Errorf("Resolve(%s, %d) lookups (-want +got):\n%s", tt.host, tt.port, diff)
 		}
 	}
 	var nilList *Allowlist
-	if err := nilList.Check(ctx, "a", 1); !errors.Is(err, ErrNotAllowed) {
+	if _, err := nilList.Resolve(context.Background(), "a", 1); !errors.Is(err, ErrNotAllowed) {
 		t.Errorf("nil allowlist: %v", err)
 	}
+}
+
+func FuzzParseHost(f *testing.F) {
+	for _, s := range []string{"kms.example", "KMS.Example.", "127.0.0.1", "::ffff:127.0.0.1", "2130706433", "0x7f.1", "fe80::1%lo", "a..b", "-", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, host string) {
+		name, ip, err := parseHost(host)
+		switch {
+		case err != nil:
+			if name != "" || ip.IsValid() {
+				t.Fatalf("parseHost(%q) returned %q %v with error %v", host, name, ip, err)
+			}
+		case ip.IsValid():
+			if name != "" || ip.Is4In6() || ip.Zone() != "" {
+				t.Fatalf("parseHost(%q) = %q %v", host, name, ip)
+			}
+		default:
+			if _, err := netip.ParseAddr(name); err == nil || name != strings.ToLower(name) || strings.HasSuffix(name, ".") {
+				t.Fatalf("parseHost(%q) = name %q", host, name)
+			}
+			if again, _, err := parseHost(name); err != nil || again != name {
+				t.Fatalf("parseHost(%q) = %q, but parseHost(%q) = %q, %v", host, name, name, again, err)
+			}
+		}
+	})
 }
 
 // echoServer serves on loopback, echoing with a prefix, and returns its port.
@@ -165,14 +249,14 @@ func TestFixedProxy(t *testing.T) {
 }
 
 func TestFixedProxyRejectsTargetNotOnAllowlist(t *testing.T) {
-	p := &Proxy{Allowlist: &Allowlist{Entries: []Entry{{"127.0.0.1", 1}}}, Target: "127.0.0.1:2"}
-	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "p.sock"))
-	if err != nil {
-		t.Fatal(err)
+	port := echoServer(t)
+	p := &Proxy{Allowlist: &Allowlist{Entries: []Entry{{"127.0.0.1", port + 1}}}, Target: "127.0.0.1:" + strconv.Itoa(port)}
+	if err := p.Validate(context.Background()); !errors.Is(err, ErrNotAllowed) {
+		t.Fatalf("Validate = %v, want ErrNotAllowed", err)
 	}
-	defer l.Close()
-	if err := p.Serve(context.Background(), l); !errors.Is(err, ErrNotAllowed) {
-		t.Fatalf("Serve = %v, want ErrNotAllowed", err)
+	// Served anyway, each connection is refused.
+	if got := fixedAttempt(t, startProxy(t, p)); got != "refused" {
+		t.Fatalf("connection through the proxy: %q, want refused", got)
 	}
 }
 

@@ -9,9 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
-
 	"time"
 
 	"github.com/cloister/cloister/internal/hybrid"
@@ -26,9 +26,12 @@ type Proxy struct {
 	// Target, when set, makes this a fixed proxy to host:port (vsock-proxy
 	// mode). When empty the proxy expects an HTTP CONNECT request first.
 	Target string
-	// Dial opens the outside connection; nil uses a net.Dialer.
+	// Dial opens the outside connection to an address the allowlist
+	// permitted: addr is always IP:port, never a name. nil uses a
+	// net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	// DialTimeout bounds each outside dial (default 10 s).
+	// DialTimeout bounds each connection's outside dial, over all the
+	// permitted addresses it tries (default 10 s).
 	DialTimeout time.Duration
 	// Logger receives one line per connection decision; nil discards.
 	Logger *slog.Logger
@@ -37,8 +40,14 @@ type Proxy struct {
 // maxConnectHeader bounds the CONNECT request head read from the enclave.
 const maxConnectHeader = 8 << 10
 
+// minDialShare is the least time one of several permitted addresses gets to
+// connect before the next is tried (as net.Dialer splits its deadline).
+const minDialShare = 2 * time.Second
+
 // Validate checks a fixed proxy's target against the allowlist, as
-// vsock-proxy does at startup.
+// vsock-proxy does at startup: the target must resolve and at least one of
+// its addresses be permitted. This does not make later connections safe by
+// itself: every connection is checked again, against its own lookup.
 func (p *Proxy) Validate(ctx context.Context) error {
 	if p.Target == "" {
 		return nil
@@ -47,16 +56,17 @@ func (p *Proxy) Validate(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: proxy target %q: %v", ErrConfig, p.Target, err)
 	}
-	return p.Allowlist.Check(ctx, host, port)
+	_, err = p.Allowlist.Resolve(ctx, host, port)
+	return err
 }
 
 // Serve accepts connections on l until ctx ends or l fails, handling each in
-// its own goroutine. When ctx ends it closes l and every open tunnel, and
+// its own goroutine. Each connection's destination is resolved once and
+// checked, and only the addresses the allowlist permits are dialled (see
+// Allowlist.Resolve); call Validate first for vsock-proxy's startup check of
+// a fixed target. When ctx ends Serve closes l and every open tunnel, and
 // returns once the handlers are done.
 func (p *Proxy) Serve(ctx context.Context, l net.Listener) error {
-	if err := p.Validate(ctx); err != nil {
-		return err
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { <-ctx.Done(); l.Close() }()
@@ -91,14 +101,14 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	if p.Target != "" {
-		out, err := p.dialChecked(ctx, p.Target)
+		out, addr, err := p.dialChecked(ctx, p.Target)
 		if err != nil {
 			p.logger().Warn("egress refused", "target", p.Target, "err", err)
 			return
 		}
 		defer out.Close()
 		defer context.AfterFunc(ctx, func() { out.Close() })()
-		p.logger().Info("egress connected", "target", p.Target)
+		p.logger().Info("egress connected", "target", p.Target, "addr", addr)
 		hybrid.Splice(c, out)
 		return
 	}
@@ -118,7 +128,7 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 		return
 	}
 	target := req.RequestURI
-	out, err := p.dialChecked(ctx, target)
+	out, addr, err := p.dialChecked(ctx, target)
 	if err != nil {
 		p.logger().Warn("egress refused", "target", target, "err", err)
 		if errors.Is(err, ErrNotAllowed) {
@@ -133,7 +143,7 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return
 	}
-	p.logger().Info("egress connected", "target", target)
+	p.logger().Info("egress connected", "target", target, "addr", addr)
 	// Bytes the enclave sent after the request head are already buffered.
 	if n := br.Buffered(); n > 0 {
 		buf, _ := br.Peek(n)
@@ -144,13 +154,17 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 	hybrid.Splice(c, out)
 }
 
-func (p *Proxy) dialChecked(ctx context.Context, target string) (net.Conn, error) {
+// dialChecked resolves target once, and connects to the first of its
+// permitted addresses that answers, trying them in the resolver's order. It
+// never dials a name, so what it reaches is what was checked.
+func (p *Proxy) dialChecked(ctx context.Context, target string) (net.Conn, netip.AddrPort, error) {
 	host, port, err := splitHostPort(target)
 	if err != nil {
-		return nil, fmt.Errorf("%w: destination %q: %v", ErrNotAllowed, target, err)
+		return nil, netip.AddrPort{}, fmt.Errorf("%w: destination %q: %v", ErrNotAllowed, target, err)
 	}
-	if err := p.Allowlist.Check(ctx, host, port); err != nil {
-		return nil, err
+	addrs, err := p.Allowlist.Resolve(ctx, host, port)
+	if err != nil {
+		return nil, netip.AddrPort{}, err
 	}
 	timeout := p.DialTimeout
 	if timeout <= 0 {
@@ -163,11 +177,27 @@ func (p *Proxy) dialChecked(ctx context.Context, target string) (net.Conn, error
 		var d net.Dialer
 		dial = d.DialContext
 	}
-	out, err := dial(dctx, "tcp", net.JoinHostPort(host, strconv.Itoa(port)))
-	if err != nil {
-		return nil, fmt.Errorf("egress: dial %s: %w", target, err)
+	var errs []error
+	for i, a := range addrs {
+		ap := netip.AddrPortFrom(a, uint16(port))
+		// Share what is left of the deadline among the addresses left.
+		actx, acancel := dctx, context.CancelFunc(func() {})
+		if left := len(addrs) - i; left > 1 {
+			if dl, ok := dctx.Deadline(); ok {
+				actx, acancel = context.WithTimeout(dctx, max(time.Until(dl)/time.Duration(left), minDialShare))
+			}
+		}
+		out, err := dial(actx, "tcp", ap.String())
+		acancel()
+		if err == nil {
+			return out, ap, nil
+		}
+		errs = append(errs, err)
+		if dctx.Err() != nil {
+			break
+		}
 	}
-	return out, nil
+	return nil, netip.AddrPort{}, fmt.Errorf("egress: dial %s: %w", target, errors.Join(errs...))
 }
 
 func splitHostPort(s string) (string, int, error) {

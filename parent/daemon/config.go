@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"runtime"
 	"time"
@@ -70,6 +71,10 @@ type EgressConfig struct {
 	// Allowlist is a file in vsock-proxy's allowlist format. Without one
 	// every destination is refused.
 	Allowlist string `yaml:"allowlist"`
+	// Nameserver is the DNS server (IP:port) the proxies resolve
+	// destination and allowlist names with. Default: the host's resolver
+	// (/etc/hosts, then the servers in /etc/resolv.conf).
+	Nameserver string `yaml:"nameserver"`
 	// Proxies lists the proxy ports. Default: one CONNECT proxy on port 8000.
 	Proxies []ProxyConfig `yaml:"proxies"`
 }
@@ -157,6 +162,11 @@ func (c Config) Validate() error {
 	}
 	if c.HeartbeatTimeout < 0 {
 		return fmt.Errorf("heartbeat_timeout %s is negative", c.HeartbeatTimeout)
+	}
+	if c.Egress.Nameserver != "" {
+		if _, err := netip.ParseAddrPort(c.Egress.Nameserver); err != nil {
+			return fmt.Errorf("egress nameserver %q is not IP:port: %v", c.Egress.Nameserver, err)
+		}
 	}
 	ports := map[uint32]bool{}
 	for i, p := range c.Egress.Proxies {

@@ -18,6 +18,7 @@ cpu_pool: "2,3,6-9"
 heartbeat_timeout: 30s
 egress:
   allowlist: /etc/cloister/allow.yaml
+  nameserver: 127.0.0.53:53
   proxies:
     - port: 8000
     - port: 8001
@@ -28,7 +29,7 @@ egress:
 		t.Fatal(err)
 	}
 	want := Config{MemoryMiB: 4096, CPUPool: "2,3,6-9", HeartbeatTimeout: 30 * time.Second,
-		Egress: EgressConfig{Allowlist: "/etc/cloister/allow.yaml", Proxies: []ProxyConfig{{Port: 8000}, {Port: 8001, RemoteAddr: "kms.us-east-1.amazonaws.com", RemotePort: 443}}}}
+		Egress: EgressConfig{Allowlist: "/etc/cloister/allow.yaml", Nameserver: "127.0.0.53:53", Proxies: []ProxyConfig{{Port: 8000}, {Port: 8001, RemoteAddr: "kms.us-east-1.amazonaws.com", RemotePort: 443}}}}
 	if diff := cmp.Diff(want, cfg); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
 	}
@@ -48,6 +49,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"egress:\n  proxies:\n  - port: 8001\n    remote_addr: x\n", "both remote_addr and remote_port"},
 		{"egress:\n  proxies:\n  - port: 9000\n", "reserved"},
 		{"qemu:\n  accel: hvf\n", "accel"},
+		{"egress:\n  nameserver: dns.example:53\n", "not IP:port"},
+		{"egress:\n  nameserver: 127.0.0.1\n", "not IP:port"},
 	} {
 		_, err := ParseConfig([]byte(tt.doc))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {

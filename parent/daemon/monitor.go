@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -303,6 +304,13 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 		var err error
 		if al, err = egress.LoadAllowlist(p); err != nil {
 			return err
+		}
+		if ns := m.spec.Config.Egress.Nameserver; ns != "" {
+			ap, err := netip.ParseAddrPort(ns)
+			if err != nil {
+				return fmt.Errorf("egress nameserver %q: %w", ns, err)
+			}
+			al.Resolver = egress.NewResolver(ap)
 		}
 	}
 	for _, pc := range m.spec.Config.Egress.Proxies {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -23,7 +24,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Println("usage: enclaveapp echo|attacks|oom|forkbomb|attest|egress HOST:PORT|crash N|sleep|panic")
+		fmt.Println("usage: enclaveapp echo|attacks|oom|forkbomb|attest|egress HOST:PORT|@PORT...|crash N|sleep|panic")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -188,7 +189,9 @@ func attest() {
 }
 
 // egress fetches http://HOST:PORT/ through the parent's CONNECT proxy on
-// port 8000, for each target given, and reports the outcome.
+// port 8000, for each target given, and reports the outcome. A target
+// "@PORT" fetches / through the fixed proxy on parent port PORT instead
+// (vsock-proxy style: the connection goes to the proxy's one destination).
 func egress(targets []string) {
 	for _, target := range targets {
 		body, err := fetchVia(target)
@@ -204,22 +207,36 @@ func egress(targets []string) {
 func fetchVia(target string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := enclave.DialParent(ctx, 8000)
+	port, fixed := uint32(8000), false
+	if p, ok := strings.CutPrefix(target, "@"); ok {
+		n, err := strconv.ParseUint(p, 10, 32)
+		if err != nil {
+			return "", err
+		}
+		port, fixed = uint32(n), true
+	}
+	c, err := enclave.DialParent(ctx, port)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
 	br := bufio.NewReader(c)
+	if !fixed {
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return "", err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return "", errors.New(resp.Status)
+		}
+	}
+	host := target
+	if fixed {
+		host = "fixed-proxy" // the proxy alone knows its destination
+	}
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host)
 	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", errors.New(resp.Status)
-	}
-	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", target)
-	resp, err = http.ReadResponse(br, nil)
 	if err != nil {
 		return "", err
 	}
