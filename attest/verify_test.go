@@ -175,6 +175,16 @@ func TestVerifyRejects(t *testing.T) {
 
 		// Payload structure.
 		{"payload not a map", withParts(func(p *coseParts) { p.payload = []byte{0x80} }), ErrMalformed},
+		{"payload detached (null)", func(t testing.TB) []byte {
+			d := base.doc(t)
+			u, err := ParseUnverified(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := append([]byte{0x84}, cBytes(u.Protected)...)
+			out = append(out, 0xa0, 0xf6)
+			return append(out, cBytes(u.Signature)...)
+		}, ErrMalformed},
 		{"payload empty", withParts(func(p *coseParts) { p.payload = []byte{} }), ErrMalformed},
 		{"payload trailing byte", withParts(func(p *coseParts) { p.payload = append(p.payload, 0xf6) }), ErrMalformed},
 		{"payload indefinite map", withParts(func(p *coseParts) {

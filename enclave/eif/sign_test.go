@@ -417,6 +417,7 @@ func TestVerifyCOSERejects(t *testing.T) {
 		{"unprotected non-shortest empty map", build(es384, []byte{0xb8, 0x00}, 96), ErrSignature},
 		{"array head non-shortest", append([]byte{0x98, 0x04}, good[1:]...), ErrSignature},
 		{"payload as array", payloadArray, ErrSignature},
+		{"payload detached (null)", append(append([]byte{0x84, 0x44}, es384...), append([]byte{0xa0, 0xf6}, good[len(good)-98:]...)...), ErrSignature},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
