@@ -117,7 +117,7 @@ func (u *Unverified) Raw() []byte { return u.raw }
 //     may be null;
 //   - only then, with all of the above established by the strict decoder,
 //     go-cose (github.com/veraison/go-cose) decodes the same bytes, and must
-//     find the same protected header, payload and signature: [Verifier]
+//     find the same headers (only alg ES384), payload and signature: [Verifier]
 //     verifies the signature of exactly that message with go-cose.
 func ParseUnverified(b []byte) (*Unverified, error) {
 	if len(b) > MaxDocumentSize {
@@ -176,7 +176,7 @@ func decodeGoCOSE(u *Unverified) (*cose.UntaggedSign1Message, error) {
 	if err := m.UnmarshalCBOR(u.raw); err != nil {
 		return nil, fmt.Errorf("%w: COSE_Sign1 (go-cose): %w", ErrMalformed, err)
 	}
-	if alg, err := m.Headers.Protected.Algorithm(); err != nil || alg != cose.AlgorithmES384 ||
+	if alg, err := m.Headers.Protected.Algorithm(); err != nil || alg != cose.AlgorithmES384 || len(m.Headers.Protected) != 1 ||
 		len(m.Headers.Unprotected) != 0 || !bytes.Equal(m.Payload, u.Payload) || !bytes.Equal(m.Signature, u.Signature) {
 		return nil, fmt.Errorf("%w: go-cose decodes the COSE_Sign1 differently", ErrMalformed)
 	}
