@@ -14,6 +14,8 @@ import (
 	"math/big"
 	"testing"
 	"time"
+
+	"github.com/cloister/cloister/internal/cborx"
 )
 
 // Roles of a test chain, in cabundle order followed by the leaf.
@@ -110,25 +112,25 @@ type kv struct {
 	v []byte
 }
 
-func cText(s string) []byte  { return appendText(nil, s) }
-func cBytes(b []byte) []byte { return appendBytes(nil, b) }
-func cUint(n uint64) []byte  { return appendHead(nil, 0, n) }
+func cText(s string) []byte  { return cborx.AppendText(nil, s) }
+func cBytes(b []byte) []byte { return cborx.AppendBytes(nil, b) }
+func cUint(n uint64) []byte  { return cborx.AppendHead(nil, cborx.MajorUint, n) }
 func cNull() []byte          { return []byte{0xf6} }
 func cBytesArr(bs [][]byte) []byte {
-	out := appendHead(nil, 4, uint64(len(bs)))
+	out := cborx.AppendHead(nil, cborx.MajorArray, uint64(len(bs)))
 	for _, b := range bs {
-		out = appendBytes(out, b)
+		out = cborx.AppendBytes(out, b)
 	}
 	return out
 }
 
 func cPCRs(n int, size int) []byte {
-	out := appendHead(nil, 5, uint64(n))
+	out := cborx.AppendHead(nil, cborx.MajorMap, uint64(n))
 	for i := 0; i < n; i++ {
-		out = appendHead(out, 0, uint64(i))
+		out = cborx.AppendHead(out, cborx.MajorUint, uint64(i))
 		b := make([]byte, size)
 		b[0] = byte(i + 1)
-		out = appendBytes(out, b)
+		out = cborx.AppendBytes(out, b)
 	}
 	return out
 }
@@ -149,9 +151,9 @@ func (c *testChain) defaultFields() []kv {
 }
 
 func encodeMap(kvs []kv) []byte {
-	out := appendHead(nil, 5, uint64(len(kvs)))
+	out := cborx.AppendHead(nil, cborx.MajorMap, uint64(len(kvs)))
 	for _, e := range kvs {
-		out = appendText(out, e.k)
+		out = cborx.AppendText(out, e.k)
 		out = append(out, e.v...)
 	}
 	return out
@@ -186,6 +188,18 @@ type coseParts struct {
 	sigMod      func(sig []byte) []byte
 }
 
+// sigStructure returns the COSE Sig_structure of a COSE_Sign1 with empty
+// external_aad: ["Signature1", protected, empty bstr, payload]. The builder signs
+// by hand because go-cose (rightly) will not produce most of the hostile
+// documents the tests need.
+func sigStructure(protected, payload []byte) []byte {
+	b := cborx.AppendHead(nil, cborx.MajorArray, 4)
+	b = cborx.AppendText(b, "Signature1")
+	b = cborx.AppendBytes(b, protected)
+	b = cborx.AppendBytes(b, nil)
+	return cborx.AppendBytes(b, payload)
+}
+
 func (p coseParts) encode(t testing.TB) []byte {
 	t.Helper()
 	digest := sha512.Sum384(sigStructure(p.protected, p.payload))
@@ -200,10 +214,10 @@ func (p coseParts) encode(t testing.TB) []byte {
 		sig = p.sigMod(sig)
 	}
 	out := []byte{0x84}
-	out = appendBytes(out, p.protected)
+	out = cborx.AppendBytes(out, p.protected)
 	out = append(out, p.unprotected...)
-	out = appendBytes(out, p.payload)
-	return appendBytes(out, sig)
+	out = cborx.AppendBytes(out, p.payload)
+	return cborx.AppendBytes(out, sig)
 }
 
 // parts returns valid COSE parts for payload fields kvs signed by c's leaf.

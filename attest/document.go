@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
+	"github.com/veraison/go-cose"
 
 	"github.com/cloister/cloister/internal/cborx"
 )
@@ -30,14 +31,16 @@ const (
 	SignatureSize = 96
 )
 
-// cborTagCOSESign1 is the CBOR tag of COSE_Sign1 (RFC 9052).
-const cborTagCOSESign1 = 18
+// protectedES384 is the protected header the NSM emits, {1: -35}, as the
+// content of its byte string; rawProtectedES384 is that byte string.
+var (
+	protectedES384    = []byte{0xa1, 0x01, 0x38, 0x22}
+	rawProtectedES384 = []byte{0x44, 0xa1, 0x01, 0x38, 0x22}
+)
 
-// protectedES384 is the protected header the NSM emits: bstr-wrapped {1: -35}.
-var protectedES384 = []byte{0xa1, 0x01, 0x38, 0x22}
-
-// coseAlgES384 is the COSE algorithm identifier of ECDSA P-384 with SHA-384.
-const coseAlgES384 = -35
+// coseArray4 is the head of a COSE_Sign1 array in the shortest form, the
+// only form go-cose decodes.
+const coseArray4 = 0x84
 
 // Document is the NSM attestation payload (nitro-reference §4.2).
 type Document struct {
@@ -82,7 +85,8 @@ type Unverified struct {
 	Payload   []byte // payload bytes (bstr content)
 	Signature []byte // r‖s, 96 bytes
 
-	raw []byte // the input without a leading tag 18
+	raw []byte                     // the input without a leading tag 18
+	msg *cose.UntaggedSign1Message // go-cose's decoding of raw
 }
 
 // Raw returns the document bytes as given, without a leading tag 18.
@@ -96,8 +100,8 @@ func (u *Unverified) Raw() []byte { return u.raw }
 //   - size ≤ [MaxDocumentSize] ([ErrTooLarge]); strict CBOR (internal/cborx:
 //     no other tags, no indefinite lengths, no duplicate map keys, bounded
 //     nesting), no bytes after the array;
-//   - a COSE array of exactly 4 items: protected bstr, unprotected map,
-//     payload bstr, signature bstr;
+//   - a COSE array of exactly 4 items, its head in the shortest form (0x84):
+//     protected bstr, unprotected map, payload bstr, signature bstr;
 //   - the protected bytes decode to exactly {1: -35} (ES384) and nothing
 //     else; another algorithm fails with [ErrUnsupportedAlgorithm];
 //   - the unprotected header is an empty map; the signature is 96 bytes;
@@ -110,17 +114,24 @@ func (u *Unverified) Raw() []byte { return u.raw }
 //     64 bytes; certificate bstr of 1..1024 bytes; cabundle an array of
 //     1..[MaxCABundle] bstr of 1..1024 bytes each; public_key, user_data,
 //     nonce absent, null or a bstr of at most 1024 bytes. No required field
-//     may be null.
+//     may be null;
+//   - only then, with all of the above established by the strict decoder,
+//     go-cose (github.com/veraison/go-cose) decodes the same bytes, and must
+//     find the same headers (only alg ES384), payload and signature: [Verifier]
+//     verifies the signature of exactly that message with go-cose.
 func ParseUnverified(b []byte) (*Unverified, error) {
 	if len(b) > MaxDocumentSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), MaxDocumentSize)
 	}
-	data, _ := cborx.StripTag(b, cborTagCOSESign1)
+	data, _ := cborx.StripTag(b, cose.CBORTagSign1Message)
 	if len(data) == 0 {
 		return nil, fmt.Errorf("%w: empty input", ErrMalformed)
 	}
 	if cborx.Major(data) != cborx.MajorArray {
 		return nil, fmt.Errorf("%w: not a COSE_Sign1 array", ErrMalformed)
+	}
+	if data[0] != coseArray4 {
+		return nil, fmt.Errorf("%w: COSE_Sign1 array head % x is not 84 (array of 4, shortest form)", ErrMalformed, data[:min(len(data), 9)])
 	}
 	var arr []cbor.RawMessage
 	if err := cborx.Decode(data, &arr); err != nil {
@@ -152,7 +163,24 @@ func ParseUnverified(b []byte) (*Unverified, error) {
 	if u.Document, err = parsePayload(u.Payload); err != nil {
 		return nil, err
 	}
+	if u.msg, err = decodeGoCOSE(u); err != nil {
+		return nil, err
+	}
 	return u, nil
+}
+
+// decodeGoCOSE hands the strictly checked u.raw to go-cose and checks that
+// go-cose sees the message ParseUnverified saw.
+func decodeGoCOSE(u *Unverified) (*cose.UntaggedSign1Message, error) {
+	var m cose.UntaggedSign1Message
+	if err := m.UnmarshalCBOR(u.raw); err != nil {
+		return nil, fmt.Errorf("%w: COSE_Sign1 (go-cose): %w", ErrMalformed, err)
+	}
+	if alg, err := m.Headers.Protected.Algorithm(); err != nil || alg != cose.AlgorithmES384 || len(m.Headers.Protected) != 1 ||
+		len(m.Headers.Unprotected) != 0 || !bytes.Equal(m.Payload, u.Payload) || !bytes.Equal(m.Signature, u.Signature) {
+		return nil, fmt.Errorf("%w: go-cose decodes the COSE_Sign1 differently", ErrMalformed)
+	}
+	return &m, nil
 }
 
 func decodeBytes(raw cbor.RawMessage, what string) ([]byte, error) {
@@ -191,7 +219,7 @@ func checkProtected(p []byte) error {
 	if err := cborx.Decode(alg, &a); err != nil {
 		return fmt.Errorf("%w: protected header algorithm: %w", ErrUnsupportedAlgorithm, err)
 	}
-	if a != coseAlgES384 {
+	if a != int64(cose.AlgorithmES384) {
 		return fmt.Errorf("%w: COSE algorithm %d, want ES384 (-35)", ErrUnsupportedAlgorithm, a)
 	}
 	if len(m) != 1 {

@@ -108,6 +108,10 @@ func FuzzVerify(f *testing.F) {
 			if !bytes.Equal(got.Chain()[len(got.Chain())-1].Raw, u.Document.CABundle[0]) {
 				t.Fatal("chain root is not cabundle[0]")
 			}
+			// go-cose alone agrees with the verdict.
+			if _, err := goCOSEVerify(t, b); err != nil {
+				t.Fatalf("verified, but go-cose alone says: %v", err)
+			}
 		}
 	})
 }

@@ -4,7 +4,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha512"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -17,6 +16,10 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/veraison/go-cose"
+
+	"github.com/cloister/cloister/internal/cborx"
 )
 
 // Lifetimes of the certificates an [Issuer] creates. AWS's intermediates
@@ -74,8 +77,9 @@ type issued struct {
 }
 
 // Issuer creates attestation documents exactly like the NSM (nitro-reference
-// §4): an untagged COSE_Sign1 with protected header a1 01 38 22, an empty
-// unprotected map and a 96-byte ES384 signature r‖s; a payload map with the
+// §4): an untagged COSE_Sign1 (signed and encoded by go-cose) with protected
+// header a1 01 38 22, an empty unprotected map and a 96-byte ES384 signature
+// r‖s; a payload map with the
 // keys module_id, digest, timestamp, pcrs, certificate, cabundle,
 // public_key, user_data, nonce in that order, absent optional fields as
 // explicit null. It signs with a generated P-384 chain shaped like AWS's:
@@ -333,60 +337,66 @@ func (i *Issuer) Issue(req IssueRequest) ([]byte, error) {
 	i.mu.Unlock()
 
 	p := make([]byte, 0, 512+len(bundle)*600+len(req.UserData)+len(req.Nonce)+len(req.PublicKey))
-	p = appendHead(p, 5, 9)
-	p = appendText(p, "module_id")
-	p = appendText(p, moduleID)
-	p = appendText(p, "digest")
-	p = appendText(p, "SHA384")
-	p = appendText(p, "timestamp")
-	p = appendHead(p, 0, uint64(ts.UnixMilli()))
-	p = appendText(p, "pcrs")
-	p = appendHead(p, 5, uint64(len(idx)))
+	p = cborx.AppendHead(p, cborx.MajorMap, 9)
+	p = cborx.AppendText(p, "module_id")
+	p = cborx.AppendText(p, moduleID)
+	p = cborx.AppendText(p, "digest")
+	p = cborx.AppendText(p, "SHA384")
+	p = cborx.AppendText(p, "timestamp")
+	p = cborx.AppendHead(p, cborx.MajorUint, uint64(ts.UnixMilli()))
+	p = cborx.AppendText(p, "pcrs")
+	p = cborx.AppendHead(p, cborx.MajorMap, uint64(len(idx)))
 	for _, k := range idx {
-		p = appendHead(p, 0, uint64(k))
-		p = appendBytes(p, req.PCRs[k])
+		p = cborx.AppendHead(p, cborx.MajorUint, uint64(k))
+		p = cborx.AppendBytes(p, req.PCRs[k])
 	}
-	p = appendText(p, "certificate")
-	p = appendBytes(p, leaf.cert.Raw)
-	p = appendText(p, "cabundle")
-	p = appendHead(p, 4, uint64(len(bundle)))
+	p = cborx.AppendText(p, "certificate")
+	p = cborx.AppendBytes(p, leaf.cert.Raw)
+	p = cborx.AppendText(p, "cabundle")
+	p = cborx.AppendHead(p, cborx.MajorArray, uint64(len(bundle)))
 	for _, c := range bundle {
-		p = appendBytes(p, c)
+		p = cborx.AppendBytes(p, c)
 	}
-	p = appendText(p, "public_key")
+	p = cborx.AppendText(p, "public_key")
 	p = appendOptBytes(p, req.PublicKey)
-	p = appendText(p, "user_data")
+	p = cborx.AppendText(p, "user_data")
 	p = appendOptBytes(p, req.UserData)
-	p = appendText(p, "nonce")
+	p = cborx.AppendText(p, "nonce")
 	p = appendOptBytes(p, req.Nonce)
-	return signCOSE(leaf.key, protectedES384, p)
+	return signCOSE(leaf.key, p)
 }
 
-// signCOSE returns the untagged COSE_Sign1 [protected, {}, payload, r‖s].
-func signCOSE(key *ecdsa.PrivateKey, protected, payload []byte) ([]byte, error) {
-	digest := sha512.Sum384(sigStructure(protected, payload))
-	r, s, err := ecdsa.Sign(rand.Reader, key, digest[:])
+// signCOSE signs payload with go-cose and returns the untagged COSE_Sign1
+// [protected, {}, payload, r‖s]. The protected header is pinned to the
+// NSM's bytes rather than left to go-cose's encoding of {1: -35} (the same
+// bytes today), so the document layout cannot drift with go-cose.
+func signCOSE(key *ecdsa.PrivateKey, payload []byte) ([]byte, error) {
+	signer, err := cose.NewSigner(cose.AlgorithmES384, key)
 	if err != nil {
+		return nil, fmt.Errorf("attest: issue: %w", err)
+	}
+	msg := cose.UntaggedSign1Message{
+		Headers: cose.Headers{
+			Protected:    cose.ProtectedHeader{cose.HeaderLabelAlgorithm: cose.AlgorithmES384},
+			RawProtected: rawProtectedES384,
+		},
+		Payload: payload,
+	}
+	if err := msg.Sign(rand.Reader, nil, signer); err != nil {
 		return nil, fmt.Errorf("attest: issue: sign: %w", err)
 	}
-	var sig [SignatureSize]byte
-	r.FillBytes(sig[:48])
-	s.FillBytes(sig[48:])
-	out := make([]byte, 0, len(payload)+len(protected)+120)
-	out = append(out, 0x84)
-	out = appendBytes(out, protected)
-	out = append(out, 0xa0)
-	out = appendBytes(out, payload)
-	return appendBytes(out, sig[:]), nil
+	out, err := msg.MarshalCBOR()
+	if err != nil {
+		return nil, fmt.Errorf("attest: issue: encode COSE_Sign1: %w", err)
+	}
+	return out, nil
 }
 
-func appendText(b []byte, s string) []byte  { return append(appendHead(b, 3, uint64(len(s))), s...) }
-func appendBytes(b []byte, v []byte) []byte { return append(appendHead(b, 2, uint64(len(v))), v...) }
 func appendOptBytes(b []byte, v []byte) []byte {
 	if v == nil {
-		return append(b, 0xf6)
+		return append(b, cborx.Null)
 	}
-	return appendBytes(b, v)
+	return cborx.AppendBytes(b, v)
 }
 
 // PEM block header naming the role of a certificate or key in MarshalPEM.

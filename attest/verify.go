@@ -5,13 +5,13 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/big"
 	"time"
+
+	"github.com/veraison/go-cose"
 )
 
 // DefaultCacheSize is the number of verified intermediate chains, and
@@ -35,7 +35,7 @@ type VerifierConfig struct {
 type Verifier struct {
 	roots  map[[32]byte]*x509.Certificate // SHA-256(DER) -> root
 	chains *lru[[32]byte, []*x509.Certificate]
-	leaves *lru[[32]byte, *x509.Certificate]
+	leaves *lru[[32]byte, leafEntry]
 }
 
 // NewVerifier returns a Verifier trusting the AWS root (unless NoAWSRoot)
@@ -48,7 +48,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	v := &Verifier{
 		roots:  make(map[[32]byte]*x509.Certificate),
 		chains: newLRU[[32]byte, []*x509.Certificate](size),
-		leaves: newLRU[[32]byte, *x509.Certificate](size),
+		leaves: newLRU[[32]byte, leafEntry](size),
 	}
 	if !cfg.NoAWSRoot {
 		v.roots[sha256.Sum256(awsRoot.Raw)] = awsRoot
@@ -95,9 +95,9 @@ func Verify(doc []byte, at time.Time, cfg VerifierConfig) (*Verified, error) {
 //     issuer name equals the next one's subject and its signature verifies
 //     with the next one's key ([ErrChain]). The root's self-signature is not
 //     checked: the root is trusted by its exact bytes. No CRL is consulted.
-//  5. The COSE signature r‖s verifies, with the leaf key, over SHA-384 of
-//     the Sig_structure ["Signature1", protected, empty bstr, payload]
-//     ([ErrSignature]).
+//  5. go-cose verifies the COSE signature r‖s of the message ParseUnverified
+//     checked, with the leaf key, over SHA-384 of the Sig_structure
+//     ["Signature1", protected, empty bstr, payload] ([ErrSignature]).
 //
 // Failures of steps 2–4 are *CertificateError values naming the
 // certificate. Results of signature checks in steps 3–4 are cached (keyed by
@@ -108,57 +108,21 @@ func (v *Verifier) Verify(doc []byte, at time.Time) (*Verified, error) {
 	if err != nil {
 		return nil, err
 	}
-	chain, err := v.verifyChain(u.Document.Certificate, u.Document.CABundle, at)
+	chain, leafKey, err := v.verifyChain(u.Document.Certificate, u.Document.CABundle, at)
 	if err != nil {
 		return nil, err
 	}
-	if err := verifyCOSE(chain[0].PublicKey.(*ecdsa.PublicKey), u.Protected, u.Payload, u.Signature); err != nil {
-		return nil, err
+	if err := u.msg.Verify(nil, leafKey); err != nil {
+		return nil, fmt.Errorf("%w: COSE_Sign1 signature does not verify with the leaf key: %v", ErrSignature, err)
 	}
 	return &Verified{doc: u.Document, chain: chain, raw: u.raw}, nil
 }
 
-// sigStructure returns the COSE Sig_structure for COSE_Sign1 with empty
-// external_aad: ["Signature1", protected, empty bstr, payload].
-func sigStructure(protected, payload []byte) []byte {
-	b := make([]byte, 0, 32+len(protected)+len(payload))
-	b = append(b, 0x84, 0x6a)
-	b = append(b, "Signature1"...)
-	b = appendHead(b, 2, uint64(len(protected)))
-	b = append(b, protected...)
-	b = append(b, 0x40)
-	b = appendHead(b, 2, uint64(len(payload)))
-	return append(b, payload...)
-}
-
-// appendHead appends a CBOR initial byte and argument in shortest form.
-func appendHead(b []byte, major byte, n uint64) []byte {
-	m := major << 5
-	switch {
-	case n < 24:
-		return append(b, m|byte(n))
-	case n <= 0xff:
-		return append(b, m|24, byte(n))
-	case n <= 0xffff:
-		return binary.BigEndian.AppendUint16(append(b, m|25), uint16(n))
-	case n <= 0xffffffff:
-		return binary.BigEndian.AppendUint32(append(b, m|26), uint32(n))
-	default:
-		return binary.BigEndian.AppendUint64(append(b, m|27), n)
-	}
-}
-
-func verifyCOSE(pub *ecdsa.PublicKey, protected, payload, sig []byte) error {
-	if len(sig) != SignatureSize {
-		return fmt.Errorf("%w: signature is %d bytes", ErrSignature, len(sig))
-	}
-	digest := sha512.Sum384(sigStructure(protected, payload))
-	r := new(big.Int).SetBytes(sig[:48])
-	s := new(big.Int).SetBytes(sig[48:])
-	if !ecdsa.Verify(pub, digest[:], r, s) {
-		return fmt.Errorf("%w: COSE_Sign1 signature does not verify with the leaf key", ErrSignature)
-	}
-	return nil
+// leafEntry is a verified leaf certificate and the go-cose ES384 verifier
+// of its key (made once: go-cose checks the key on every NewVerifier).
+type leafEntry struct {
+	cert *x509.Certificate
+	cose cose.Verifier
 }
 
 // chainKey hashes the cabundle: each entry as a 4-byte length and its DER.
@@ -175,20 +139,21 @@ func chainKey(bundle [][]byte) [32]byte {
 	return k
 }
 
-// verifyChain returns [leaf, interm_n, …, interm_1, root].
-func (v *Verifier) verifyChain(leafDER []byte, bundle [][]byte, at time.Time) ([]*x509.Certificate, error) {
+// verifyChain returns [leaf, interm_n, …, interm_1, root] and the go-cose
+// verifier of the leaf's key.
+func (v *Verifier) verifyChain(leafDER []byte, bundle [][]byte, at time.Time) ([]*x509.Certificate, cose.Verifier, error) {
 	ck := chainKey(bundle)
 	upper, ok := v.chains.get(ck)
 	if ok {
 		for i, c := range upper {
 			if err := checkValidity(c, i+1, at); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 	} else {
 		var err error
 		if upper, err = v.verifyUpper(bundle, at); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		v.chains.put(ck, upper)
 	}
@@ -200,19 +165,19 @@ func (v *Verifier) verifyChain(leafDER []byte, bundle [][]byte, at time.Time) ([
 	h.Sum(lk[:0])
 	leaf, ok := v.leaves.get(lk)
 	if ok {
-		if err := checkValidity(leaf, 0, at); err != nil {
-			return nil, err
+		if err := checkValidity(leaf.cert, 0, at); err != nil {
+			return nil, nil, err
 		}
 	} else {
 		var err error
 		if leaf, err = verifyLeaf(leafDER, upper[0], at); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		v.leaves.put(lk, leaf)
 	}
 	chain := make([]*x509.Certificate, 0, len(upper)+1)
-	chain = append(chain, leaf)
-	return append(chain, upper...), nil
+	chain = append(chain, leaf.cert)
+	return append(chain, upper...), leaf.cose, nil
 }
 
 // verifyUpper checks the cabundle part of the chain and returns it in chain
@@ -271,33 +236,38 @@ func (v *Verifier) verifyUpper(bundle [][]byte, at time.Time) ([]*x509.Certifica
 	return upper, nil
 }
 
-func verifyLeaf(der []byte, issuer *x509.Certificate, at time.Time) (*x509.Certificate, error) {
+func verifyLeaf(der []byte, issuer *x509.Certificate, at time.Time) (leafEntry, error) {
 	c, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, &CertificateError{Index: 0, Err: fmt.Errorf("%w: certificate: %w", ErrChain, err)}
+		return leafEntry{}, &CertificateError{Index: 0, Err: fmt.Errorf("%w: certificate: %w", ErrChain, err)}
 	}
 	if err := checkAlgorithms(c, 0); err != nil {
-		return nil, err
+		return leafEntry{}, err
 	}
 	if err := checkValidity(c, 0, at); err != nil {
-		return nil, err
+		return leafEntry{}, err
 	}
 	fail := func(msg string) error {
 		return &CertificateError{Index: 0, Subject: c.Subject.String(), Err: fmt.Errorf("%w: leaf %s", ErrChain, msg)}
 	}
 	if c.IsCA {
-		return nil, fail("is a CA certificate")
+		return leafEntry{}, fail("is a CA certificate")
 	}
 	if c.MaxPathLen > 0 || c.MaxPathLenZero {
-		return nil, fail("has a pathLen constraint")
+		return leafEntry{}, fail("has a pathLen constraint")
 	}
 	if c.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
-		return nil, fail("lacks keyUsage digitalSignature")
+		return leafEntry{}, fail("lacks keyUsage digitalSignature")
 	}
 	if err := checkSignedBy(c, issuer, 0); err != nil {
-		return nil, err
+		return leafEntry{}, err
 	}
-	return c, nil
+	cv, err := cose.NewVerifier(cose.AlgorithmES384, c.PublicKey)
+	if err != nil {
+		return leafEntry{}, &CertificateError{Index: 0, Subject: c.Subject.String(),
+			Err: fmt.Errorf("%w: leaf key: %v", ErrUnsupportedAlgorithm, err)}
+	}
+	return leafEntry{cert: c, cose: cv}, nil
 }
 
 func checkAlgorithms(c *x509.Certificate, idx int) error {

@@ -108,6 +108,9 @@ func TestVerifyRejects(t *testing.T) {
 		{"not an array", func(testing.TB) []byte { return []byte{0xa0} }, ErrMalformed},
 		{"array of 3", func(t testing.TB) []byte { d := base.doc(t); d[0] = 0x83; return d }, ErrMalformed},
 		{"array of 5", func(t testing.TB) []byte { d := base.doc(t); d[0] = 0x85; return append(d, 0xf6) }, ErrMalformed},
+		// Accepted before go-cose: go-cose decodes only the shortest head.
+		{"array head non-shortest", func(t testing.TB) []byte { return append([]byte{0x98, 0x04}, base.doc(t)[1:]...) }, ErrMalformed},
+		{"array head non-shortest tag18", func(t testing.TB) []byte { return append([]byte{0xd2, 0x98, 0x04}, base.doc(t)[1:]...) }, ErrMalformed},
 		{"trailing byte", func(t testing.TB) []byte { return append(base.doc(t), 0x00) }, ErrMalformed},
 		{"trailing item after tagged", func(t testing.TB) []byte { return append(append([]byte{0xd2}, base.doc(t)...), 0xa0) }, ErrMalformed},
 		{"double tag 18", func(t testing.TB) []byte { return append([]byte{0xd2, 0xd2}, base.doc(t)...) }, ErrMalformed},
@@ -172,6 +175,16 @@ func TestVerifyRejects(t *testing.T) {
 
 		// Payload structure.
 		{"payload not a map", withParts(func(p *coseParts) { p.payload = []byte{0x80} }), ErrMalformed},
+		{"payload detached (null)", func(t testing.TB) []byte {
+			d := base.doc(t)
+			u, err := ParseUnverified(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := append([]byte{0x84}, cBytes(u.Protected)...)
+			out = append(out, 0xa0, 0xf6)
+			return append(out, cBytes(u.Signature)...)
+		}, ErrMalformed},
 		{"payload empty", withParts(func(p *coseParts) { p.payload = []byte{} }), ErrMalformed},
 		{"payload trailing byte", withParts(func(p *coseParts) { p.payload = append(p.payload, 0xf6) }), ErrMalformed},
 		{"payload indefinite map", withParts(func(p *coseParts) {

@@ -1,49 +1,23 @@
 package eif
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 
 	"github.com/fxamacker/cbor/v2"
+
+	"github.com/cloister/cloister/internal/cborx"
 )
 
-// Minimal deterministic CBOR encoding of the few shapes nitro's signature
-// section uses, matching serde_cbor's output byte for byte: definite
-// lengths, shortest integer forms, text keys in struct field order, and
-// Vec<u8> as an ARRAY of unsigned integers (not a byte string).
-
-func cborHead(b []byte, major byte, n uint64) []byte {
-	m := major << 5
-	switch {
-	case n < 24:
-		return append(b, m|byte(n))
-	case n <= 0xff:
-		return append(b, m|24, byte(n))
-	case n <= 0xffff:
-		return binary.BigEndian.AppendUint16(append(b, m|25), uint16(n))
-	case n <= 0xffffffff:
-		return binary.BigEndian.AppendUint32(append(b, m|26), uint32(n))
-	default:
-		return binary.BigEndian.AppendUint64(append(b, m|27), n)
-	}
-}
-
-func cborText(b []byte, s string) []byte  { return append(cborHead(b, 3, uint64(len(s))), s...) }
-func cborBytes(b []byte, p []byte) []byte { return append(cborHead(b, 2, uint64(len(p))), p...) }
-
-func cborInt(b []byte, v int64) []byte {
-	if v >= 0 {
-		return cborHead(b, 0, uint64(v))
-	}
-	return cborHead(b, 1, uint64(-1-v))
-}
+// serde_cbor writes definite lengths, shortest integer forms and text keys
+// in struct field order; the encoders here (built on cborx's head helpers)
+// match it byte for byte for the few shapes nitro's signature section uses.
 
 // cborUintArray encodes p as serde_cbor encodes a Vec<u8>.
 func cborUintArray(b []byte, p []byte) []byte {
-	b = cborHead(b, 4, uint64(len(p)))
+	b = cborx.AppendHead(b, cborx.MajorArray, uint64(len(p)))
 	for _, c := range p {
-		b = cborHead(b, 0, uint64(c))
+		b = cborx.AppendHead(b, cborx.MajorUint, uint64(c))
 	}
 	return b
 }

@@ -13,7 +13,9 @@
 //     [PCR8FromCertificate], [PCR3ForRoleARN], [PCR4ForInstanceID] and
 //     [Extend] cover the other registers and `nitro-cli pcr`.
 //   - [Sign] adds nitro's signature section (a COSE_Sign1 over PCR0 with an
-//     EC key) and [VerifySignature] checks one.
+//     EC key) and [VerifySignature] checks one; COSE signing and
+//     verification are go-cose's (github.com/veraison/go-cose), behind a
+//     strict check of nitro's COSE profile ([VerifyCOSE]).
 //   - [BuildInfo] and [Describe] produce nitro-cli's JSON output for
 //     build-enclave/sign-eif and describe-eif.
 //

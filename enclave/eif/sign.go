@@ -7,10 +7,14 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/asn1"
 	"fmt"
-	"math/big"
+	"io"
 	"time"
+
+	"github.com/fxamacker/cbor/v2"
+	"github.com/veraison/go-cose"
+
+	"github.com/cloister/cloister/internal/cborx"
 )
 
 // COSE algorithm identifiers nitro-cli uses, chosen by the key's curve.
@@ -35,11 +39,11 @@ type pcrSignatureCBOR struct {
 // EncodeSignatureSection encodes s exactly as nitro's serde_cbor does: an
 // array holding one map {"signing_certificate": [uint…], "signature": [uint…]}.
 func EncodeSignatureSection(s SignatureSection) []byte {
-	b := cborHead(nil, 4, 1)
-	b = cborHead(b, 5, 2)
-	b = cborText(b, "signing_certificate")
+	b := cborx.AppendHead(nil, cborx.MajorArray, 1)
+	b = cborx.AppendHead(b, cborx.MajorMap, 2)
+	b = cborx.AppendText(b, "signing_certificate")
 	b = cborUintArray(b, s.CertificatePEM)
-	b = cborText(b, "signature")
+	b = cborx.AppendText(b, "signature")
 	b = cborUintArray(b, s.COSESign1)
 	return b
 }
@@ -75,15 +79,15 @@ func DecodeSignatureSection(b []byte) (SignatureSection, error) {
 // PCRInfoPayload returns serde_cbor(PcrInfo{register_index, register_value}),
 // the payload nitro signs: {"register_index": i, "register_value": [uint…]}.
 func PCRInfoPayload(index int32, value []byte) []byte {
-	b := cborHead(nil, 5, 2)
-	b = cborText(b, "register_index")
-	b = cborInt(b, int64(index))
-	b = cborText(b, "register_value")
+	b := cborx.AppendHead(nil, cborx.MajorMap, 2)
+	b = cborx.AppendText(b, "register_index")
+	b = cborx.AppendInt(b, int64(index))
+	b = cborx.AppendText(b, "register_value")
 	return cborUintArray(b, value)
 }
 
 type curveParams struct {
-	alg  int64
+	alg  cose.Algorithm
 	hash crypto.Hash
 	size int // bytes of r and of s
 }
@@ -104,16 +108,24 @@ func paramsFor(pub any) (curveParams, error) {
 	return curveParams{}, fmt.Errorf("%w: curve %s", ErrKey, k.Curve.Params().Name)
 }
 
-func protectedHeader(alg int64) []byte {
-	return cborInt(cborHead(cborHead(nil, 5, 1), 0, 1), alg)
+// protectedHeader returns the protected header nitro's cose crate writes for
+// alg, {1: alg}, as the content of its byte string.
+func protectedHeader(alg cose.Algorithm) []byte {
+	b := cborx.AppendHead(nil, cborx.MajorMap, 1)
+	b = cborx.AppendHead(b, cborx.MajorUint, uint64(cose.HeaderLabelAlgorithm))
+	return cborx.AppendInt(b, int64(alg))
 }
 
-func sigStructure(protected, payload []byte) []byte {
-	b := cborHead(nil, 4, 4)
-	b = cborText(b, "Signature1")
-	b = cborBytes(b, protected)
-	b = cborBytes(b, nil)
-	return cborBytes(b, payload)
+// hashSigner gives a crypto.Signer the hash it signs with: go-cose calls
+// Sign with nil SignerOpts, which signers backed by an HSM or a KMS may
+// refuse. (go-cose uses an *ecdsa.PrivateKey directly, without this.)
+type hashSigner struct {
+	crypto.Signer
+	hash crypto.Hash
+}
+
+func (s hashSigner) Sign(r io.Reader, digest []byte, _ crypto.SignerOpts) ([]byte, error) {
+	return s.Signer.Sign(r, digest, s.hash)
 }
 
 // SignCOSE returns an untagged COSE_Sign1 of payload made the way nitro's
@@ -121,84 +133,116 @@ func sigStructure(protected, payload []byte) []byte {
 // ES512), unprotected {}, signature r‖s each left-padded to the curve size,
 // over Sig_structure ["Signature1", protected, h”, payload] hashed with
 // SHA-256/384/512. key must be an ECDSA signer on P-256, P-384 or P-521.
+// Signing and encoding are go-cose's; the result is checked with
+// [VerifyCOSE] before it is returned, so a signer that returns a bad
+// signature fails with [ErrKey].
 func SignCOSE(payload []byte, key crypto.Signer) ([]byte, error) {
 	p, err := paramsFor(key.Public())
 	if err != nil {
 		return nil, err
 	}
-	prot := protectedHeader(p.alg)
-	h := p.hash.New()
-	h.Write(sigStructure(prot, payload))
-	der, err := key.Sign(rand.Reader, h.Sum(nil), p.hash)
+	ck := key
+	if _, ok := key.(*ecdsa.PrivateKey); !ok {
+		ck = hashSigner{Signer: key, hash: p.hash}
+	}
+	signer, err := cose.NewSigner(p.alg, ck)
 	if err != nil {
-		return nil, fmt.Errorf("eif: sign: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrKey, err)
 	}
-	var rs struct{ R, S *big.Int }
-	if rest, err := asn1.Unmarshal(der, &rs); err != nil || len(rest) != 0 || rs.R == nil || rs.S == nil {
-		return nil, fmt.Errorf("%w: signer did not return an ASN.1 ECDSA signature", ErrKey)
+	msg := cose.UntaggedSign1Message{
+		Headers: cose.Headers{
+			Protected: cose.ProtectedHeader{cose.HeaderLabelAlgorithm: p.alg},
+			// The exact bytes nitro writes, rather than go-cose's encoding
+			// of the map (the same bytes today), so the layout cannot drift.
+			RawProtected: cborx.AppendBytes(nil, protectedHeader(p.alg)),
+		},
+		Payload: payload,
 	}
-	if rs.R.Sign() <= 0 || rs.S.Sign() <= 0 || rs.R.BitLen() > 8*p.size || rs.S.BitLen() > 8*p.size {
-		return nil, fmt.Errorf("%w: signature values out of range", ErrKey)
+	if err := msg.Sign(rand.Reader, nil, signer); err != nil {
+		return nil, fmt.Errorf("%w: sign: %w", ErrKey, err)
 	}
-	sig := make([]byte, 2*p.size)
-	rs.R.FillBytes(sig[:p.size])
-	rs.S.FillBytes(sig[p.size:])
-	b := cborHead(nil, 4, 4)
-	b = cborBytes(b, prot)
-	b = cborHead(b, 5, 0)
-	b = cborBytes(b, payload)
-	return cborBytes(b, sig), nil
-}
-
-type coseSign1CBOR struct {
-	_           struct{} `cbor:",toarray"`
-	Protected   []byte
-	Unprotected map[int64]any
-	Payload     []byte
-	Signature   []byte
+	out, err := msg.MarshalCBOR()
+	if err != nil {
+		return nil, fmt.Errorf("eif: sign: encode COSE_Sign1: %w", err)
+	}
+	if _, err := VerifyCOSE(out, key.Public()); err != nil {
+		return nil, fmt.Errorf("%w: the signer's signature does not verify: %v", ErrKey, err)
+	}
+	return out, nil
 }
 
 // VerifyCOSE checks an untrusted COSE_Sign1 (tagged with 18 or untagged)
-// under pub and returns its payload. It checks the structure with strict
-// CBOR limits, that the protected header's alg (label 1) is the one
-// nitro's curve mapping gives for pub, the signature length, and the
-// ECDSA signature over the Sig_structure.
+// under pub and returns its payload. Before go-cose sees the message it
+// checks nitro's profile with internal/cborx's strict decoder: an array of
+// exactly 4 items (shortest head, nothing after it); the protected header a
+// byte string holding exactly {1: alg}, alg being the one nitro's curve
+// mapping gives for pub ([ErrSignatureVerify] for another algorithm or extra
+// entries); the unprotected header the empty map; the payload a byte
+// string; the signature a byte string of twice the curve size
+// ([ErrSignatureVerify]). go-cose then decodes the message and verifies the
+// ECDSA signature over the Sig_structure ([ErrSignatureVerify]). Malformed
+// input fails with [ErrSignature].
 func VerifyCOSE(msg []byte, pub any) ([]byte, error) {
 	p, err := paramsFor(pub)
 	if err != nil {
 		return nil, err
 	}
-	if len(msg) > 0 && msg[0] == 0xd2 { // tag 18
-		msg = msg[1:]
+	data, _ := cborx.StripTag(msg, cose.CBORTagSign1Message)
+	if len(data) == 0 || data[0] != 0x84 { // array(4), shortest head: go-cose requires it
+		return nil, fmt.Errorf("%w: COSE_Sign1 is not an array of 4 items", ErrSignature)
 	}
-	var m coseSign1CBOR
-	if err := decodeStrict(msg, &m); err != nil {
+	var arr []cbor.RawMessage
+	if err := cborx.Decode(data, &arr); err != nil {
 		return nil, fmt.Errorf("%w: COSE_Sign1: %w", ErrSignature, err)
 	}
-	var prot map[int64]any
-	if err := decodeStrict(m.Protected, &prot); err != nil {
-		return nil, fmt.Errorf("%w: protected header: %w", ErrSignature, err)
+	if len(arr) != 4 {
+		return nil, fmt.Errorf("%w: COSE_Sign1 has %d items, want 4", ErrSignature, len(arr))
 	}
-	alg, ok := prot[1].(int64)
-	if !ok {
-		if u, isU := prot[1].(uint64); isU && u < 1<<62 {
-			alg, ok = int64(u), true
+	var prot, payload, sig []byte
+	for _, f := range []struct {
+		raw  cbor.RawMessage
+		dst  *[]byte
+		what string
+	}{{arr[0], &prot, "protected header"}, {arr[2], &payload, "payload"}, {arr[3], &sig, "signature"}} {
+		if cborx.Major(f.raw) != cborx.MajorBytes {
+			return nil, fmt.Errorf("%w: COSE_Sign1 %s is not a byte string", ErrSignature, f.what)
+		}
+		if err := cborx.Decode(f.raw, f.dst); err != nil {
+			return nil, fmt.Errorf("%w: COSE_Sign1 %s: %w", ErrSignature, f.what, err)
 		}
 	}
-	if !ok || alg != p.alg {
-		return nil, fmt.Errorf("%w: protected alg %v, want %d for the certificate's key", ErrSignatureVerify, prot[1], p.alg)
+	var protMap map[any]any
+	if cborx.Major(prot) != cborx.MajorMap {
+		return nil, fmt.Errorf("%w: protected header is not a CBOR map", ErrSignature)
 	}
-	if len(m.Signature) != 2*p.size {
-		return nil, fmt.Errorf("%w: signature of %d bytes, want %d", ErrSignatureVerify, len(m.Signature), 2*p.size)
+	if err := cborx.Decode(prot, &protMap); err != nil {
+		return nil, fmt.Errorf("%w: protected header: %w", ErrSignature, err)
 	}
-	h := p.hash.New()
-	h.Write(sigStructure(m.Protected, m.Payload))
-	r := new(big.Int).SetBytes(m.Signature[:p.size])
-	s := new(big.Int).SetBytes(m.Signature[p.size:])
-	if !ecdsa.Verify(pub.(*ecdsa.PublicKey), h.Sum(nil), r, s) {
-		return nil, fmt.Errorf("%w: COSE signature does not verify under the certificate's key", ErrSignatureVerify)
+	if want := protectedHeader(p.alg); !bytes.Equal(prot, want) {
+		return nil, fmt.Errorf("%w: protected header is not {1: %d}, the algorithm for the certificate's key", ErrSignatureVerify, int64(p.alg))
 	}
-	return m.Payload, nil
+	if !bytes.Equal(arr[1], []byte{0xa0}) {
+		return nil, fmt.Errorf("%w: unprotected header is not the empty map", ErrSignature)
+	}
+	if len(sig) != 2*p.size {
+		return nil, fmt.Errorf("%w: signature of %d bytes, want %d", ErrSignatureVerify, len(sig), 2*p.size)
+	}
+
+	var m cose.UntaggedSign1Message
+	if err := m.UnmarshalCBOR(data); err != nil {
+		return nil, fmt.Errorf("%w: COSE_Sign1: %w", ErrSignature, err)
+	}
+	if !bytes.Equal(m.Payload, payload) || !bytes.Equal(m.Signature, sig) {
+		return nil, fmt.Errorf("%w: go-cose decodes the COSE_Sign1 differently", ErrSignature)
+	}
+	v, err := cose.NewVerifier(p.alg, pub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrKey, err)
+	}
+	if err := m.Verify(nil, v); err != nil {
+		return nil, fmt.Errorf("%w: COSE signature does not verify under the certificate's key: %w", ErrSignatureVerify, err)
+	}
+	return payload, nil
 }
 
 // signatureSection builds the signature section data for pcr0.
@@ -206,11 +250,11 @@ func signatureSection(certPEM []byte, cert *x509.Certificate, key crypto.Signer,
 	if err := matchKey(cert, key); err != nil {
 		return nil, err
 	}
-	cose, err := SignCOSE(PCRInfoPayload(0, pcr0[:]), key)
+	msg, err := SignCOSE(PCRInfoPayload(0, pcr0[:]), key)
 	if err != nil {
 		return nil, err
 	}
-	b := EncodeSignatureSection(SignatureSection{CertificatePEM: certPEM, COSESign1: cose})
+	b := EncodeSignatureSection(SignatureSection{CertificatePEM: certPEM, COSESign1: msg})
 	if len(b) > MaxSignatureSize {
 		return nil, fmt.Errorf("%w: signature section would be %d bytes (max %d); use a smaller certificate file", ErrTooLarge, len(b), MaxSignatureSize)
 	}

@@ -2,20 +2,28 @@ package eif
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha512"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/veraison/go-cose"
+
+	"github.com/cloister/cloister/internal/cborx"
 )
 
 func TestSignatureSectionBytes(t *testing.T) {
@@ -280,4 +288,189 @@ func mustJSON(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// optsSigner is a crypto.Signer that is not an *ecdsa.PrivateKey (as an HSM
+// or KMS signer would be) and insists on being told the hash; bad replaces
+// its signature when set.
+type optsSigner struct {
+	key  *ecdsa.PrivateKey
+	hash crypto.Hash
+	bad  []byte
+}
+
+func (s optsSigner) Public() crypto.PublicKey { return s.key.Public() }
+
+func (s optsSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if opts == nil || opts.HashFunc() != s.hash {
+		return nil, fmt.Errorf("signer wants hash %v, got opts %v", s.hash, opts)
+	}
+	if s.bad != nil {
+		return s.bad, nil
+	}
+	return s.key.Sign(r, digest, opts)
+}
+
+func TestSignCOSECryptoSigner(t *testing.T) {
+	for _, tc := range []struct {
+		curve elliptic.Curve
+		hash  crypto.Hash
+	}{{elliptic.P256(), crypto.SHA256}, {elliptic.P384(), crypto.SHA384}, {elliptic.P521(), crypto.SHA512}} {
+		key, err := ecdsa.GenerateKey(tc.curve, rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		payload := PCRInfoPayload(0, bytes.Repeat([]byte{3}, 48))
+		msg, err := SignCOSE(payload, optsSigner{key: key, hash: tc.hash})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.curve.Params().Name, err)
+		}
+		if got, err := VerifyCOSE(msg, key.Public()); err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("%s: verify: %v", tc.curve.Params().Name, err)
+		}
+	}
+	// A signer returning something that is not a valid signature is refused.
+	key, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	zero, _ := asn1.Marshal(struct{ R, S *big.Int }{big.NewInt(0), big.NewInt(0)})
+	huge, _ := asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).Lsh(big.NewInt(1), 400), big.NewInt(1)})
+	other, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	otherSig, _ := other.Sign(rand.Reader, make([]byte, 48), crypto.SHA384)
+	for name, bad := range map[string][]byte{"garbage": {1, 2, 3}, "zero r and s": zero, "r too large": huge, "another key": otherSig} {
+		if _, err := SignCOSE([]byte{0xa0}, optsSigner{key: key, hash: crypto.SHA384, bad: bad}); !errors.Is(err, ErrKey) {
+			t.Errorf("%s: %v, want ErrKey", name, err)
+		}
+	}
+}
+
+// TestVerifyCOSERejects checks nitro's COSE profile in front of go-cose:
+// each case is a well-signed message (where it can be) that breaks one rule.
+func TestVerifyCOSERejects(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	payload := PCRInfoPayload(0, bytes.Repeat([]byte{7}, 48))
+	// build signs protected and payload with key over the Sig_structure and
+	// encodes [protected, unprotected, payload, signature] with the given
+	// raw items, so that only the broken rule fails.
+	build := func(protected, unprotected []byte, sigLen int) []byte {
+		tbs := cborx.AppendHead(nil, cborx.MajorArray, 4)
+		tbs = cborx.AppendText(tbs, "Signature1")
+		tbs = cborx.AppendBytes(tbs, protected)
+		tbs = cborx.AppendBytes(tbs, nil)
+		tbs = cborx.AppendBytes(tbs, payload)
+		d := sha512.Sum384(tbs)
+		r, s, err := ecdsa.Sign(rand.Reader, key, d[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig := make([]byte, 96)
+		r.FillBytes(sig[:48])
+		s.FillBytes(sig[48:])
+		if sigLen < 96 {
+			sig = sig[:sigLen]
+		} else {
+			sig = append(sig, make([]byte, sigLen-96)...)
+		}
+		b := cborx.AppendHead(nil, cborx.MajorArray, 4)
+		b = cborx.AppendBytes(b, protected)
+		b = append(b, unprotected...)
+		b = cborx.AppendBytes(b, payload)
+		return cborx.AppendBytes(b, sig)
+	}
+	es384 := []byte{0xa1, 0x01, 0x38, 0x22}
+	good := build(es384, []byte{0xa0}, 96)
+	if _, err := VerifyCOSE(good, key.Public()); err != nil {
+		t.Fatalf("control: %v", err)
+	}
+	// Same content, payload as a serde-style array instead of a byte string.
+	payloadArray := append([]byte{0x84, 0x44}, es384...)
+	payloadArray = append(payloadArray, 0xa0, 0x81, 0x00)
+	payloadArray = cborx.AppendBytes(payloadArray, make([]byte, 96))
+	tests := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		// Rejected before this redesign as well.
+		{"empty", nil, ErrSignature},
+		{"trailing byte", append(slices.Clone(good), 0x00), ErrSignature},
+		{"double tag 18", append([]byte{0xd2, 0xd2}, good...), ErrSignature},
+		{"tag 98", append([]byte{0xd8, 0x62}, good...), ErrSignature},
+		{"indefinite array", append(append([]byte{0x9f}, good[1:]...), 0xff), ErrSignature},
+		{"array of 3", append([]byte{0x83}, good[1:]...), ErrSignature},
+		{"protected ES256", build([]byte{0xa1, 0x01, 0x26}, []byte{0xa0}, 96), ErrSignatureVerify},
+		{"protected ES512", build([]byte{0xa1, 0x01, 0x38, 0x23}, []byte{0xa0}, 96), ErrSignatureVerify},
+		{"protected without alg", build([]byte{0xa0}, []byte{0xa0}, 96), ErrSignatureVerify},
+		{"protected not a map", build([]byte{0x80}, []byte{0xa0}, 96), ErrSignature},
+		{"protected duplicate alg", build([]byte{0xa2, 0x01, 0x38, 0x22, 0x01, 0x38, 0x22}, []byte{0xa0}, 96), ErrSignature},
+		{"signature 95 bytes", build(es384, []byte{0xa0}, 95), ErrSignatureVerify},
+		{"signature 97 bytes", build(es384, []byte{0xa0}, 97), ErrSignatureVerify},
+		{"tampered signature", func() []byte { b := slices.Clone(good); b[len(b)-1] ^= 1; return b }(), ErrSignatureVerify},
+		{"tampered payload", func() []byte {
+			b := slices.Clone(good)
+			b[bytes.Index(b, []byte("register_value"))+20] ^= 1
+			return b
+		}(), ErrSignatureVerify},
+		// Accepted before this redesign: nitro's cose crate writes exactly
+		// {1: alg} and {} and a byte-string payload, and so must a signer.
+		{"protected extra kid", build([]byte{0xa2, 0x01, 0x38, 0x22, 0x04, 0x41, 0x01}, []byte{0xa0}, 96), ErrSignatureVerify},
+		{"protected non-shortest label", build([]byte{0xa1, 0x18, 0x01, 0x38, 0x22}, []byte{0xa0}, 96), ErrSignatureVerify},
+		{"unprotected kid", build(es384, []byte{0xa1, 0x04, 0x41, 0x01}, 96), ErrSignature},
+		{"unprotected non-shortest empty map", build(es384, []byte{0xb8, 0x00}, 96), ErrSignature},
+		{"array head non-shortest", append([]byte{0x98, 0x04}, good[1:]...), ErrSignature},
+		{"payload as array", payloadArray, ErrSignature},
+		{"payload detached (null)", append(append([]byte{0x84, 0x44}, es384...), append([]byte{0xa0, 0xf6}, good[len(good)-98:]...)...), ErrSignature},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, in := range [][]byte{tc.in, append([]byte{0xd2}, tc.in...)} {
+				got, err := VerifyCOSE(in, key.Public())
+				if got != nil || !errors.Is(err, tc.want) {
+					t.Fatalf("VerifyCOSE(% x…) = %v, %v; want %v", in[:min(len(in), 8)], got != nil, err, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func FuzzVerifyCOSE(f *testing.F) {
+	keys := map[string]*ecdsa.PrivateKey{}
+	for _, c := range []elliptic.Curve{elliptic.P256(), elliptic.P384(), elliptic.P521()} {
+		k, err := ecdsa.GenerateKey(c, rand.Reader)
+		if err != nil {
+			f.Fatal(err)
+		}
+		keys[c.Params().Name] = k
+		msg, err := SignCOSE(PCRInfoPayload(0, bytes.Repeat([]byte{1}, 48)), k)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(msg)
+		f.Add(append([]byte{0xd2}, msg...))
+	}
+	f.Add([]byte{0x84, 0x44, 0xa1, 0x01, 0x38, 0x22, 0xa0, 0x40, 0x40})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for _, k := range keys {
+			payload, err := VerifyCOSE(b, k.Public())
+			if err != nil {
+				if payload != nil {
+					t.Fatal("payload returned with an error")
+				}
+				continue
+			}
+			// Whatever passes the profile and go-cose also verifies with
+			// go-cose alone and carries the same payload.
+			data, _ := cborx.StripTag(b, 18)
+			var m cose.UntaggedSign1Message
+			if err := m.UnmarshalCBOR(data); err != nil {
+				t.Fatalf("accepted, but go-cose cannot decode it: %v", err)
+			}
+			p, _ := paramsFor(k.Public())
+			v, err := cose.NewVerifier(p.alg, k.Public())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Verify(nil, v); err != nil || !bytes.Equal(m.Payload, payload) {
+				t.Fatalf("accepted, but go-cose alone says %v (payload equal %v)", err, bytes.Equal(m.Payload, payload))
+			}
+		}
+	})
 }

@@ -1,6 +1,7 @@
 package cborx
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -122,4 +123,47 @@ func StripTag(data []byte, tag uint8) ([]byte, bool) {
 		}
 	}
 	return data, false
+}
+
+// AppendHead appends the head of a data item (RFC 8949 §3): the initial byte
+// of major type major (one of the Major constants) and the argument n, in the
+// shortest form (§4.2.1), which is what deterministic encoding, serde_cbor
+// and the NSM all emit. It is the only CBOR head encoder in Cloister: code
+// that writes CBOR byte by byte (NSM messages, attestation payloads, EIF
+// signature sections) builds on it.
+func AppendHead(b []byte, major byte, n uint64) []byte {
+	m := major << 5
+	switch {
+	case n < 24:
+		return append(b, m|byte(n))
+	case n <= 0xff:
+		return append(b, m|24, byte(n))
+	case n <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(b, m|25), uint16(n))
+	case n <= 0xffffffff:
+		return binary.BigEndian.AppendUint32(append(b, m|26), uint32(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, m|27), n)
+	}
+}
+
+// AppendInt appends the integer v: major type 0 when v ≥ 0, otherwise major
+// type 1 with argument -1-v.
+func AppendInt(b []byte, v int64) []byte {
+	if v >= 0 {
+		return AppendHead(b, MajorUint, uint64(v))
+	}
+	return AppendHead(b, MajorNegInt, uint64(-1-v))
+}
+
+// AppendText appends s as a definite-length text string. s must be valid
+// UTF-8 (a caller writing untrusted text checks that first).
+func AppendText(b []byte, s string) []byte {
+	return append(AppendHead(b, MajorText, uint64(len(s))), s...)
+}
+
+// AppendBytes appends p as a definite-length byte string (a nil p is the
+// empty byte string, not null).
+func AppendBytes(b, p []byte) []byte {
+	return append(AppendHead(b, MajorBytes, uint64(len(p))), p...)
 }

@@ -3,9 +3,12 @@ package cborx
 import (
 	"bytes"
 	"errors"
+	"math"
+	"strings"
 	"testing"
 
 	"github.com/fxamacker/cbor/v2"
+	"github.com/google/go-cmp/cmp"
 )
 
 func nested(depth int) []byte {
@@ -153,6 +156,72 @@ func FuzzDecode(f *testing.F) {
 		}
 		if _, err := cbor.Marshal(v); err != nil {
 			t.Fatalf("re-encode: %v", err)
+		}
+	})
+}
+
+// headBoundaries are the arguments around each change of head length.
+var headBoundaries = []uint64{0, 1, 23, 24, 255, 256, 65535, 65536, 1<<32 - 1, 1 << 32, 1<<64 - 1}
+
+// wantHead is fxamacker/cbor's encoding of n as an unsigned integer with the
+// major type bits replaced: the reference AppendHead must match.
+func wantHead(t testing.TB, major byte, n uint64) []byte {
+	t.Helper()
+	b, err := Deterministic.Marshal(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[0] |= major << 5
+	return b
+}
+
+func TestAppendHead(t *testing.T) {
+	for major := byte(MajorUint); major <= MajorSimple; major++ {
+		for _, n := range headBoundaries {
+			if got, want := AppendHead([]byte{0xee}, major, n), append([]byte{0xee}, wantHead(t, major, n)...); !bytes.Equal(got, want) {
+				t.Errorf("AppendHead(%d, %d) = % x, want % x", major, n, got, want)
+			}
+		}
+	}
+	// The typed helpers against fxamacker/cbor's deterministic encoding.
+	tests := []struct {
+		name string
+		got  []byte
+		v    any
+	}{
+		{"int 0", AppendInt(nil, 0), 0},
+		{"int -1", AppendInt(nil, -1), -1},
+		{"int -24", AppendInt(nil, -24), -24},
+		{"int -25", AppendInt(nil, -25), -25},
+		{"int -35 (ES384)", AppendInt(nil, -35), -35},
+		{"int min", AppendInt(nil, math.MinInt64), int64(math.MinInt64)},
+		{"int max", AppendInt(nil, math.MaxInt64), int64(math.MaxInt64)},
+		{"text empty", AppendText(nil, ""), ""},
+		{"text 24", AppendText(nil, strings.Repeat("a", 24)), strings.Repeat("a", 24)},
+		{"text 300", AppendText(nil, strings.Repeat("é", 150)), strings.Repeat("é", 150)},
+		{"bytes nil", AppendBytes(nil, nil), []byte{}},
+		{"bytes 23", AppendBytes(nil, make([]byte, 23)), make([]byte, 23)},
+		{"bytes 70000", AppendBytes(nil, make([]byte, 70000)), make([]byte, 70000)},
+	}
+	for _, tc := range tests {
+		want, err := Deterministic.Marshal(tc.v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, tc.got); diff != "" {
+			t.Errorf("%s (-fxamacker +ours):\n%s", tc.name, diff)
+		}
+	}
+}
+
+func FuzzAppendHead(f *testing.F) {
+	for _, n := range headBoundaries {
+		f.Add(byte(MajorBytes), n)
+	}
+	f.Fuzz(func(t *testing.T, major byte, n uint64) {
+		major &= 7
+		if got, want := AppendHead(nil, major, n), wantHead(t, major, n); !bytes.Equal(got, want) {
+			t.Fatalf("AppendHead(%d, %d) = % x, want % x", major, n, got, want)
 		}
 	})
 }

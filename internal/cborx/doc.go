@@ -1,7 +1,10 @@
 // Package cborx holds the one strict CBOR decoding mode that Cloister uses
 // for every byte string that comes from outside the process (attestation
-// documents, NSM requests and responses, key-service messages), and a
-// deterministic encoding mode for what Cloister itself emits.
+// documents, NSM requests and responses, key-service messages), a
+// deterministic encoding mode for what Cloister itself emits, and the one
+// head encoder ([AppendHead], with [AppendInt], [AppendText] and
+// [AppendBytes]) for CBOR that must be written byte by byte (the NSM's
+// messages, attestation payloads, nitro's EIF signature section).
 //
 // Limits enforced by [Strict] (and therefore by [Decode]):
 //

@@ -203,8 +203,8 @@ func EncodeRequest(r Request) ([]byte, error) {
 	case ExtendPCRRequest:
 		b = appendVariant(make([]byte, 0, 32+len(r.Data)), r.Name(), 2)
 		b = appendUintField(b, "index", uint64(r.Index))
-		b = appendText(b, "data")
-		b = appendBytes(b, r.Data)
+		b = cborx.AppendText(b, "data")
+		b = cborx.AppendBytes(b, r.Data)
 	case LockPCRRequest:
 		b = appendVariant(make([]byte, 0, 24), r.Name(), 1)
 		b = appendUintField(b, "index", uint64(r.Index))
@@ -212,17 +212,17 @@ func EncodeRequest(r Request) ([]byte, error) {
 		b = appendVariant(make([]byte, 0, 24), r.Name(), 1)
 		b = appendUintField(b, "range", uint64(r.Range))
 	case DescribeNSMRequest:
-		b = appendText(nil, r.Name())
+		b = cborx.AppendText(nil, r.Name())
 	case AttestationRequest:
 		b = appendVariant(make([]byte, 0, 64+len(r.UserData)+len(r.Nonce)+len(r.PublicKey)), r.Name(), 3)
-		b = appendText(b, "user_data")
+		b = cborx.AppendText(b, "user_data")
 		b = appendBytesOrNull(b, r.UserData)
-		b = appendText(b, "nonce")
+		b = cborx.AppendText(b, "nonce")
 		b = appendBytesOrNull(b, r.Nonce)
-		b = appendText(b, "public_key")
+		b = cborx.AppendText(b, "public_key")
 		b = appendBytesOrNull(b, r.PublicKey)
 	case GetRandomRequest:
-		b = appendText(nil, r.Name())
+		b = cborx.AppendText(nil, r.Name())
 	default:
 		return nil, fmt.Errorf("nsm: encode request: unsupported request %T", r)
 	}
@@ -239,48 +239,48 @@ func EncodeResponse(r Response) ([]byte, error) {
 	switch r := r.(type) {
 	case DescribePCRResponse:
 		b = appendVariant(make([]byte, 0, 32+len(r.Data)), r.Name(), 2)
-		b = appendText(b, "lock")
+		b = cborx.AppendText(b, "lock")
 		b = appendBool(b, r.Lock)
-		b = appendText(b, "data")
-		b = appendBytes(b, r.Data)
+		b = cborx.AppendText(b, "data")
+		b = cborx.AppendBytes(b, r.Data)
 	case ExtendPCRResponse:
 		b = appendVariant(make([]byte, 0, 24+len(r.Data)), r.Name(), 1)
-		b = appendText(b, "data")
-		b = appendBytes(b, r.Data)
+		b = cborx.AppendText(b, "data")
+		b = cborx.AppendBytes(b, r.Data)
 	case LockPCRResponse:
-		b = appendText(nil, r.Name())
+		b = cborx.AppendText(nil, r.Name())
 	case LockPCRsResponse:
-		b = appendText(nil, r.Name())
+		b = cborx.AppendText(nil, r.Name())
 	case DescribeNSMResponse:
 		b = appendVariant(make([]byte, 0, 128+len(r.ModuleID)+3*len(r.LockedPCRs)), r.Name(), 7)
 		b = appendUintField(b, "version_major", uint64(r.VersionMajor))
 		b = appendUintField(b, "version_minor", uint64(r.VersionMinor))
 		b = appendUintField(b, "version_patch", uint64(r.VersionPatch))
-		b = appendText(b, "module_id")
-		b = appendText(b, r.ModuleID)
+		b = cborx.AppendText(b, "module_id")
+		b = cborx.AppendText(b, r.ModuleID)
 		b = appendUintField(b, "max_pcrs", uint64(r.MaxPCRs))
-		b = appendText(b, "locked_pcrs")
-		b = appendHead(b, cborx.MajorArray, uint64(len(r.LockedPCRs)))
+		b = cborx.AppendText(b, "locked_pcrs")
+		b = cborx.AppendHead(b, cborx.MajorArray, uint64(len(r.LockedPCRs)))
 		for _, i := range r.LockedPCRs {
-			b = appendHead(b, cborx.MajorUint, uint64(i))
+			b = cborx.AppendHead(b, cborx.MajorUint, uint64(i))
 		}
-		b = appendText(b, "digest")
-		b = appendText(b, string(r.Digest))
+		b = cborx.AppendText(b, "digest")
+		b = cborx.AppendText(b, string(r.Digest))
 	case AttestationResponse:
 		b = appendVariant(make([]byte, 0, 32+len(r.Document)), r.Name(), 1)
-		b = appendText(b, "document")
-		b = appendBytes(b, r.Document)
+		b = cborx.AppendText(b, "document")
+		b = cborx.AppendBytes(b, r.Document)
 	case GetRandomResponse:
 		b = appendVariant(make([]byte, 0, 32+len(r.Random)), r.Name(), 1)
-		b = appendText(b, "random")
-		b = appendBytes(b, r.Random)
+		b = cborx.AppendText(b, "random")
+		b = cborx.AppendBytes(b, r.Random)
 	case ErrorResponse:
 		if !r.Code.valid() {
 			return nil, fmt.Errorf("nsm: encode response: undefined error code %d", uint8(r.Code))
 		}
-		b = appendHead(make([]byte, 0, 32), cborx.MajorMap, 1)
-		b = appendText(b, "Error")
-		b = appendText(b, r.Code.String())
+		b = cborx.AppendHead(make([]byte, 0, 32), cborx.MajorMap, 1)
+		b = cborx.AppendText(b, "Error")
+		b = cborx.AppendText(b, r.Code.String())
 	default:
 		return nil, fmt.Errorf("nsm: encode response: unsupported response %T", r)
 	}
@@ -657,36 +657,11 @@ func (f fields) optBytes(name string) ([]byte, error) {
 	return f.decodeBytes(name, v)
 }
 
-// appendHead appends a CBOR initial byte and argument in the shortest form.
-func appendHead(b []byte, major byte, n uint64) []byte {
-	m := major << 5
-	switch {
-	case n < 24:
-		return append(b, m|byte(n))
-	case n <= 0xff:
-		return append(b, m|24, byte(n))
-	case n <= 0xffff:
-		return append(b, m|25, byte(n>>8), byte(n))
-	case n <= 0xffffffff:
-		return append(b, m|26, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(b, m|27, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32),
-		byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-}
-
-func appendText(b []byte, s string) []byte {
-	return append(appendHead(b, cborx.MajorText, uint64(len(s))), s...)
-}
-
-func appendBytes(b, p []byte) []byte {
-	return append(appendHead(b, cborx.MajorBytes, uint64(len(p))), p...)
-}
-
 func appendBytesOrNull(b, p []byte) []byte {
 	if p == nil {
 		return append(b, cborx.Null)
 	}
-	return appendBytes(b, p)
+	return cborx.AppendBytes(b, p)
 }
 
 func appendBool(b []byte, v bool) []byte {
@@ -697,12 +672,12 @@ func appendBool(b []byte, v bool) []byte {
 }
 
 func appendUintField(b []byte, name string, v uint64) []byte {
-	return appendHead(appendText(b, name), cborx.MajorUint, v)
+	return cborx.AppendHead(cborx.AppendText(b, name), cborx.MajorUint, v)
 }
 
 // appendVariant starts {name: {…n fields…}}.
 func appendVariant(b []byte, name string, n int) []byte {
-	b = appendHead(b, cborx.MajorMap, 1)
-	b = appendText(b, name)
-	return appendHead(b, cborx.MajorMap, uint64(n))
+	b = cborx.AppendHead(b, cborx.MajorMap, 1)
+	b = cborx.AppendText(b, name)
+	return cborx.AppendHead(b, cborx.MajorMap, uint64(n))
 }
