@@ -225,7 +225,9 @@ func checkProtected(p []byte) error {
 	if len(m) != 1 {
 		return fmt.Errorf("%w: protected header has %d entries, want only the algorithm", ErrMalformed, len(m))
 	}
-	return nil
+	// {1: -35} spelled another way (non-shortest integers): the signature
+	// covers these bytes, and the NSM only ever writes a1 01 38 22.
+	return fmt.Errorf("%w: protected header %x is {1: -35} but not in its shortest encoding a1013822", ErrMalformed, p)
 }
 
 func checkUnprotected(raw cbor.RawMessage) error {

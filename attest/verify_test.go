@@ -149,6 +149,8 @@ func TestVerifyRejects(t *testing.T) {
 		// Protected header.
 		{"protected ES256", withParts(func(p *coseParts) { p.protected = []byte{0xa1, 0x01, 0x26} }), ErrUnsupportedAlgorithm},
 		{"protected ES512", withParts(func(p *coseParts) { p.protected = []byte{0xa1, 0x01, 0x38, 0x23} }), ErrUnsupportedAlgorithm},
+		{"protected non-shortest label", withParts(func(p *coseParts) { p.protected = []byte{0xa1, 0x18, 0x01, 0x38, 0x22} }), ErrMalformed},
+		{"protected non-shortest alg", withParts(func(p *coseParts) { p.protected = []byte{0xa1, 0x01, 0x39, 0x00, 0x22} }), ErrMalformed},
 		{"protected alg text", withParts(func(p *coseParts) { p.protected = append([]byte{0xa1, 0x01}, cText("ES384")...) }), ErrUnsupportedAlgorithm},
 		{"protected extra kid", withParts(func(p *coseParts) {
 			p.protected = []byte{0xa2, 0x01, 0x38, 0x22, 0x04, 0x41, 0x01}
