@@ -24,6 +24,8 @@ func FuzzDecodeRequest(f *testing.F) {
 		`{"CiphertextBlob":"Q0tNUwEBYQAAAAE=","Recipient":{"AttestationDocument":"AAAA","KeyEncryptionAlgorithm":"RSAES_OAEP_SHA_256"}}`,
 		`{"NumberOfBytes":32}`, `{"NumberOfBytes":-1,"KeySpec":"AES_256"}`, `{"Limit":1,"Marker":"!!"}`,
 		`{"Policy":"{\"Statement\":{}}","Action":"Decrypt"}`, `{"AliasName":"alias/a","TargetKeyId":"arn:aws:kms:us-east-1:1:key/x"}`,
+		`{"KeyId":"alias/x","KeyId":"alias/y"}`, `{"keyid":"alias/x"}`, `{"EncryptionContext":{"a":"1","A":"2"}}`,
+		`{"Policy":"{\"Statement\":{\"Effect\":\"Deny\",\"effect\":\"Allow\"}}","Action":"Decrypt"}`,
 	}
 	for i, s := range seeds {
 		f.Add(uint8(i), []byte(s))

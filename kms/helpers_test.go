@@ -166,6 +166,14 @@ func (e *env) raw(akid, secret, op string, body any) (int, map[string]any) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return e.rawBytes(akid, secret, op, b)
+}
+
+// rawBytes sends the request body b as it is, signed with the real SDK
+// signer.
+func (e *env) rawBytes(akid, secret, op string, b []byte) (int, map[string]any) {
+	e.t.Helper()
+	var err error
 	req, _ := http.NewRequest(http.MethodPost, e.hs.URL+"/", bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
 	req.Header.Set("X-Amz-Target", "TrentService."+op)

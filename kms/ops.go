@@ -219,14 +219,27 @@ func validateContext(ec map[string]string) error {
 		return apiErr(CodeValidation, "EncryptionContext has more than %d pairs", maxContextPairs)
 	}
 	total := 0
+	keys := make([]string, 0, len(ec))
 	for k, v := range ec {
 		if k == "" {
 			return apiErr(CodeValidation, "EncryptionContext keys must not be empty")
 		}
 		total += len(k) + len(v)
+		keys = append(keys, k)
 	}
 	if total > maxContextBytes {
 		return apiErr(CodeValidation, "EncryptionContext is longer than %d characters in total", maxContextBytes)
+	}
+	// Key policies match kms:EncryptionContext:<key> ignoring case, so two
+	// such keys would make a condition see either value. At most
+	// maxContextPairs keys: pairwise is cheap.
+	sort.Strings(keys)
+	for i, a := range keys {
+		for _, b := range keys[i+1:] {
+			if policy.SameContextKey(a, b) {
+				return apiErr(CodeValidation, "EncryptionContext keys %q and %q differ only in case; key policy conditions cannot tell them apart: use one key", a, b)
+			}
+		}
 	}
 	return nil
 }
@@ -1125,6 +1138,9 @@ func (s *Server) checkRecipient(c *call, r *RecipientInfo) (*attestedRecipient, 
 func (s *Server) explain(c *call) (any, error) {
 	var in ExplainInput
 	if err := decode(c.body, &in); err != nil {
+		return nil, err
+	}
+	if err := validateContext(in.EncryptionContext); err != nil {
 		return nil, err
 	}
 	action := in.Action

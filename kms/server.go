@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/cloister/cloister/attest"
+	"github.com/cloister/cloister/internal/jsonx"
 	"github.com/cloister/cloister/kms/sigv4"
 	"github.com/cloister/cloister/kms/store"
 )
@@ -219,19 +220,18 @@ func (s *Server) writeError(w http.ResponseWriter, e *APIError) {
 	w.Write(b)
 }
 
-// decode unmarshals the request body into v: "" and "{}" are empty
-// requests; anything else must be one JSON object whose members have the
-// right types (unknown members are ignored, as AWS does).
+// decode unmarshals the request body into v: "" (or only whitespace) is an
+// empty request; anything else must be one strict JSON value (internal/jsonx:
+// valid UTF-8, no object with a repeated member name, however escaped,
+// member names matched to fields case-sensitively) whose members have the
+// right types. Unknown members are ignored, as AWS does. Any failure is
+// SerializationException.
 func decode(body []byte, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
-	d := json.NewDecoder(bytes.NewReader(body))
-	if err := d.Decode(v); err != nil {
+	if err := jsonx.Unmarshal(body, v, jsonx.Options{}); err != nil {
 		return apiErr(CodeSerialization, "cannot decode the request body: %v", err)
-	}
-	if d.More() {
-		return apiErr(CodeSerialization, "trailing data after the request body")
 	}
 	return nil
 }

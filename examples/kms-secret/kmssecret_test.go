@@ -4,9 +4,7 @@
 package kmssecret
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -15,8 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -68,7 +64,7 @@ func TestKMSSecret(t *testing.T) {
 			}
 			rootFile := filepath.Join(dir, "devroot.pem")
 			writeFile(t, rootFile, string(root))
-			endpoint := startKMS(t, dir, creds, rootFile)
+			endpoint := testharness.StartKMS(t, dir, testharness.KMSOptions{Credentials: creds, Roots: []string{rootFile}}).Endpoint
 			host, port, _ := net.SplitHostPort(strings.TrimPrefix(endpoint, "http://"))
 			writeFile(t, allow, "allowlist:\n- {address: "+host+", port: "+port+"}\n")
 
@@ -197,65 +193,6 @@ func (f attesterFunc) Attest(ctx context.Context, nonce, userData, publicKey []b
 	return f(ctx, nonce, userData, publicKey)
 }
 
-// startKMS runs `cloister kms serve` on a free loopback port with a bbolt
-// store in dir and returns its URL.
-func startKMS(t *testing.T, dir, creds, rootPEM string) string {
-	t.Helper()
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		t.Fatal(err)
-	}
-	rootKey := filepath.Join(dir, "kms-root.key")
-	writeFile(t, rootKey, hex.EncodeToString(key))
-	cmd := exec.Command(testharness.Cloister(t), "kms", "serve", "--addr", "127.0.0.1:0",
-		"--store", "bbolt:"+filepath.Join(dir, "kms.db"), "--root-key", rootKey,
-		"--credentials", creds, "--root", rootPEM)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logBuf syncBuffer
-	cmd.Stderr = &logBuf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("key service log:\n%s", logBuf.String())
-		}
-	})
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		if sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		for sc.Scan() {
-		}
-		_ = cmd.Wait()
-		close(done)
-	}()
-	select {
-	case l, ok := <-lines:
-		if !ok || !strings.HasPrefix(l, "http://127.0.0.1:") {
-			t.Fatalf("cloister kms serve did not print its endpoint (%q):\n%s", l, logBuf.String())
-		}
-		return l
-	case <-time.After(time.Minute):
-		t.Fatalf("cloister kms serve did not start:\n%s", logBuf.String())
-	}
-	return ""
-}
-
 // goBuild builds a static program with extra go build flags.
 func goBuild(t *testing.T, out string, args ...string) {
 	t.Helper()
@@ -272,21 +209,4 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -53,7 +53,10 @@ func (r *Request) SetAttestation(pcrs map[int][]byte) {
 }
 
 // SetEncryptionContext adds kms:EncryptionContext:<k> for every pair and
-// kms:EncryptionContextKeys listing the keys.
+// kms:EncryptionContextKeys listing the keys. Condition keys match ignoring
+// case, so ec must not hold two keys for which SameContextKey holds (the
+// key service refuses such a context): which of their values a condition
+// would see is undefined.
 func (r *Request) SetEncryptionContext(ec map[string]string) {
 	if r.Context == nil {
 		r.Context = map[string][]string{}
@@ -389,4 +392,15 @@ func matchValue(base, pv, rv string) bool {
 		return strings.EqualFold(pv, rv)
 	}
 	return false
+}
+
+// SameContextKey reports whether encryption-context keys a and b name the
+// same condition key kms:EncryptionContext:<key>. Condition key names match
+// ignoring case (as on AWS): here after strings.ToLower, and keys equal
+// under Unicode case folding (strings.EqualFold) count as the same too.
+func SameContextKey(a, b string) bool {
+	// Neither test implies the other: "İd" and "id" lower-case alike but
+	// do not fold alike.
+	lowerA, lowerB := strings.ToLower(a), strings.ToLower(b)
+	return lowerA == lowerB || strings.EqualFold(a, b)
 }

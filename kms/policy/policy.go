@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/cloister/cloister/internal/jsonx"
 )
 
 // ErrMalformed is wrapped by every error Parse returns: the document is not a
@@ -120,8 +122,12 @@ type rawStatement struct {
 }
 
 // Parse decodes and validates a key policy document. It checks: size ≤
-// MaxSize; JSON object with only Version, Id and Statement (unknown fields
-// rejected); Version absent, "2012-10-17" or "2008-10-17"; Statement an
+// MaxSize; strict JSON (internal/jsonx): exactly one value, valid UTF-8, and
+// no object anywhere in the document with two members whose names are
+// equal or differ only in case (so no reader can see a different document
+// than the one enforced); a JSON object with only Version, Id and Statement
+// (unknown members rejected, member names matched case-sensitively);
+// Version absent, "2012-10-17" or "2008-10-17"; Statement an
 // object or a non-empty array; per statement: only the known fields, Sid
 // unique when present, Effect "Allow" or "Deny", Principal present as "*" or
 // {"AWS": "*"|account|ARN|[...]} (NotPrincipal and NotResource are
@@ -134,6 +140,9 @@ type rawStatement struct {
 func Parse(doc []byte) (*Policy, error) {
 	if len(doc) > MaxSize {
 		return nil, fmt.Errorf("%w: %d bytes exceeds the %d-byte limit", ErrMalformed, len(doc), MaxSize)
+	}
+	if err := jsonx.Check(doc, strictJSON); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	var raw rawPolicy
 	if err := strictUnmarshal(doc, &raw); err != nil {
@@ -188,16 +197,13 @@ func firstByte(b []byte) byte {
 	return b[0]
 }
 
+// strictJSON is how policy documents are decoded: besides jsonx's checks,
+// two members of one object may not differ only in case, and every member
+// of Policy and Statement objects must be a known element, spelled exactly.
+var strictJSON = jsonx.Options{FoldedNames: true, DisallowUnknownFields: true}
+
 func strictUnmarshal(b []byte, v any) error {
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.DisallowUnknownFields()
-	if err := d.Decode(v); err != nil {
-		return err
-	}
-	if d.More() {
-		return errors.New("trailing data after the JSON document")
-	}
-	return nil
+	return jsonx.Unmarshal(b, v, strictJSON)
 }
 
 func parseStatement(b []byte) (Statement, error) {

@@ -166,8 +166,19 @@ func TestParseRejects(t *testing.T) {
 	stmt := func(s string) string { return `{"Version":"2012-10-17","Statement":[` + s + `]}` }
 	ok := `{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}`
 	tests := []struct{ name, doc, want string }{
-		{"not json", `{`, "unexpected EOF"},
-		{"unknown top field", `{"Statement":[` + ok + `],"Foo":1}`, "unknown field"},
+		{"not json", `{`, "unexpected end of input"},
+		{"unknown top field", `{"Statement":[` + ok + `],"Foo":1}`, `unknown member "Foo"`},
+		{"duplicate Effect", stmt(`{"Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"*","Effect":"Allow"}`), `member "Effect" appears twice at Statement[0].Effect`},
+		{"escaped duplicate Effect", stmt(`{"Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"*","\u0045ffect":"Allow"}`), `member "Effect" appears twice`},
+		{"Effect and effect", stmt(`{"Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"*","effect":"Allow"}`), `members "Effect" and "effect" differ only in case`},
+		{"miscased effect alone", stmt(`{"effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}`), `member "effect" must be spelled "Effect"`},
+		{"miscased Statement", `{"Version":"2012-10-17","statement":[` + ok + `]}`, `member "statement" must be spelled "Statement"`},
+		{"duplicate Statement", `{"Statement":[` + ok + `],"Statement":[` + ok + `]}`, `member "Statement" appears twice`},
+		{"duplicate principal type", stmt(`{"Effect":"Allow","Principal":{"AWS":"111122223333","AWS":"*"},"Action":"kms:*","Resource":"*"}`), `member "AWS" appears twice at Statement[0].Principal.AWS`},
+		{"duplicate condition operator", stmt(`{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"Bool":{"aws:SecureTransport":"true"},"Bool":{"aws:SecureTransport":"false"}}}`), `member "Bool" appears twice`},
+		{"case-colliding condition keys", stmt(`{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"StringEquals":{"kms:CallerAccount":"1","kms:calleraccount":"2"}}}`), "differ only in case"},
+		{"miscased principal type", stmt(`{"Effect":"Allow","Principal":{"aws":"*"},"Action":"kms:*","Resource":"*"}`), "principal type"},
+		{"invalid UTF-8", stmt("{\"Sid\":\"\xff\",\"Effect\":\"Allow\",\"Principal\":\"*\",\"Action\":\"kms:*\",\"Resource\":\"*\"}"), "UTF-8"},
 		{"bad version", `{"Version":"2020-01-01","Statement":[` + ok + `]}`, "Version"},
 		{"no statement", `{"Version":"2012-10-17"}`, "Statement is missing"},
 		{"empty statements", `{"Statement":[]}`, "Statement is empty"},
@@ -240,6 +251,8 @@ func FuzzParsePolicy(f *testing.F) {
 	f.Add([]byte(enclavePolicy))
 	f.Add([]byte(Default(acct)))
 	f.Add([]byte(`{"Statement":{"Effect":"Deny","Principal":{"AWS":["*"]},"NotAction":"kms:Encrypt","Resource":"*","Condition":{"ForAllValues:StringLikeIfExists":{"kms:EncryptionContextKeys":["a*",1,true]}}}}`))
+	f.Add([]byte(`{"Statement":{"Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"*","effect":"Allow"}}`))
+	f.Add([]byte(`{"Statement":{"Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"*","\u0045ffect":"Allow"}}`))
 	f.Fuzz(func(t *testing.T, doc []byte) {
 		p, err := Parse(doc)
 		if (p == nil) == (err == nil) {
@@ -258,4 +271,24 @@ func FuzzParsePolicy(f *testing.F) {
 			t.Fatalf("inconsistent explanation")
 		}
 	})
+}
+
+func TestSameContextKey(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"tenant", "tenant", true},
+		{"tenant", "Tenant", true},
+		{"tenant", "TENANT", true},
+		{"kelvin", "\u212aelvin", true}, // KELVIN SIGN folds to k
+		{"İd", "id", true},              // lower-cases to "id" but does not fold to it
+		{"tenant", "tenants", false},
+		{"a", "b", false},
+	}
+	for _, tc := range tests {
+		if got := SameContextKey(tc.a, tc.b); got != tc.want {
+			t.Errorf("SameContextKey(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
 }

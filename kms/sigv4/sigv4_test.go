@@ -14,6 +14,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/google/go-cmp/cmp"
 )
 
 const credFile = `
@@ -154,41 +155,51 @@ func TestVerify(t *testing.T) {
 	}
 }
 
-func TestReplay(t *testing.T) {
+// TestSameRequestAgain: as on AWS, a signature is not a nonce. The same
+// signed request verifies every time while its time is within the skew
+// window, however often it is sent, and fails as expired (AWS's
+// InvalidSignatureException "Signature expired") once the clock has moved
+// past the window, or as not yet current before it.
+func TestSameRequestAgain(t *testing.T) {
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	c := &clock{now}
-	v, _ := NewVerifier(Config{Credentials: creds(t), Clock: c.now, ReplayCacheSize: 2})
-	r := signed(t, "AKIDDEFAULT", "secret-default", now, "{}", nil)
-	if _, err := v.Verify(r, []byte("{}")); err != nil {
+	v, err := NewVerifier(Config{Credentials: creds(t), Clock: c.now})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.Verify(r, []byte("{}")); !errors.Is(err, ErrReplay) {
-		t.Fatalf("replay: %v", err)
-	}
-	// After the window the same request fails as expired, not as replay.
-	c.t = now.Add(6 * time.Minute)
-	if _, err := v.Verify(r, []byte("{}")); !errors.Is(err, ErrExpired) {
-		t.Fatalf("late replay: %v", err)
-	}
-	// Cache bound: a full cache of live signatures throttles.
-	c.t = now
-	v2, _ := NewVerifier(Config{Credentials: creds(t), Clock: c.now, ReplayCacheSize: 2})
-	for i := 0; i < 2; i++ {
-		r := signed(t, "AKIDDEFAULT", "secret-default", now.Add(time.Duration(i)*time.Second), "{}", nil)
-		if _, err := v2.Verify(r, []byte("{}")); err != nil {
-			t.Fatal(err)
+	r := signed(t, "AKIDDEFAULT", "secret-default", now, "{}", nil)
+	for i := range 5 {
+		if _, err := v.Verify(r, []byte("{}")); err != nil {
+			t.Fatalf("copy %d of the same request: %v", i+1, err)
 		}
 	}
-	r3 := signed(t, "AKIDDEFAULT", "secret-default", now.Add(3*time.Second), "{}", nil)
-	var e *Error
-	if _, err := v2.Verify(r3, []byte("{}")); !errors.As(err, &e) || e.Code != "ThrottlingException" {
-		t.Fatalf("full cache: %v", err)
-	}
-	// Once entries expire they are pruned and requests pass again.
-	c.t = now.Add(5*time.Minute + 3*time.Second)
-	r4 := signed(t, "AKIDDEFAULT", "secret-default", c.t, "{}", nil)
-	if _, err := v2.Verify(r4, []byte("{}")); err != nil {
-		t.Fatalf("after pruning: %v", err)
+	for _, tc := range []struct {
+		name    string
+		clock   time.Time
+		wantErr error
+		wantMsg string
+	}{
+		{"at the end of the window", now.Add(5 * time.Minute), nil, ""},
+		{"after the window", now.Add(5*time.Minute + time.Second), ErrExpired, "Signature expired: 20260501T120000Z is now earlier than 20260501T120001Z (20260501T120501Z - 5 min.)"},
+		{"before the window", now.Add(-5*time.Minute - time.Second), ErrExpired, "Signature not yet current: 20260501T120000Z is still later than 20260501T115959Z (20260501T115459Z + 5 min.)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.t = tc.clock
+			_, err := v.Verify(r, []byte("{}"))
+			if tc.wantErr == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			var e *Error
+			if !errors.Is(err, tc.wantErr) || !errors.As(err, &e) {
+				t.Fatalf("Verify error %v, want %v", err, tc.wantErr)
+			}
+			if diff := cmp.Diff([]string{"InvalidSignatureException", tc.wantMsg}, []string{e.Code, e.Message}); diff != "" {
+				t.Errorf("error (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
@@ -230,11 +241,32 @@ func BenchmarkVerify(b *testing.B) {
 	sum := sha256.Sum256(body)
 	v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: "AKIDAPP", SecretAccessKey: "secret-app"}, r, hex.EncodeToString(sum[:]), "kms", "us-east-1", time.Now())
 	for b.Loop() {
-		v.mu.Lock()
-		clear(v.seen)
-		v.mu.Unlock()
 		if _, err := v.Verify(r, body); err != nil {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkVerifyParallel verifies the same signed request from every
+// goroutine at once: verification shares no lock.
+func BenchmarkVerifyParallel(b *testing.B) {
+	c, _ := ParseCredentials(strings.NewReader(credFile))
+	v, _ := NewVerifier(Config{Credentials: c})
+	body := []byte(`{"KeyId":"alias/x"}`)
+	sum := sha256.Sum256(body)
+	now := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		r := httptest.NewRequest(http.MethodPost, "http://127.0.0.1/", bytes.NewReader(body))
+		r.Header.Set("X-Amz-Target", "TrentService.Decrypt")
+		if err := v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: "AKIDAPP", SecretAccessKey: "secret-app"}, r, hex.EncodeToString(sum[:]), "kms", "us-east-1", now); err != nil {
+			b.Error(err)
+			return
+		}
+		for pb.Next() {
+			if _, err := v.Verify(r, body); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }

@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -23,7 +22,6 @@ var (
 	ErrUnknownKey  = errors.New("sigv4: unknown access key")
 	ErrSignature   = errors.New("sigv4: signature mismatch")
 	ErrExpired     = errors.New("sigv4: request time outside the allowed skew")
-	ErrReplay      = errors.New("sigv4: signature already used")
 )
 
 // Error is a verification failure with the AWS JSON error code a service
@@ -66,19 +64,16 @@ type Config struct {
 	MaxSkew time.Duration
 	// Clock returns the current time; default time.Now.
 	Clock func() time.Time
-	// ReplayCacheSize bounds the number of remembered signatures; default
-	// 1<<18. When full, expired entries are dropped; if none, the request
-	// is refused as a possible replay flood (ThrottlingException).
-	ReplayCacheSize int
 }
 
-// Verifier checks AWS Signature Version 4 header authentication and
-// rejects replayed signatures. Safe for concurrent use.
+// Verifier checks AWS Signature Version 4 header authentication as AWS
+// does. Like AWS, it keeps no record of the signatures it accepted: SigV4
+// authenticates a request, it is not a nonce, and the same signed request
+// is accepted again while its time is within MaxSkew (clients such as boto3
+// and the AWS CLI send identical requests within one second). A Verifier
+// holds no state beyond its Config and is safe for concurrent use.
 type Verifier struct {
 	cfg Config
-
-	mu   sync.Mutex
-	seen map[string]time.Time // signature -> when it may be forgotten
 }
 
 // NewVerifier returns a Verifier for cfg; Credentials must be non-empty.
@@ -95,10 +90,7 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
-	if cfg.ReplayCacheSize <= 0 {
-		cfg.ReplayCacheSize = 1 << 18
-	}
-	return &Verifier{cfg: cfg, seen: map[string]time.Time{}}, nil
+	return &Verifier{cfg: cfg}, nil
 }
 
 // authorization is the parsed Authorization header.
@@ -167,10 +159,10 @@ func parseAuthorization(h string) (authorization, *Error) {
 // present, equals SHA-256(body); the signature recomputed over the
 // canonical request (signed headers only, values trimmed and
 // space-collapsed, the body's SHA-256) matches in constant time
-// (InvalidSignatureException); and the signature was not seen before within
-// the skew window (InvalidSignatureException). x-amz-security-token is
-// accepted as an ordinary signed header and not otherwise checked. It
-// returns the matching credential.
+// (InvalidSignatureException). It does not refuse a request it has seen
+// before: as on AWS, a signed request may be sent again within the skew
+// window. x-amz-security-token is accepted as an ordinary signed header and
+// not otherwise checked. It returns the matching credential.
 func (v *Verifier) Verify(r *http.Request, body []byte) (Credential, error) {
 	h := r.Header.Get("Authorization")
 	if h == "" {
@@ -251,32 +243,7 @@ func (v *Verifier) Verify(r *http.Request, body []byte) (Credential, error) {
 		return Credential{}, fail(ErrSignature, "InvalidSignatureException",
 			"The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.")
 	}
-	if e := v.remember(a.signature, when, now); e != nil {
-		return Credential{}, e
-	}
 	return cred, nil
-}
-
-// remember records a verified signature until it can no longer pass the
-// skew check, refusing one seen before.
-func (v *Verifier) remember(sig string, when, now time.Time) *Error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if until, ok := v.seen[sig]; ok && now.Before(until) {
-		return fail(ErrReplay, "InvalidSignatureException", "this request signature was already used; sign every request afresh")
-	}
-	if len(v.seen) >= v.cfg.ReplayCacheSize {
-		for s, until := range v.seen {
-			if !now.Before(until) {
-				delete(v.seen, s)
-			}
-		}
-		if len(v.seen) >= v.cfg.ReplayCacheSize {
-			return fail(ErrReplay, "ThrottlingException", "too many requests within the signature validity window")
-		}
-	}
-	v.seen[sig] = when.Add(v.cfg.MaxSkew + time.Second)
-	return nil
 }
 
 func hmacSHA256(key, data []byte) []byte {
