@@ -30,7 +30,7 @@ func appImage(t testing.TB, dir, name string, extra []string, args ...string) st
 	t.Helper()
 	app.once.Do(func() {
 		app.dir, _ = os.MkdirTemp("", "cloister-e2e-app")
-		app.path = parenttest.BuildProgram(t, app.dir, "enclaveapp", "./internal/e2e/testdata/enclaveapp")
+		app.path = parenttest.BuildProgram(t, app.dir, "enclaveapp", "./e2e/testdata/enclaveapp")
 	})
 	if app.path == "" {
 		t.Fatal("enclaveapp was not built")
