@@ -18,19 +18,19 @@ import (
 
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/enclave"
-	"github.com/cloister/cloister/internal/nsm/emulator"
 	"github.com/cloister/cloister/internal/transport"
+	"github.com/cloister/cloister/parent/nsmemu"
 )
 
 const testModuleID = "i-0123456789abcdef0-enc0123456789abcdef"
 
-func newModule(t *testing.T, debug bool) (*emulator.Emulator, *attest.Issuer) {
+func newModule(t *testing.T, debug bool) (*nsmemu.Emulator, *attest.Issuer) {
 	t.Helper()
 	iss, err := attest.NewIssuer(attest.IssuerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := emulator.New(emulator.Config{ModuleID: testModuleID, Issuer: iss, Debug: debug,
+	e, err := nsmemu.New(nsmemu.Config{ModuleID: testModuleID, Issuer: iss, Debug: debug,
 		PCRs: map[int][]byte{0: bytes.Repeat([]byte{7}, 48), 3: bytes.Repeat([]byte{3}, 48)}})
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +41,7 @@ func newModule(t *testing.T, debug bool) (*emulator.Emulator, *attest.Issuer) {
 // memTransport calls the emulator directly and counts requests; Close is
 // recorded.
 type memTransport struct {
-	e      *emulator.Emulator
+	e      *nsmemu.Emulator
 	calls  atomic.Int32
 	closed atomic.Bool
 }
@@ -156,7 +156,7 @@ func TestSessionAPI(t *testing.T) {
 
 // startSandboxModule serves an emulator where a sandboxed enclave finds the
 // parent's NSM port: $CLOISTER_VSOCK_DIR/host/vsock_5133133.
-func startSandboxModule(t *testing.T, e *emulator.Emulator) string {
+func startSandboxModule(t *testing.T, e *nsmemu.Emulator) string {
 	t.Helper()
 	dir := t.TempDir()
 	path := transport.HostPath(dir, enclave.NSMPort)

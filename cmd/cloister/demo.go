@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cloister/cloister/internal/demo"
+	"github.com/cloister/cloister/cmd/cloister/internal/demo"
 )
 
 func init() { register(newDemoCmd) }

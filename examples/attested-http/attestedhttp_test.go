@@ -13,12 +13,12 @@ import (
 	"time"
 
 	"github.com/cloister/cloister/examples/internal/exampletest"
-	"github.com/cloister/cloister/internal/testharness"
+	"github.com/cloister/cloister/parent/parenttest"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	testharness.Cleanup()
+	parenttest.Cleanup()
 	os.Exit(code)
 }
 
@@ -26,9 +26,9 @@ func TestAttestedHTTP(t *testing.T) {
 	for _, backend := range exampletest.Backends {
 		t.Run(backend, func(t *testing.T) {
 			env := exampletest.Start(t, backend, "")
-			dir := testharness.ShortTemp(t)
-			app := testharness.BuildProgram(t, dir, "attested-http-enclave", "./examples/attested-http/enclave")
-			client := testharness.BuildProgram(t, dir, "attested-http-parent", "./examples/attested-http/parent")
+			dir := parenttest.ShortTemp(t)
+			app := parenttest.BuildProgram(t, dir, "attested-http-enclave", "./examples/attested-http/enclave")
+			client := parenttest.BuildProgram(t, dir, "attested-http-parent", "./examples/attested-http/parent")
 			eif := env.Image(t, dir, "attested-http", map[string]string{"bin/attested-http-enclave": app}, "/bin/attested-http-enclave")
 			res := env.Run(t, eif, "serving HTTPS on vsock port 5443")
 			pcr0 := exampletest.PCR0(t, eif)

@@ -13,12 +13,12 @@ import (
 	"time"
 
 	"github.com/cloister/cloister/examples/internal/exampletest"
-	"github.com/cloister/cloister/internal/testharness"
+	"github.com/cloister/cloister/parent/parenttest"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	testharness.Cleanup()
+	parenttest.Cleanup()
 	os.Exit(code)
 }
 
@@ -26,9 +26,9 @@ func TestHello(t *testing.T) {
 	for _, backend := range exampletest.Backends {
 		t.Run(backend, func(t *testing.T) {
 			env := exampletest.Start(t, backend, "")
-			dir := testharness.ShortTemp(t)
-			app := testharness.BuildProgram(t, dir, "hello-enclave", "./examples/hello/enclave")
-			client := testharness.BuildProgram(t, dir, "hello-parent", "./examples/hello/parent")
+			dir := parenttest.ShortTemp(t)
+			app := parenttest.BuildProgram(t, dir, "hello-enclave", "./examples/hello/enclave")
+			client := parenttest.BuildProgram(t, dir, "hello-parent", "./examples/hello/parent")
 			eif := env.Image(t, dir, "hello", map[string]string{"bin/hello-enclave": app}, "/bin/hello-enclave")
 			res := env.Run(t, eif, "listening on vsock port 5000")
 

@@ -23,12 +23,12 @@ import (
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/enclave/kmsclient"
 	"github.com/cloister/cloister/examples/internal/exampletest"
-	"github.com/cloister/cloister/internal/testharness"
+	"github.com/cloister/cloister/parent/parenttest"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	testharness.Cleanup()
+	parenttest.Cleanup()
 	os.Exit(code)
 }
 
@@ -49,7 +49,7 @@ const theSecret = "the launch code is 0000"
 func TestKMSSecret(t *testing.T) {
 	for _, backend := range exampletest.Backends {
 		t.Run(backend, func(t *testing.T) {
-			dir := testharness.ShortTemp(t)
+			dir := parenttest.ShortTemp(t)
 			creds := filepath.Join(dir, "kms-creds.ini")
 			allow := filepath.Join(dir, "allowlist.yaml")
 			writeFile(t, creds, credsFile)
@@ -64,16 +64,16 @@ func TestKMSSecret(t *testing.T) {
 			}
 			rootFile := filepath.Join(dir, "devroot.pem")
 			writeFile(t, rootFile, string(root))
-			endpoint := testharness.StartKMS(t, dir, testharness.KMSOptions{Credentials: creds, Roots: []string{rootFile}}).Endpoint
+			endpoint := parenttest.StartKMS(t, dir, parenttest.KMSOptions{Credentials: creds, Roots: []string{rootFile}}).Endpoint
 			host, port, _ := net.SplitHostPort(strings.TrimPrefix(endpoint, "http://"))
 			writeFile(t, allow, "allowlist:\n- {address: "+host+", port: "+port+"}\n")
 
 			// The enclave program, and the same program built as different
 			// code (another PCR0).
-			app := testharness.BuildProgram(t, dir, "kms-secret-enclave", "./examples/kms-secret/enclave")
+			app := parenttest.BuildProgram(t, dir, "kms-secret-enclave", "./examples/kms-secret/enclave")
 			tampered := filepath.Join(dir, "kms-secret-enclave-tampered")
 			goBuild(t, tampered, "-ldflags=-X main.variant=tampered", "./examples/kms-secret/enclave")
-			parentBin := testharness.BuildProgram(t, dir, "kms-secret-parent", "./examples/kms-secret/parent")
+			parentBin := parenttest.BuildProgram(t, dir, "kms-secret-parent", "./examples/kms-secret/parent")
 			eif := env.Image(t, dir, "kms-secret", map[string]string{"bin/kms-secret-enclave": app}, "/bin/kms-secret-enclave")
 			eifTampered := env.Image(t, dir, "kms-secret-tampered", map[string]string{"bin/kms-secret-enclave": tampered}, "/bin/kms-secret-enclave")
 			pcr0 := exampletest.PCR0(t, eif)
@@ -197,7 +197,7 @@ func (f attesterFunc) Attest(ctx context.Context, nonce, userData, publicKey []b
 func goBuild(t *testing.T, out string, args ...string) {
 	t.Helper()
 	cmd := exec.Command("go", append([]string{"build", "-o", out}, args...)...)
-	cmd.Dir = testharness.RepoRoot()
+	cmd.Dir = parenttest.RepoRoot()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %v: %v\n%s", args, err, b)

@@ -20,7 +20,7 @@ import (
 
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/internal/nsm"
-	"github.com/cloister/cloister/internal/nsm/emulator"
+	"github.com/cloister/cloister/parent/nsmemu"
 )
 
 // fakeNSM is a fake /dev/nsm ioctl that behaves like the Linux driver
@@ -98,7 +98,7 @@ func TestIoctlNumber(t *testing.T) {
 // against the emulator.
 func TestDeviceWithEmulator(t *testing.T) {
 	ctx := context.Background()
-	e, iss := newTestEmulator(t, emulator.Config{})
+	e, iss := newTestEmulator(t, nsmemu.Config{})
 	fake := &fakeNSM{module: func(req []byte) []byte { return e.Handle(ctx, req) }}
 	dev := nsm.NewFakeDevice(devNull(t), fake.ioctl, 0)
 	defer dev.Close()
@@ -183,7 +183,7 @@ func TestDeviceErrors(t *testing.T) {
 		}
 	})
 	t.Run("buffer too small", func(t *testing.T) {
-		e, _ := newTestEmulator(t, emulator.Config{})
+		e, _ := newTestEmulator(t, nsmemu.Config{})
 		fake := &fakeNSM{module: func(req []byte) []byte { return e.Handle(ctx, req) }}
 		dev := nsm.NewFakeDevice(devNull(t), fake.ioctl, 64)
 		defer dev.Close()

@@ -1,7 +1,7 @@
 // Package nsm speaks the protocol of the AWS Nitro Security Module (NSM):
 // the CBOR wire codec, a typed [Client], and two [Transport]s — [Device]
 // for /dev/nsm inside a Nitro enclave and [Stream] for the module the
-// Cloister daemon emulates (package emulator) for microVM and sandbox
+// Cloister daemon emulates (package parent/nsmemu) for microVM and sandbox
 // enclaves. The public API is enclave.Session.
 //
 // # Wire format

@@ -4,10 +4,10 @@ import (
 	"testing"
 
 	"github.com/cloister/cloister/attest"
-	"github.com/cloister/cloister/internal/nsm/emulator"
+	"github.com/cloister/cloister/parent/nsmemu"
 )
 
-func newTestEmulator(t testing.TB, cfg emulator.Config) (*emulator.Emulator, *attest.Issuer) {
+func newTestEmulator(t testing.TB, cfg nsmemu.Config) (*nsmemu.Emulator, *attest.Issuer) {
 	t.Helper()
 	if cfg.Issuer == nil {
 		iss, err := attest.NewIssuer(attest.IssuerConfig{})
@@ -19,7 +19,7 @@ func newTestEmulator(t testing.TB, cfg emulator.Config) (*emulator.Emulator, *at
 	if cfg.ModuleID == "" {
 		cfg.ModuleID = "i-0123456789abcdef0-enc0123456789abcdef"
 	}
-	e, err := emulator.New(cfg)
+	e, err := nsmemu.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/cloister/cloister/internal/nsm"
-	"github.com/cloister/cloister/internal/nsm/emulator"
+	"github.com/cloister/cloister/parent/nsmemu"
 )
 
 func unixListener(t *testing.T) (net.Listener, func(ctx context.Context) (net.Conn, error), *atomic.Int32) {
@@ -70,7 +70,7 @@ func fakeServer(t *testing.T, l net.Listener, oneShot bool, handle func(n int, r
 func TestStreamWithEmulator(t *testing.T) {
 	ctx := context.Background()
 	l, dial, dials := unixListener(t)
-	e, _ := newTestEmulator(t, emulator.Config{})
+	e, _ := newTestEmulator(t, nsmemu.Config{})
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- e.Serve(sctx, l) }()

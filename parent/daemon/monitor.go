@@ -20,10 +20,10 @@ import (
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/internal/egress"
 	"github.com/cloister/cloister/internal/hybrid"
-	"github.com/cloister/cloister/internal/nsm/emulator"
 	"github.com/cloister/cloister/internal/wellknown"
 	"github.com/cloister/cloister/parent"
 	"github.com/cloister/cloister/parent/backend"
+	"github.com/cloister/cloister/parent/nsmemu"
 )
 
 // monitorSpec is what the daemon hands a monitor in <dir>/monitor.json.
@@ -284,7 +284,7 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 			}
 			pcrs[i] = b
 		}
-		emu, err := emulator.New(emulator.Config{
+		emu, err := nsmemu.New(nsmemu.Config{
 			ModuleID: spec.ID, Issuer: iss, PCRs: pcrs, Debug: spec.Debug,
 			Logger: m.log.With("service", "nsm"),
 		})

@@ -8,8 +8,8 @@
 // fd, and rolls everything back when a step fails.
 //
 // Every host dependency sits behind a seam so the whole sequence runs in
-// tests against the simulated driver (nedev.Sim), the fake hugepage mapper
-// (hugepage.Fake) and Unix-socket stand-ins for AF_VSOCK: the device
+// tests against the simulated driver (nedevtest.Sim), the fake hugepage
+// mapper (hugepagetest.Fake) and Unix-socket stand-ins for AF_VSOCK: the device
 // ([Config.OpenDevice]), the memory ([Config.Mapper]), vsock ([Config.Vsock])
 // and reads of the image ([Config.WrapImage]).
 //

@@ -15,8 +15,8 @@ import (
 
 	"github.com/cloister/cloister/enclave/eif"
 	"github.com/cloister/cloister/parent/backend"
-	"github.com/cloister/cloister/parent/nitro/hugepage"
-	"github.com/cloister/cloister/parent/nitro/nedev"
+	"github.com/cloister/cloister/parent/nitro/hugepage/hugepagetest"
+	"github.com/cloister/cloister/parent/nitro/nedev/nedevtest"
 )
 
 // fakeVsock stands in for AF_VSOCK with Unix sockets in a directory:
@@ -173,8 +173,8 @@ func (f *failingFile) Stat() (fs.FileInfo, error) { return f.File.Stat() }
 
 // rig is one test host: simulated driver, fake hugepages, fake vsock.
 type rig struct {
-	sim     *nedev.Sim
-	mem     *hugepage.Fake
+	sim     *nedevtest.Sim
+	mem     *hugepagetest.Fake
 	vs      *fakeVsock
 	b       *Backend
 	spec    backend.Spec
@@ -184,15 +184,15 @@ type rig struct {
 	testingT *testing.T
 }
 
-func newRig(t *testing.T, simCfg nedev.SimConfig, free map[uint64]int) *rig {
+func newRig(t *testing.T, simCfg nedevtest.SimConfig, free map[uint64]int) *rig {
 	t.Helper()
 	dir := t.TempDir()
 	if free == nil {
 		free = map[uint64]int{2 << 20: 64}
 	}
-	mem := hugepage.NewFake(free)
+	mem := hugepagetest.NewFake(free)
 	simCfg.Memory = mem
-	sim := nedev.NewSim(simCfg)
+	sim := nedevtest.NewSim(simCfg)
 	vs := &fakeVsock{dir: dir}
 	r := &rig{sim: sim, mem: mem, vs: vs, console: &syncBuffer{}, free0: mem.FreePages()}
 	r.b = New(Config{OpenDevice: sim.Open, Mapper: mem, Vsock: vs, PageSizes: []uint64{1 << 30, 2 << 20}})

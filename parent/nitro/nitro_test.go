@@ -19,7 +19,9 @@ import (
 	"github.com/cloister/cloister/parent/backend"
 	"github.com/cloister/cloister/parent/doctor"
 	"github.com/cloister/cloister/parent/nitro/hugepage"
+	"github.com/cloister/cloister/parent/nitro/hugepage/hugepagetest"
 	"github.com/cloister/cloister/parent/nitro/nedev"
+	"github.com/cloister/cloister/parent/nitro/nedev/nedevtest"
 )
 
 // waitFor polls cond until it holds; the deadline only bounds a broken test.
@@ -35,7 +37,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestLaunchAndExit(t *testing.T) {
-	r := newRig(t, nedev.SimConfig{}, nil)
+	r := newRig(t, nedevtest.SimConfig{}, nil)
 	r.spec.Debug = true
 	// The hypervisor's console endpoint for CID 20.
 	r.vs.serveGuest(t, 0, 20+nedev.ConsolePortOffset, func(c net.Conn) {
@@ -110,7 +112,7 @@ func TestLaunchAndExit(t *testing.T) {
 }
 
 func TestTerminate(t *testing.T) {
-	r := newRig(t, nedev.SimConfig{}, nil)
+	r := newRig(t, nedevtest.SimConfig{}, nil)
 	r.spec.Debug = true // console endpoint absent: launch still succeeds
 	inst, err := r.b.Launch(context.Background(), r.spec)
 	if err != nil {
@@ -141,7 +143,7 @@ func TestTerminate(t *testing.T) {
 }
 
 func TestProductionModeNoConsole(t *testing.T) {
-	r := newRig(t, nedev.SimConfig{}, nil)
+	r := newRig(t, nedevtest.SimConfig{}, nil)
 	dialed := make(chan struct{}, 1)
 	r.vs.serveGuest(t, 0, 20+nedev.ConsolePortOffset, func(c net.Conn) { dialed <- struct{}{} })
 	inst, err := r.b.Launch(context.Background(), r.spec)
@@ -168,48 +170,48 @@ func TestLaunchFailures(t *testing.T) {
 	}
 	tests := []struct {
 		name  string
-		sim   nedev.SimConfig
+		sim   nedevtest.SimConfig
 		free  map[uint64]int
 		setup func(r *rig)
 		want  error
 		step  string
 	}{
-		{"256 cpu twice", nedev.SimConfig{}, nil, func(r *rig) { r.spec.CPUs = []int{1, 1} }, nedev.ErrVCPUAlreadyUsed, "NE_ADD_VCPU cpu 1"},
-		{"257 cpu not in pool", nedev.SimConfig{}, nil, func(r *rig) { r.spec.CPUs = []int{4, 0} }, nedev.ErrVCPUNotInCPUPool, "NE_ADD_VCPU cpu 4"},
-		{"258 invalid core", nedev.SimConfig{}, nil, inject(nedev.OpAddVCPU, nedev.ErrVCPUInvalidCPUCore), nedev.ErrVCPUInvalidCPUCore, "NE_ADD_VCPU cpu 1"},
-		{"259 region size", nedev.SimConfig{}, nil, inject(nedev.OpSetUserMemoryRegion, nedev.ErrInvalidMemRegionSize), nedev.ErrInvalidMemRegionSize, "NE_SET_USER_MEMORY_REGION 1/32"},
-		{"260 region addr", nedev.SimConfig{}, nil, inject(nedev.OpSetUserMemoryRegion, nedev.ErrInvalidMemRegionAddr), nedev.ErrInvalidMemRegionAddr, "NE_SET_USER_MEMORY_REGION 1/32"},
-		{"261 unaligned", nedev.SimConfig{}, nil, inject(nedev.OpSetUserMemoryRegion, nedev.ErrUnalignedMemRegion), nedev.ErrUnalignedMemRegion, "NE_SET_USER_MEMORY_REGION"},
-		{"263 not hugetlb", nedev.SimConfig{}, nil, func(r *rig) { r.mem.NotHugeTLB = true }, nedev.ErrMemNotHugePage, "NE_SET_USER_MEMORY_REGION 1/32"},
-		{"264 other node", nedev.SimConfig{Node: 1}, nil, nil, nedev.ErrMemDifferentNUMANode, "NE_SET_USER_MEMORY_REGION 1/32"},
-		{"265 max regions", nedev.SimConfig{MaxRegions: 4}, nil, nil, nedev.ErrMemMaxRegions, "NE_SET_USER_MEMORY_REGION 5/32"},
-		{"266 no memory", nedev.SimConfig{}, nil, inject(nedev.OpStartEnclave, nedev.ErrNoMemRegionsAdded), nedev.ErrNoMemRegionsAdded, "NE_START_ENCLAVE"},
-		{"267 no vcpus", nedev.SimConfig{}, nil, inject(nedev.OpStartEnclave, nedev.ErrNoVCPUsAdded), nedev.ErrNoVCPUsAdded, "NE_START_ENCLAVE"},
-		{"268 below 64 MiB", nedev.SimConfig{}, nil, func(r *rig) { r.spec.MemoryMiB = 32 }, nedev.ErrEnclaveMemMinSize, "NE_START_ENCLAVE"},
-		{"269 half core", nedev.SimConfig{}, nil, func(r *rig) { r.spec.CPUs = []int{1} }, nedev.ErrFullCoresNotUsed, "NE_START_ENCLAVE"},
-		{"270 not in init state", nedev.SimConfig{}, nil, inject(nedev.OpGetImageLoadInfo, nedev.ErrNotInInitState), nedev.ErrNotInInitState, "NE_GET_IMAGE_LOAD_INFO"},
-		{"271 cpu beyond host", nedev.SimConfig{}, nil, func(r *rig) { r.spec.CPUs = []int{9, 1} }, nedev.ErrInvalidVCPU, "NE_ADD_VCPU cpu 9"},
-		{"272 empty pool", nedev.SimConfig{Cores: [][]int{}}, nil, nil, nedev.ErrNoCPUsAvailInPool, "NE_CREATE_VM"},
-		{"273 page size", nedev.SimConfig{}, nil, inject(nedev.OpSetUserMemoryRegion, nedev.ErrInvalidPageSize), nedev.ErrInvalidPageSize, "NE_SET_USER_MEMORY_REGION"},
-		{"274 flag", nedev.SimConfig{}, nil, inject(nedev.OpGetImageLoadInfo, nedev.ErrInvalidFlagValue), nedev.ErrInvalidFlagValue, "NE_GET_IMAGE_LOAD_INFO"},
-		{"275 cid", nedev.SimConfig{}, nil, inject(nedev.OpStartEnclave, nedev.ErrInvalidEnclaveCID), nedev.ErrInvalidEnclaveCID, "NE_START_ENCLAVE"},
-		{"device open denied", nedev.SimConfig{}, nil, func(r *rig) { r.sim.Inject(nedev.OpOpen, syscall.EACCES) }, syscall.EACCES, "open device"},
-		{"hypervisor out of slots", nedev.SimConfig{}, nil, func(r *rig) { r.sim.Inject(nedev.OpCreateVM, syscall.ENOMEM) }, syscall.ENOMEM, "NE_CREATE_VM"},
-		{"mmap fails", nedev.SimConfig{}, nil, func(r *rig) { r.mem.FailMap = syscall.ENOMEM }, hugepage.ErrInsufficient, "allocate hugepages"},
-		{"too few hugepages", nedev.SimConfig{}, map[uint64]int{2 << 20: 20}, nil, hugepage.ErrInsufficient, "allocate hugepages"},
-		{"image does not fit after the load offset", nedev.SimConfig{LoadOffset: 64 << 20}, nil, nil, hugepage.ErrImageTooLarge, "copy image"},
-		{"image read fails during the copy", nedev.SimConfig{}, nil, func(r *rig) {
+		{"256 cpu twice", nedevtest.SimConfig{}, nil, func(r *rig) { r.spec.CPUs = []int{1, 1} }, nedev.ErrVCPUAlreadyUsed, "NE_ADD_VCPU cpu 1"},
+		{"257 cpu not in pool", nedevtest.SimConfig{}, nil, func(r *rig) { r.spec.CPUs = []int{4, 0} }, nedev.ErrVCPUNotInCPUPool, "NE_ADD_VCPU cpu 4"},
+		{"258 invalid core", nedevtest.SimConfig{}, nil, inject(nedev.OpAddVCPU, nedev.ErrVCPUInvalidCPUCore), nedev.ErrVCPUInvalidCPUCore, "NE_ADD_VCPU cpu 1"},
+		{"259 region size", nedevtest.SimConfig{}, nil, inject(nedev.OpSetUserMemoryRegion, nedev.ErrInvalidMemRegionSize), nedev.ErrInvalidMemRegionSize, "NE_SET_USER_MEMORY_REGION 1/32"},
+		{"260 region addr", nedevtest.SimConfig{}, nil, inject(nedev.OpSetUserMemoryRegion, nedev.ErrInvalidMemRegionAddr), nedev.ErrInvalidMemRegionAddr, "NE_SET_USER_MEMORY_REGION 1/32"},
+		{"261 unaligned", nedevtest.SimConfig{}, nil, inject(nedev.OpSetUserMemoryRegion, nedev.ErrUnalignedMemRegion), nedev.ErrUnalignedMemRegion, "NE_SET_USER_MEMORY_REGION"},
+		{"263 not hugetlb", nedevtest.SimConfig{}, nil, func(r *rig) { r.mem.NotHugeTLB = true }, nedev.ErrMemNotHugePage, "NE_SET_USER_MEMORY_REGION 1/32"},
+		{"264 other node", nedevtest.SimConfig{Node: 1}, nil, nil, nedev.ErrMemDifferentNUMANode, "NE_SET_USER_MEMORY_REGION 1/32"},
+		{"265 max regions", nedevtest.SimConfig{MaxRegions: 4}, nil, nil, nedev.ErrMemMaxRegions, "NE_SET_USER_MEMORY_REGION 5/32"},
+		{"266 no memory", nedevtest.SimConfig{}, nil, inject(nedev.OpStartEnclave, nedev.ErrNoMemRegionsAdded), nedev.ErrNoMemRegionsAdded, "NE_START_ENCLAVE"},
+		{"267 no vcpus", nedevtest.SimConfig{}, nil, inject(nedev.OpStartEnclave, nedev.ErrNoVCPUsAdded), nedev.ErrNoVCPUsAdded, "NE_START_ENCLAVE"},
+		{"268 below 64 MiB", nedevtest.SimConfig{}, nil, func(r *rig) { r.spec.MemoryMiB = 32 }, nedev.ErrEnclaveMemMinSize, "NE_START_ENCLAVE"},
+		{"269 half core", nedevtest.SimConfig{}, nil, func(r *rig) { r.spec.CPUs = []int{1} }, nedev.ErrFullCoresNotUsed, "NE_START_ENCLAVE"},
+		{"270 not in init state", nedevtest.SimConfig{}, nil, inject(nedev.OpGetImageLoadInfo, nedev.ErrNotInInitState), nedev.ErrNotInInitState, "NE_GET_IMAGE_LOAD_INFO"},
+		{"271 cpu beyond host", nedevtest.SimConfig{}, nil, func(r *rig) { r.spec.CPUs = []int{9, 1} }, nedev.ErrInvalidVCPU, "NE_ADD_VCPU cpu 9"},
+		{"272 empty pool", nedevtest.SimConfig{Cores: [][]int{}}, nil, nil, nedev.ErrNoCPUsAvailInPool, "NE_CREATE_VM"},
+		{"273 page size", nedevtest.SimConfig{}, nil, inject(nedev.OpSetUserMemoryRegion, nedev.ErrInvalidPageSize), nedev.ErrInvalidPageSize, "NE_SET_USER_MEMORY_REGION"},
+		{"274 flag", nedevtest.SimConfig{}, nil, inject(nedev.OpGetImageLoadInfo, nedev.ErrInvalidFlagValue), nedev.ErrInvalidFlagValue, "NE_GET_IMAGE_LOAD_INFO"},
+		{"275 cid", nedevtest.SimConfig{}, nil, inject(nedev.OpStartEnclave, nedev.ErrInvalidEnclaveCID), nedev.ErrInvalidEnclaveCID, "NE_START_ENCLAVE"},
+		{"device open denied", nedevtest.SimConfig{}, nil, func(r *rig) { r.sim.Inject(nedev.OpOpen, syscall.EACCES) }, syscall.EACCES, "open device"},
+		{"hypervisor out of slots", nedevtest.SimConfig{}, nil, func(r *rig) { r.sim.Inject(nedev.OpCreateVM, syscall.ENOMEM) }, syscall.ENOMEM, "NE_CREATE_VM"},
+		{"mmap fails", nedevtest.SimConfig{}, nil, func(r *rig) { r.mem.FailMap = syscall.ENOMEM }, hugepage.ErrInsufficient, "allocate hugepages"},
+		{"too few hugepages", nedevtest.SimConfig{}, map[uint64]int{2 << 20: 20}, nil, hugepage.ErrInsufficient, "allocate hugepages"},
+		{"image does not fit after the load offset", nedevtest.SimConfig{LoadOffset: 64 << 20}, nil, nil, hugepage.ErrImageTooLarge, "copy image"},
+		{"image read fails during the copy", nedevtest.SimConfig{}, nil, func(r *rig) {
 			// Let eif.Read's own reads through, then fail the copy's.
 			calls := countReads(r.spec.EIFPath)
 			r.b.cfg.WrapImage = func(f *os.File) ImageFile { return &failingFile{File: f, n: calls} }
 		}, hugepage.ErrCopy, "copy image"},
-		{"no-kernel image", nedev.SimConfig{}, nil, func(r *rig) {
+		{"no-kernel image", nedevtest.SimConfig{}, nil, func(r *rig) {
 			r.spec.EIFPath = testEIF(r.testingT, r.spec.Dir, []byte(eif.NoKernelMarker), 0)
 		}, backend.ErrUnsupportedImage, "read image"},
-		{"memory below 4 x EIF", nedev.SimConfig{}, nil, func(r *rig) {
+		{"memory below 4 x EIF", nedevtest.SimConfig{}, nil, func(r *rig) {
 			r.spec.EIFPath = testEIF(r.testingT, r.spec.Dir, []byte("bzImage"), 16<<20)
 		}, ErrInsufficientMemory, "read image"},
-		{"corrupt EIF", nedev.SimConfig{}, nil, func(r *rig) {
+		{"corrupt EIF", nedevtest.SimConfig{}, nil, func(r *rig) {
 			os.WriteFile(r.spec.EIFPath, []byte("not an eif at all"), 0o644)
 		}, eif.ErrBadMagic, "read image"},
 	}
@@ -246,7 +248,7 @@ func TestLaunchFailures(t *testing.T) {
 	// 262 (region already used) cannot arise from the launch sequence,
 	// which maps each page once; it is injected.
 	t.Run("262 region used", func(t *testing.T) {
-		r := newRig(t, nedev.SimConfig{}, nil)
+		r := newRig(t, nedevtest.SimConfig{}, nil)
 		r.sim.Inject(nedev.OpSetUserMemoryRegion, syscall.Errno(nedev.ErrMemRegionAlreadyUsed))
 		_, err := r.b.Launch(context.Background(), r.spec)
 		if !errors.Is(err, nedev.ErrMemRegionAlreadyUsed) {
@@ -276,7 +278,7 @@ func countReads(path string) int {
 }
 
 func TestLaunchCancelled(t *testing.T) {
-	r := newRig(t, nedev.SimConfig{}, nil)
+	r := newRig(t, nedevtest.SimConfig{}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := r.b.Launch(ctx, r.spec); !errors.Is(err, context.Canceled) {
@@ -286,7 +288,7 @@ func TestLaunchCancelled(t *testing.T) {
 }
 
 func TestLaunchInvalidSpec(t *testing.T) {
-	r := newRig(t, nedev.SimConfig{}, nil)
+	r := newRig(t, nedevtest.SimConfig{}, nil)
 	r.spec.CID = 3
 	if _, err := r.b.Launch(context.Background(), r.spec); err == nil || !strings.Contains(err.Error(), "CID") {
 		t.Fatalf("err = %v", err)
@@ -295,7 +297,7 @@ func TestLaunchInvalidSpec(t *testing.T) {
 }
 
 func TestDuplicateCID(t *testing.T) {
-	r := newRig(t, nedev.SimConfig{}, nil)
+	r := newRig(t, nedevtest.SimConfig{}, nil)
 	first, err := r.b.Launch(context.Background(), r.spec)
 	if err != nil {
 		t.Fatal(err)
@@ -314,7 +316,7 @@ func TestDuplicateCID(t *testing.T) {
 }
 
 func TestHostListenFiltersCID(t *testing.T) {
-	r := newRig(t, nedev.SimConfig{}, nil)
+	r := newRig(t, nedevtest.SimConfig{}, nil)
 	l, err := r.b.HostListen(context.Background(), r.spec, 9000)
 	if err != nil {
 		t.Fatal(err)
@@ -383,8 +385,8 @@ func TestCheck(t *testing.T) {
 
 func BenchmarkLaunchTerminate(b *testing.B) {
 	dir := b.TempDir()
-	mem := hugepage.NewFake(map[uint64]int{2 << 20: 64})
-	sim := nedev.NewSim(nedev.SimConfig{Memory: mem})
+	mem := hugepagetest.NewFake(map[uint64]int{2 << 20: 64})
+	sim := nedevtest.NewSim(nedevtest.SimConfig{Memory: mem})
 	be := New(Config{OpenDevice: sim.Open, Mapper: mem, Vsock: &fakeVsock{dir: dir}})
 	spec := backend.Spec{ID: "bench", CID: 20, CPUs: []int{1, 5}, MemoryMiB: 64, EIFPath: testEIF(b, dir, []byte("k"), 1<<20), Dir: dir}
 	img, err := os.Open(spec.EIFPath)

@@ -1,6 +1,6 @@
 // Package exampletest runs the examples' scenarios against a real Cloister
 // daemon on every backend CI has: the process sandbox and the QEMU microVM
-// (TCG here). It wraps internal/testharness with what differs per backend:
+// (TCG here). It wraps parent/parenttest with what differs per backend:
 // the daemon configuration, the build-enclave flags a microVM image needs
 // (a kernel and the vsock modules) and the enclave memory size.
 package exampletest
@@ -13,8 +13,8 @@ import (
 
 	"github.com/cloister/cloister/enclave/eif"
 	"github.com/cloister/cloister/internal/testenv"
-	"github.com/cloister/cloister/internal/testharness"
 	"github.com/cloister/cloister/parent"
+	"github.com/cloister/cloister/parent/parenttest"
 )
 
 // Backends are the backends every example's integration test runs on.
@@ -25,7 +25,7 @@ type Env struct {
 	// Backend is "sandbox" or "qemu".
 	Backend string
 	// Daemon is the running daemon.
-	Daemon *testharness.Daemon
+	Daemon *parenttest.Daemon
 	// BuildFlags are the build-enclave flags images need on this backend.
 	BuildFlags []string
 	// MemoryMiB is the memory each enclave gets.
@@ -53,7 +53,7 @@ func Start(t *testing.T, backend, extraConfig string) *Env {
 		e.MemoryMiB = 256
 		config = "---\nmemory_mib: 1024\nheartbeat_timeout: 120s\n"
 	}
-	e.Daemon = testharness.StartDaemon(t, backend, config+extraConfig)
+	e.Daemon = parenttest.StartDaemon(t, backend, config+extraConfig)
 	return e
 }
 
@@ -61,7 +61,7 @@ func Start(t *testing.T, backend, extraConfig string) *Env {
 // the root file system and cmd is the command line.
 func (e *Env) Image(t *testing.T, dir, name string, files map[string]string, cmd ...string) string {
 	t.Helper()
-	return testharness.BuildImage(t, dir, testharness.Image{Name: name, Files: files, Cmd: cmd, Extra: e.BuildFlags})
+	return parenttest.BuildImage(t, dir, parenttest.Image{Name: name, Files: files, Cmd: cmd, Extra: e.BuildFlags})
 }
 
 // Run launches the image (non-debug) and waits until its console shows

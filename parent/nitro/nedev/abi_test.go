@@ -33,7 +33,7 @@ func TestIoctlNumbers(t *testing.T) {
 
 func TestErrnoMessages(t *testing.T) {
 	for e := FirstErrno; e <= LastErrno; e++ {
-		err := ioctlErr(OpStartEnclave, syscall.Errno(e))
+		err := NewIoctlError(OpStartEnclave, syscall.Errno(e))
 		if !errors.Is(err, e) {
 			t.Errorf("errno %d: errors.Is(err, sentinel) = false", e)
 		}
@@ -53,7 +53,7 @@ func TestErrnoMessages(t *testing.T) {
 			}
 		}
 	}
-	msg := ioctlErr(OpAddVCPU, syscall.Errno(ErrFullCoresNotUsed)).Error()
+	msg := NewIoctlError(OpAddVCPU, syscall.Errno(ErrFullCoresNotUsed)).Error()
 	if !strings.Contains(msg, "use all hyperthread siblings of each core") {
 		t.Errorf("FULL_CORES_NOT_USED message %q lacks the fix", msg)
 	}
@@ -61,7 +61,7 @@ func TestErrnoMessages(t *testing.T) {
 
 func TestGenericErrno(t *testing.T) {
 	for _, en := range []syscall.Errno{syscall.EPERM, syscall.EACCES, syscall.ENOENT, syscall.ENOMEM, syscall.EINVAL, syscall.EFAULT, syscall.EBUSY, syscall.EIO, syscall.ENOTTY, syscall.EINTR, syscall.EBADF, syscall.E2BIG} {
-		err := ioctlErr(OpOpen, en)
+		err := NewIoctlError(OpOpen, en)
 		if !errors.Is(err, en) {
 			t.Errorf("%v: errors.Is = false", en)
 		}
@@ -74,7 +74,7 @@ func TestGenericErrno(t *testing.T) {
 			t.Errorf("%v: message %q lacks op or fix", en, err)
 		}
 	}
-	if got := ioctlErr(OpOpen, syscall.EACCES).Error(); !strings.Contains(got, "ne group") {
+	if got := NewIoctlError(OpOpen, syscall.EACCES).Error(); !strings.Contains(got, "ne group") {
 		t.Errorf("EACCES on open: %q does not mention the ne group", got)
 	}
 }

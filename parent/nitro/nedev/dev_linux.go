@@ -19,7 +19,7 @@ func Open(path string) (Device, error) {
 	if err != nil {
 		var errno unix.Errno
 		if errors.As(err, &errno) {
-			return nil, ioctlErr(OpOpen, errno)
+			return nil, NewIoctlError(OpOpen, errno)
 		}
 		return nil, err
 	}
@@ -49,7 +49,7 @@ func (d *realDevice) CreateVM() (Enclave, uint64, error) {
 	var slot uint64
 	r, e := ioctl(d.fd, IoctlCreateVM, unsafe.Pointer(&slot))
 	if e != 0 {
-		return nil, 0, ioctlErr(OpCreateVM, e)
+		return nil, 0, NewIoctlError(OpCreateVM, e)
 	}
 	fd := int(r)
 	unix.CloseOnExec(fd)
@@ -88,7 +88,7 @@ func (e *realEnclave) AddVCPU(id uint32) (uint32, error) {
 	}
 	v := id
 	if _, en := ioctl(fd, IoctlAddVCPU, unsafe.Pointer(&v)); en != 0 {
-		return 0, ioctlErr(OpAddVCPU, en)
+		return 0, NewIoctlError(OpAddVCPU, en)
 	}
 	return v, nil
 }
@@ -100,7 +100,7 @@ func (e *realEnclave) GetImageLoadInfo(flags uint64) (uint64, error) {
 	}
 	info := ImageLoadInfo{Flags: flags}
 	if _, en := ioctl(fd, IoctlGetImageLoadInfo, unsafe.Pointer(&info)); en != 0 {
-		return 0, ioctlErr(OpGetImageLoadInfo, en)
+		return 0, NewIoctlError(OpGetImageLoadInfo, en)
 	}
 	return info.MemoryOffset, nil
 }
@@ -111,7 +111,7 @@ func (e *realEnclave) SetUserMemoryRegion(r UserMemoryRegion) error {
 		return err
 	}
 	if _, en := ioctl(fd, IoctlSetUserMemoryRegion, unsafe.Pointer(&r)); en != 0 {
-		return ioctlErr(OpSetUserMemoryRegion, en)
+		return NewIoctlError(OpSetUserMemoryRegion, en)
 	}
 	return nil
 }
@@ -123,7 +123,7 @@ func (e *realEnclave) StartEnclave(flags, cid uint64) (uint64, error) {
 	}
 	info := EnclaveStartInfo{Flags: flags, EnclaveCID: cid}
 	if _, en := ioctl(fd, IoctlStartEnclave, unsafe.Pointer(&info)); en != 0 {
-		return 0, ioctlErr(OpStartEnclave, en)
+		return 0, NewIoctlError(OpStartEnclave, en)
 	}
 	return info.EnclaveCID, nil
 }
@@ -154,13 +154,13 @@ func (e *realEnclave) WaitHangup(ctx context.Context) error {
 			}
 			var en unix.Errno
 			if errors.As(err, &en) {
-				return ioctlErr(OpPoll, en)
+				return NewIoctlError(OpPoll, en)
 			}
 			return err
 		}
 		switch {
 		case fds[0].Revents&unix.POLLNVAL != 0:
-			return ioctlErr(OpPoll, unix.EBADF)
+			return NewIoctlError(OpPoll, unix.EBADF)
 		case fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0:
 			return nil
 		case fds[1].Revents != 0:

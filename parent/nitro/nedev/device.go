@@ -35,5 +35,5 @@ type Enclave interface {
 	Close() error
 }
 
-// Opener opens the device; [Open] and [Sim.Open] are Openers.
+// Opener opens the device; [Open] and nedevtest.Sim.Open are Openers.
 type Opener func(path string) (Device, error)

@@ -152,8 +152,10 @@ var ErrUnsupported = errors.New("nedev: nitro_enclaves is only available on Linu
 // ErrClosed is returned for calls on a closed device or enclave handle.
 var ErrClosed = errors.New("nedev: file descriptor already closed")
 
-// ioctlErr is the one place a failed call becomes an error.
-func ioctlErr(op Op, errno syscall.Errno) error {
+// NewIoctlError is the one place a failed call becomes an error: the real
+// device and the simulated driver (package nedevtest) both build theirs
+// with it, so callers see identical errors from both.
+func NewIoctlError(op Op, errno syscall.Errno) error {
 	return &IoctlError{Op: op, Errno: errno}
 }
 

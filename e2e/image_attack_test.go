@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloister/cloister/internal/testharness"
 	"github.com/cloister/cloister/parent"
+	"github.com/cloister/cloister/parent/parenttest"
 )
 
 // Attacks on "the attested image is the booted image" (SECURITY.md): an
@@ -53,7 +53,7 @@ func twinImages(t *testing.T, dir string) (a, b []byte, ma, mb eifMeasurements) 
 
 // bootedMarker waits for the attest app's report and returns the marker it
 // booted with and the PCR0 its security module attests.
-func bootedMarker(t *testing.T, d *testharness.Daemon, id string) (marker, pcr0 string) {
+func bootedMarker(t *testing.T, d *parenttest.Daemon, id string) (marker, pcr0 string) {
 	t.Helper()
 	out := d.ConsoleUntil(id, "ATTEST READY", time.Minute)
 	for _, line := range strings.Split(out, "\n") {
@@ -72,8 +72,8 @@ func bootedMarker(t *testing.T, d *testharness.Daemon, id string) (marker, pcr0 
 // with other code of the same size and its modification time restored. The
 // relaunch must report, attest and boot the new bytes' measurements.
 func TestSandboxImageRewrittenInPlaceIsMeasuredAnew(t *testing.T) {
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
-	dir := testharness.ShortTemp(t)
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := parenttest.ShortTemp(t)
 	a, b, ma, mb := twinImages(t, dir)
 	target := filepath.Join(dir, "target.eif")
 	if err := os.WriteFile(target, a, 0o644); err != nil {
@@ -127,8 +127,8 @@ func TestSandboxImageRewrittenInPlaceIsMeasuredAnew(t *testing.T) {
 // launched from it: whatever each enclave booted, its attested and
 // described PCR0 must be that of the bytes it booted.
 func TestSandboxImageSwappedDuringLaunchBootsWhatWasMeasured(t *testing.T) {
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
-	dir := testharness.ShortTemp(t)
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := parenttest.ShortTemp(t)
 	a, b, ma, mb := twinImages(t, dir)
 	want := map[string]string{"marker-A": ma.PCR0, "marker-B": mb.PCR0}
 	target := filepath.Join(dir, "target.eif")
@@ -201,13 +201,13 @@ func TestRunEnclaveOpensTheImageAsTheCaller(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig+"group: "+grp.Name+"\n")
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig+"group: "+grp.Name+"\n")
 	// The socket's directory must be reachable by the unprivileged user.
 	if err := os.Chmod(filepath.Dir(d.Socket), 0o755); err != nil {
 		t.Fatal(err)
 	}
 
-	dir := testharness.ShortTemp(t)
+	dir := parenttest.ShortTemp(t)
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestRunEnclaveOpensTheImageAsTheCaller(t *testing.T) {
 
 	// The built CLI sits in a root-only directory: nobody runs a copy.
 	cli := filepath.Join(dir, "cloister")
-	bin, err := os.ReadFile(testharness.Cloister(t))
+	bin, err := os.ReadFile(parenttest.Cloister(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-// Package emulator is an emulated Nitro Security Module, served by the
+// Package nsmemu is an emulated Nitro Security Module, served by the
 // Cloister daemon to each microVM or sandbox enclave on vsock port
 // 0x4E534D of the parent (nsm.Port), using the framing of package nsm.
 //
@@ -14,4 +14,4 @@
 //
 // Undecodable requests get InvalidOperation (as QEMU); see
 // [Emulator.Handle] for every outcome.
-package emulator
+package nsmemu

@@ -1,4 +1,4 @@
-package nedev
+package nedevtest
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/cloister/cloister/parent/nitro/nedev"
 )
 
 // mem is a MemoryInfo with fixed answers per address.
@@ -30,9 +32,9 @@ func goodMem() mem {
 	return m
 }
 
-func newEnclave(t *testing.T, s *Sim) Enclave {
+func newEnclave(t *testing.T, s *Sim) nedev.Enclave {
 	t.Helper()
-	d, err := s.Open(DevicePath)
+	d, err := s.Open(nedev.DevicePath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,18 +58,18 @@ func TestSimHappyPath(t *testing.T) {
 	if got, err = e.AddVCPU(0); err != nil || got != 5 {
 		t.Fatalf("AddVCPU(0) = %d, %v; want 5 (sibling of 1)", got, err)
 	}
-	off, err := e.GetImageLoadInfo(EIFImage)
-	if err != nil || off != EIFLoadOffset {
+	off, err := e.GetImageLoadInfo(nedev.EIFImage)
+	if err != nil || off != nedev.EIFLoadOffset {
 		t.Fatalf("GetImageLoadInfo = %d, %v", off, err)
 	}
-	if err := e.SetUserMemoryRegion(UserMemoryRegion{MemorySize: 64 * mib, UserspaceAddr: 1 << 40}); err != nil {
+	if err := e.SetUserMemoryRegion(nedev.UserMemoryRegion{MemorySize: 64 * mib, UserspaceAddr: 1 << 40}); err != nil {
 		t.Fatal(err)
 	}
-	cid, err := e.StartEnclave(EnclaveDebugMode, 0)
+	cid, err := e.StartEnclave(nedev.EnclaveDebugMode, 0)
 	if err != nil || cid != 16 {
 		t.Fatalf("StartEnclave = %d, %v; want auto CID 16", cid, err)
 	}
-	if _, err := e.AddVCPU(2); !errors.Is(err, ErrNotInInitState) {
+	if _, err := e.AddVCPU(2); !errors.Is(err, nedev.ErrNotInInitState) {
 		t.Errorf("AddVCPU after start: %v, want NOT_IN_INIT_STATE", err)
 	}
 	if diff := cmp.Diff([]int{1, 5}, s.UsedCPUs()); diff != "" {
@@ -84,7 +86,7 @@ func TestSimHappyPath(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Close(); !errors.Is(err, ErrClosed) {
+	if err := e.Close(); !errors.Is(err, nedev.ErrClosed) {
 		t.Errorf("second Close: %v", err)
 	}
 	if n := s.OpenFDs(); n != 0 {
@@ -108,82 +110,82 @@ func TestSimWaitHangupCancel(t *testing.T) {
 
 // TestSimRules drives the simulated driver into each of its error codes.
 func TestSimRules(t *testing.T) {
-	region := func(addr, size uint64) UserMemoryRegion {
-		return UserMemoryRegion{MemorySize: size, UserspaceAddr: addr}
+	region := func(addr, size uint64) nedev.UserMemoryRegion {
+		return nedev.UserMemoryRegion{MemorySize: size, UserspaceAddr: addr}
 	}
 	base := uint64(1 << 30)
 	tests := []struct {
 		name string
 		cfg  SimConfig
-		run  func(e Enclave) error
-		want Errno
+		run  func(e nedev.Enclave) error
+		want nedev.Errno
 	}{
-		{"vcpu twice", SimConfig{}, func(e Enclave) error { e.AddVCPU(2); _, err := e.AddVCPU(2); return err }, ErrVCPUAlreadyUsed},
-		{"vcpu not in pool", SimConfig{}, func(e Enclave) error { _, err := e.AddVCPU(4); return err }, ErrVCPUNotInCPUPool},
-		{"vcpu beyond cpus", SimConfig{}, func(e Enclave) error { _, err := e.AddVCPU(64); return err }, ErrInvalidVCPU},
-		{"pool exhausted", SimConfig{Cores: [][]int{{1, 5}}}, func(e Enclave) error {
+		{"vcpu twice", SimConfig{}, func(e nedev.Enclave) error { e.AddVCPU(2); _, err := e.AddVCPU(2); return err }, nedev.ErrVCPUAlreadyUsed},
+		{"vcpu not in pool", SimConfig{}, func(e nedev.Enclave) error { _, err := e.AddVCPU(4); return err }, nedev.ErrVCPUNotInCPUPool},
+		{"vcpu beyond cpus", SimConfig{}, func(e nedev.Enclave) error { _, err := e.AddVCPU(64); return err }, nedev.ErrInvalidVCPU},
+		{"pool exhausted", SimConfig{Cores: [][]int{{1, 5}}}, func(e nedev.Enclave) error {
 			e.AddVCPU(0)
 			e.AddVCPU(0)
 			_, err := e.AddVCPU(0)
 			return err
-		}, ErrNoCPUsAvailInPool},
-		{"bad image flag", SimConfig{}, func(e Enclave) error { _, err := e.GetImageLoadInfo(2); return err }, ErrInvalidFlagValue},
-		{"region flag", SimConfig{}, func(e Enclave) error {
-			return e.SetUserMemoryRegion(UserMemoryRegion{Flags: 1, MemorySize: 2 * mib, UserspaceAddr: base})
-		}, ErrInvalidFlagValue},
-		{"region size", SimConfig{}, func(e Enclave) error { return e.SetUserMemoryRegion(region(base, mib)) }, ErrInvalidMemRegionSize},
-		{"region zero", SimConfig{}, func(e Enclave) error { return e.SetUserMemoryRegion(region(base, 0)) }, ErrInvalidMemRegionSize},
-		{"region unaligned", SimConfig{}, func(e Enclave) error { return e.SetUserMemoryRegion(region(base+4096, 2*mib)) }, ErrUnalignedMemRegion},
-		{"region unmapped", SimConfig{}, func(e Enclave) error { return e.SetUserMemoryRegion(region(1<<41, 2*mib)) }, ErrInvalidMemRegionAddr},
-		{"region not huge", SimConfig{Memory: mem{base: {PageSize: 2 * mib}}}, func(e Enclave) error {
+		}, nedev.ErrNoCPUsAvailInPool},
+		{"bad image flag", SimConfig{}, func(e nedev.Enclave) error { _, err := e.GetImageLoadInfo(2); return err }, nedev.ErrInvalidFlagValue},
+		{"region flag", SimConfig{}, func(e nedev.Enclave) error {
+			return e.SetUserMemoryRegion(nedev.UserMemoryRegion{Flags: 1, MemorySize: 2 * mib, UserspaceAddr: base})
+		}, nedev.ErrInvalidFlagValue},
+		{"region size", SimConfig{}, func(e nedev.Enclave) error { return e.SetUserMemoryRegion(region(base, mib)) }, nedev.ErrInvalidMemRegionSize},
+		{"region zero", SimConfig{}, func(e nedev.Enclave) error { return e.SetUserMemoryRegion(region(base, 0)) }, nedev.ErrInvalidMemRegionSize},
+		{"region unaligned", SimConfig{}, func(e nedev.Enclave) error { return e.SetUserMemoryRegion(region(base+4096, 2*mib)) }, nedev.ErrUnalignedMemRegion},
+		{"region unmapped", SimConfig{}, func(e nedev.Enclave) error { return e.SetUserMemoryRegion(region(1<<41, 2*mib)) }, nedev.ErrInvalidMemRegionAddr},
+		{"region not huge", SimConfig{Memory: mem{base: {PageSize: 2 * mib}}}, func(e nedev.Enclave) error {
 			return e.SetUserMemoryRegion(region(base, 2*mib))
-		}, ErrMemNotHugePage},
-		{"page size", SimConfig{Memory: mem{base: {HugeTLB: true, PageSize: mib}}}, func(e Enclave) error {
+		}, nedev.ErrMemNotHugePage},
+		{"page size", SimConfig{Memory: mem{base: {HugeTLB: true, PageSize: mib}}}, func(e nedev.Enclave) error {
 			return e.SetUserMemoryRegion(region(base, 2*mib))
-		}, ErrInvalidPageSize},
-		{"overlap", SimConfig{}, func(e Enclave) error {
+		}, nedev.ErrInvalidPageSize},
+		{"overlap", SimConfig{}, func(e nedev.Enclave) error {
 			e.SetUserMemoryRegion(region(base, 2*mib))
 			return e.SetUserMemoryRegion(region(base, 2*mib))
-		}, ErrMemRegionAlreadyUsed},
-		{"numa", SimConfig{Node: 1}, func(e Enclave) error { return e.SetUserMemoryRegion(region(base, 2*mib)) }, ErrMemDifferentNUMANode},
-		{"max regions", SimConfig{MaxRegions: 1}, func(e Enclave) error {
+		}, nedev.ErrMemRegionAlreadyUsed},
+		{"numa", SimConfig{Node: 1}, func(e nedev.Enclave) error { return e.SetUserMemoryRegion(region(base, 2*mib)) }, nedev.ErrMemDifferentNUMANode},
+		{"max regions", SimConfig{MaxRegions: 1}, func(e nedev.Enclave) error {
 			e.SetUserMemoryRegion(region(base, 2*mib))
 			return e.SetUserMemoryRegion(region(base+2*mib, 2*mib))
-		}, ErrMemMaxRegions},
-		{"no memory", SimConfig{}, func(e Enclave) error { e.AddVCPU(0); _, err := e.StartEnclave(0, 0); return err }, ErrNoMemRegionsAdded},
-		{"no vcpus", SimConfig{}, func(e Enclave) error {
+		}, nedev.ErrMemMaxRegions},
+		{"no memory", SimConfig{}, func(e nedev.Enclave) error { e.AddVCPU(0); _, err := e.StartEnclave(0, 0); return err }, nedev.ErrNoMemRegionsAdded},
+		{"no vcpus", SimConfig{}, func(e nedev.Enclave) error {
 			e.SetUserMemoryRegion(region(1<<40, 64*mib))
 			_, err := e.StartEnclave(0, 0)
 			return err
-		}, ErrNoVCPUsAdded},
-		{"min size", SimConfig{}, func(e Enclave) error {
+		}, nedev.ErrNoVCPUsAdded},
+		{"min size", SimConfig{}, func(e nedev.Enclave) error {
 			e.AddVCPU(1)
 			e.AddVCPU(5)
 			e.SetUserMemoryRegion(region(base, 2*mib))
 			_, err := e.StartEnclave(0, 0)
 			return err
-		}, ErrEnclaveMemMinSize},
-		{"half core", SimConfig{}, func(e Enclave) error {
+		}, nedev.ErrEnclaveMemMinSize},
+		{"half core", SimConfig{}, func(e nedev.Enclave) error {
 			e.AddVCPU(1)
 			e.SetUserMemoryRegion(region(1<<40, 64*mib))
 			_, err := e.StartEnclave(0, 0)
 			return err
-		}, ErrFullCoresNotUsed},
-		{"start flags", SimConfig{}, func(e Enclave) error { _, err := e.StartEnclave(2, 0); return err }, ErrInvalidFlagValue},
-		{"cid 3", SimConfig{}, func(e Enclave) error {
+		}, nedev.ErrFullCoresNotUsed},
+		{"start flags", SimConfig{}, func(e nedev.Enclave) error { _, err := e.StartEnclave(2, 0); return err }, nedev.ErrInvalidFlagValue},
+		{"cid 3", SimConfig{}, func(e nedev.Enclave) error {
 			e.AddVCPU(1)
 			e.AddVCPU(5)
 			e.SetUserMemoryRegion(region(1<<40, 64*mib))
 			_, err := e.StartEnclave(0, 3)
 			return err
-		}, ErrInvalidEnclaveCID},
-		{"cid max", SimConfig{}, func(e Enclave) error {
+		}, nedev.ErrInvalidEnclaveCID},
+		{"cid max", SimConfig{}, func(e nedev.Enclave) error {
 			e.AddVCPU(1)
 			e.AddVCPU(5)
 			e.SetUserMemoryRegion(region(1<<40, 64*mib))
 			_, err := e.StartEnclave(0, 0xFFFFFFFF)
 			return err
-		}, ErrInvalidEnclaveCID},
+		}, nedev.ErrInvalidEnclaveCID},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -196,7 +198,7 @@ func TestSimRules(t *testing.T) {
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("got %v, want %s", err, tt.want.Name())
 			}
-			var ie *IoctlError
+			var ie *nedev.IoctlError
 			if !errors.As(err, &ie) {
 				t.Fatalf("%T is not an *IoctlError", err)
 			}
@@ -216,23 +218,23 @@ func TestSimCrossEnclave(t *testing.T) {
 		t.Fatal(err)
 	}
 	// CPU 5 shares CPU 1's core, which now belongs to a.
-	if _, err := b.AddVCPU(5); !errors.Is(err, ErrVCPUNotInCPUPool) {
+	if _, err := b.AddVCPU(5); !errors.Is(err, nedev.ErrVCPUNotInCPUPool) {
 		t.Errorf("b.AddVCPU(5) = %v, want NOT_IN_CPU_POOL", err)
 	}
 	if got, err := b.AddVCPU(0); err != nil || got != 2 {
 		t.Errorf("b.AddVCPU(0) = %d, %v; want 2", got, err)
 	}
 	a.AddVCPU(5)
-	a.SetUserMemoryRegion(UserMemoryRegion{MemorySize: 64 * mib, UserspaceAddr: 1 << 40})
+	a.SetUserMemoryRegion(nedev.UserMemoryRegion{MemorySize: 64 * mib, UserspaceAddr: 1 << 40})
 	if _, err := a.StartEnclave(0, 20); err != nil {
 		t.Fatal(err)
 	}
 	b.AddVCPU(6)
-	b.SetUserMemoryRegion(UserMemoryRegion{MemorySize: 2 * mib, UserspaceAddr: 1 << 30})
+	b.SetUserMemoryRegion(nedev.UserMemoryRegion{MemorySize: 2 * mib, UserspaceAddr: 1 << 30})
 	for i := uint64(1); i < 32; i++ {
-		b.SetUserMemoryRegion(UserMemoryRegion{MemorySize: 2 * mib, UserspaceAddr: 1<<30 + i*2*mib})
+		b.SetUserMemoryRegion(nedev.UserMemoryRegion{MemorySize: 2 * mib, UserspaceAddr: 1<<30 + i*2*mib})
 	}
-	if _, err := b.StartEnclave(0, 20); !errors.Is(err, ErrInvalidEnclaveCID) {
+	if _, err := b.StartEnclave(0, 20); !errors.Is(err, nedev.ErrInvalidEnclaveCID) {
 		t.Errorf("CID 20 twice: %v", err)
 	}
 	a.Close()
@@ -244,29 +246,29 @@ func TestSimCrossEnclave(t *testing.T) {
 
 func TestSimEmptyPoolAndInjection(t *testing.T) {
 	s := NewSim(SimConfig{Cores: [][]int{}})
-	d, _ := s.Open(DevicePath)
-	if _, _, err := d.CreateVM(); !errors.Is(err, ErrNoCPUsAvailInPool) {
+	d, _ := s.Open(nedev.DevicePath)
+	if _, _, err := d.CreateVM(); !errors.Is(err, nedev.ErrNoCPUsAvailInPool) {
 		t.Errorf("CreateVM with empty pool: %v", err)
 	}
 	d.Close()
 
 	s = NewSim(SimConfig{Memory: goodMem()})
-	s.Inject(OpOpen, syscall.EACCES)
-	if _, err := s.Open(DevicePath); !errors.Is(err, syscall.EACCES) {
+	s.Inject(nedev.OpOpen, syscall.EACCES)
+	if _, err := s.Open(nedev.DevicePath); !errors.Is(err, syscall.EACCES) {
 		t.Errorf("Open with injected EACCES: %v", err)
 	}
-	for e := FirstErrno; e <= LastErrno; e++ {
-		for _, op := range []Op{OpAddVCPU, OpGetImageLoadInfo, OpSetUserMemoryRegion, OpStartEnclave} {
+	for e := nedev.FirstErrno; e <= nedev.LastErrno; e++ {
+		for _, op := range []nedev.Op{nedev.OpAddVCPU, nedev.OpGetImageLoadInfo, nedev.OpSetUserMemoryRegion, nedev.OpStartEnclave} {
 			s.Inject(op, syscall.Errno(e))
 		}
 		enc := newEnclave(t, s)
 		if _, err := enc.AddVCPU(0); !errors.Is(err, e) {
 			t.Errorf("AddVCPU injected %d: %v", e, err)
 		}
-		if _, err := enc.GetImageLoadInfo(EIFImage); !errors.Is(err, e) {
+		if _, err := enc.GetImageLoadInfo(nedev.EIFImage); !errors.Is(err, e) {
 			t.Errorf("GetImageLoadInfo injected %d: %v", e, err)
 		}
-		if err := enc.SetUserMemoryRegion(UserMemoryRegion{}); !errors.Is(err, e) {
+		if err := enc.SetUserMemoryRegion(nedev.UserMemoryRegion{}); !errors.Is(err, e) {
 			t.Errorf("SetUserMemoryRegion injected %d: %v", e, err)
 		}
 		if _, err := enc.StartEnclave(0, 0); !errors.Is(err, e) {

@@ -1,10 +1,10 @@
-// Package testharness builds Cloister's real binaries and drives a real
-// daemon for end-to-end tests (internal/e2e and the examples): it builds
+// Package parenttest builds Cloister's real binaries and drives a real
+// daemon for end-to-end tests (e2e and the examples): it builds
 // cloister, cloister-init and test programs, builds enclave images with the
 // build-enclave command, and starts `cloister daemon` as a child process
 // with a private state directory and socket. Everything needs root; tests
 // use internal/testenv so a missing prerequisite fails under CI=true.
-package testharness
+package parenttest
 
 import (
 	"bytes"

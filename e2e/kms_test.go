@@ -28,7 +28,7 @@ import (
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 
 	"github.com/cloister/cloister/internal/testenv"
-	"github.com/cloister/cloister/internal/testharness"
+	"github.com/cloister/cloister/parent/parenttest"
 )
 
 // The key service's one access key in these tests.
@@ -39,7 +39,7 @@ const (
 )
 
 // startKMS runs the real `cloister kms serve` with one admin access key.
-func startKMS(t testing.TB) *testharness.KMS {
+func startKMS(t testing.TB) *parenttest.KMS {
 	t.Helper()
 	dir := t.TempDir()
 	creds := filepath.Join(dir, "kms-creds.ini")
@@ -47,7 +47,7 @@ func startKMS(t testing.TB) *testharness.KMS {
 	if err := os.WriteFile(creds, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return testharness.StartKMS(t, dir, testharness.KMSOptions{Credentials: creds})
+	return parenttest.StartKMS(t, dir, parenttest.KMSOptions{Credentials: creds})
 }
 
 // kmsClient is an unmodified aws-sdk-go-v2 KMS client for endpoint that

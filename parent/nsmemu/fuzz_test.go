@@ -1,11 +1,11 @@
-package emulator_test
+package nsmemu_test
 
 import (
 	"context"
 	"testing"
 
 	"github.com/cloister/cloister/internal/nsm"
-	"github.com/cloister/cloister/internal/nsm/emulator"
+	"github.com/cloister/cloister/parent/nsmemu"
 )
 
 // FuzzHandle checks that any input gives a well-formed response of at most
@@ -20,7 +20,7 @@ func FuzzHandle(f *testing.F) {
 		b, _ := nsm.EncodeRequest(r)
 		f.Add(b)
 	}
-	e := newEmulator(f, emulator.Config{})
+	e := newEmulator(f, nsmemu.Config{})
 	ctx := context.Background()
 	f.Fuzz(func(t *testing.T, req []byte) {
 		out := e.Handle(ctx, req)

@@ -19,7 +19,7 @@ import (
 
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/internal/testenv"
-	"github.com/cloister/cloister/internal/testharness"
+	"github.com/cloister/cloister/parent/parenttest"
 )
 
 const qemuConfig = `---
@@ -40,10 +40,10 @@ func vmFlags(t testing.TB) []string {
 	return []string{"--kernel", k, "--kernel-modules-dir", m}
 }
 
-func startQEMU(t testing.TB) (*testharness.Daemon, string) {
+func startQEMU(t testing.TB) (*parenttest.Daemon, string) {
 	t.Helper()
 	flags := vmFlags(t)
-	d := testharness.StartDaemon(t, "qemu", qemuConfig)
+	d := parenttest.StartDaemon(t, "qemu", qemuConfig)
 	return d, strings.Join(flags, "\x00")
 }
 
@@ -51,7 +51,7 @@ func splitFlags(s string) []string { return strings.Split(s, "\x00") }
 
 func TestMicroVMEchoOverRealVsock(t *testing.T) {
 	d, flags := startQEMU(t)
-	dir := testharness.ShortTemp(t)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "echo", splitFlags(flags), "echo")
 	res := d.Run(img, 256, false)
 	out := d.ConsoleUntil(res.EnclaveID, "ECHO READY", 2*time.Minute)
@@ -121,7 +121,7 @@ func TestMicroVMEchoOverRealVsock(t *testing.T) {
 
 func TestMicroVMAttestationMatchesDescribeEIF(t *testing.T) {
 	d, flags := startQEMU(t)
-	dir := testharness.ShortTemp(t)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "attest", splitFlags(flags), "attest")
 	res := d.Run(img, 256, false)
 	d.ConsoleUntil(res.EnclaveID, "ATTEST READY", 2*time.Minute)
@@ -157,7 +157,7 @@ func TestMicroVMAttestationMatchesDescribeEIF(t *testing.T) {
 
 func TestMicroVMTerminateCleansUp(t *testing.T) {
 	d, flags := startQEMU(t)
-	dir := testharness.ShortTemp(t)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "sleeper", splitFlags(flags), "sleep")
 	res := d.Run(img, 256, false)
 	desc, err := d.Client.DescribeEnclave(context.Background(), res.EnclaveID)
@@ -203,7 +203,7 @@ func TestMicroVMTerminateCleansUp(t *testing.T) {
 
 func TestMicroVMKernelPanicReported(t *testing.T) {
 	d, flags := startQEMU(t)
-	dir := testharness.ShortTemp(t)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "panic", splitFlags(flags), "panic")
 	res := d.Run(img, 256, false)
 	x := d.WaitExit(res.EnclaveID, 2*time.Minute)
@@ -218,7 +218,7 @@ func TestMicroVMKernelPanicReported(t *testing.T) {
 
 func TestMicroVMRefusesImageWithoutKernel(t *testing.T) {
 	d, _ := startQEMU(t)
-	dir := testharness.ShortTemp(t)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "nokernel", nil, "echo")
 	_, err := d.Client.Run(context.Background(), runReq(img))
 	if err == nil || !strings.Contains(err.Error(), "without a kernel") {

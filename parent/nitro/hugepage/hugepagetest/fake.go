@@ -1,4 +1,4 @@
-package hugepage
+package hugepagetest
 
 import (
 	"errors"
@@ -6,13 +6,14 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/cloister/cloister/parent/nitro/nedev"
+	"github.com/cloister/cloister/parent/nitro/hugepage"
+	"github.com/cloister/cloister/parent/nitro/nedev/nedevtest"
 )
 
-// Fake is a [Mapper] for tests: it hands out pages from a fixed supply per
+// Fake is a [hugepage.Mapper] for tests: it hands out pages from a fixed supply per
 // page size (like the kernel's free hugepage counts), gives each mapping a
 // distinct page-aligned fake address, allocates the backing bytes lazily,
-// and implements nedev.MemoryInfo so the simulated driver can check the
+// and implements nedevtest.MemoryInfo so the simulated driver can check the
 // mappings. It is safe for concurrent use.
 type Fake struct {
 	mu   sync.Mutex
@@ -38,14 +39,14 @@ func NewFake(free map[uint64]int) *Fake {
 }
 
 // Map takes one free page of pageSize or fails with ENOMEM.
-func (f *Fake) Map(pageSize uint64) (Mapping, error) {
+func (f *Fake) Map(pageSize uint64) (hugepage.Mapping, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.FailMap != nil {
 		return nil, f.FailMap
 	}
 	if f.free[pageSize] <= 0 {
-		return nil, fmt.Errorf("hugepage: mmap %d MiB hugetlb page: %w", pageSize/MiB, syscall.ENOMEM)
+		return nil, fmt.Errorf("hugepage: mmap %d MiB hugetlb page: %w", pageSize/hugepage.MiB, syscall.ENOMEM)
 	}
 	f.free[pageSize]--
 	addr := (f.next + pageSize - 1) / pageSize * pageSize
@@ -74,17 +75,17 @@ func (f *Fake) Mapped() int {
 	return len(f.live)
 }
 
-// MemInfo implements nedev.MemoryInfo: the range must lie inside one live
+// MemInfo implements nedevtest.MemoryInfo: the range must lie inside one live
 // mapping.
-func (f *Fake) MemInfo(addr, size uint64) (nedev.MemInfo, bool) {
+func (f *Fake) MemInfo(addr, size uint64) (nedevtest.MemInfo, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, m := range f.live {
 		if addr >= m.addr && size <= m.size && addr-m.addr <= m.size-size {
-			return nedev.MemInfo{HugeTLB: !f.NotHugeTLB, PageSize: m.size, Node: f.Node}, true
+			return nedevtest.MemInfo{HugeTLB: !f.NotHugeTLB, PageSize: m.size, Node: f.Node}, true
 		}
 	}
-	return nedev.MemInfo{}, false
+	return nedevtest.MemInfo{}, false
 }
 
 // Contents returns a copy of the bytes of the live mappings whose addresses
@@ -143,4 +144,4 @@ func (m *fakeMapping) Unmap() error {
 	return nil
 }
 
-var _ nedev.MemoryInfo = (*Fake)(nil)
+var _ nedevtest.MemoryInfo = (*Fake)(nil)

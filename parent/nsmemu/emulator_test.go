@@ -1,4 +1,4 @@
-package emulator_test
+package nsmemu_test
 
 import (
 	"bytes"
@@ -22,7 +22,7 @@ import (
 
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/internal/nsm"
-	"github.com/cloister/cloister/internal/nsm/emulator"
+	"github.com/cloister/cloister/parent/nsmemu"
 )
 
 const moduleID = "i-0123456789abcdef0-enc0123456789abcdef"
@@ -38,7 +38,7 @@ func issuer(t testing.TB) *attest.Issuer {
 	return iss
 }
 
-func newEmulator(t testing.TB, cfg emulator.Config) *emulator.Emulator {
+func newEmulator(t testing.TB, cfg nsmemu.Config) *nsmemu.Emulator {
 	t.Helper()
 	if cfg.Issuer == nil {
 		cfg.Issuer = issuer(t)
@@ -46,7 +46,7 @@ func newEmulator(t testing.TB, cfg emulator.Config) *emulator.Emulator {
 	if cfg.ModuleID == "" {
 		cfg.ModuleID = moduleID
 	}
-	e, err := emulator.New(cfg)
+	e, err := nsmemu.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ type namedClient struct {
 // framed stream protocol on a real Unix socket (Client → Stream → Serve →
 // Handle). The same Client code talks to /dev/nsm through nsm.Device (see
 // internal/nsm's device tests, which also run against this emulator).
-func transports(t *testing.T, newE func() *emulator.Emulator) []namedClient {
+func transports(t *testing.T, newE func() *nsmemu.Emulator) []namedClient {
 	t.Helper()
 	e := newE()
 	mem := nsm.TransportFunc(func(ctx context.Context, req []byte) ([]byte, error) { return e.Handle(ctx, req), nil })
@@ -108,7 +108,7 @@ func wantCode(t *testing.T, what string, err error, code nsm.ErrorCode) {
 
 func TestPCRRules(t *testing.T) {
 	boot := map[int][]byte{0: pcrValue(0xa0), 1: pcrValue(0xa1), 2: pcrValue(0xa2), 3: pcrValue(0xa3), 4: pcrValue(0xa4), 8: pcrValue(0xa8)}
-	for _, tr := range transports(t, func() *emulator.Emulator { return newEmulator(t, emulator.Config{PCRs: boot}) }) {
+	for _, tr := range transports(t, func() *nsmemu.Emulator { return newEmulator(t, nsmemu.Config{PCRs: boot}) }) {
 		c := tr.c
 		t.Run(tr.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -176,7 +176,7 @@ func TestPCRRules(t *testing.T) {
 
 func TestLockPCRs(t *testing.T) {
 	ctx := context.Background()
-	c := transports(t, func() *emulator.Emulator { return newEmulator(t, emulator.Config{}) })[1].c
+	c := transports(t, func() *nsmemu.Emulator { return newEmulator(t, nsmemu.Config{}) })[1].c
 	if _, err := c.ExtendPCR(ctx, 25, []byte("a")); err != nil {
 		t.Fatal(err)
 	}
@@ -228,8 +228,8 @@ func TestAttestation(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	spki, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
 	for _, debug := range []bool{false, true} {
-		newE := func() *emulator.Emulator {
-			return newEmulator(t, emulator.Config{PCRs: boot, Debug: debug, Clock: clock})
+		newE := func() *nsmemu.Emulator {
+			return newEmulator(t, nsmemu.Config{PCRs: boot, Debug: debug, Clock: clock})
 		}
 		for _, tr := range transports(t, newE) {
 			c := tr.c
@@ -284,8 +284,8 @@ func TestAttestation(t *testing.T) {
 func TestAttestationLockedUserPCRs(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now().Truncate(time.Millisecond)
-	c := transports(t, func() *emulator.Emulator {
-		return newEmulator(t, emulator.Config{Clock: func() time.Time { return now }})
+	c := transports(t, func() *nsmemu.Emulator {
+		return newEmulator(t, nsmemu.Config{Clock: func() time.Time { return now }})
 	})[0].c
 	v, err := c.ExtendPCR(ctx, 23, []byte("app"))
 	if err != nil {
@@ -309,7 +309,7 @@ func TestAttestationLockedUserPCRs(t *testing.T) {
 // bypasses the client gets InputTooLarge from the emulator itself.
 func TestAttestationLimits(t *testing.T) {
 	ctx := context.Background()
-	e := newEmulator(t, emulator.Config{})
+	e := newEmulator(t, nsmemu.Config{})
 	calls := 0
 	c := nsm.NewClient(nsm.TransportFunc(func(ctx context.Context, req []byte) ([]byte, error) {
 		calls++
@@ -329,7 +329,7 @@ func TestAttestationLimits(t *testing.T) {
 
 func TestHandleRaw(t *testing.T) {
 	ctx := context.Background()
-	e := newEmulator(t, emulator.Config{})
+	e := newEmulator(t, nsmemu.Config{})
 	lockReq, _ := nsm.EncodeRequest(nsm.LockPCRRequest{Index: 16})
 	cases := []struct {
 		name string
@@ -360,13 +360,13 @@ func TestGetRandom(t *testing.T) {
 	ctx := context.Background()
 	src := bytes.Repeat([]byte{1, 2, 3, 4}, 128)
 	c := nsm.NewClient(nsm.TransportFunc(func(ctx context.Context, req []byte) ([]byte, error) {
-		return newEmulator(t, emulator.Config{Rand: bytes.NewReader(src)}).Handle(ctx, req), nil
+		return newEmulator(t, nsmemu.Config{Rand: bytes.NewReader(src)}).Handle(ctx, req), nil
 	}))
 	r, err := c.GetRandom(ctx)
 	if err != nil || !bytes.Equal(r, src[:256]) {
 		t.Fatalf("GetRandom = %x, %v; want the first 256 bytes of Rand", r, err)
 	}
-	bad := newEmulator(t, emulator.Config{Rand: iotest.ErrReader(io.ErrClosedPipe)})
+	bad := newEmulator(t, nsmemu.Config{Rand: iotest.ErrReader(io.ErrClosedPipe)})
 	_, err = nsm.NewClient(nsm.TransportFunc(func(ctx context.Context, req []byte) ([]byte, error) {
 		return bad.Handle(ctx, req), nil
 	})).GetRandom(ctx)
@@ -377,17 +377,17 @@ func TestNewValidation(t *testing.T) {
 	iss := issuer(t)
 	cases := []struct {
 		name string
-		cfg  emulator.Config
+		cfg  nsmemu.Config
 	}{
-		{"no module id", emulator.Config{Issuer: iss}},
-		{"long module id", emulator.Config{Issuer: iss, ModuleID: string(make([]byte, 101))}},
-		{"no issuer", emulator.Config{ModuleID: "m"}},
-		{"user PCR", emulator.Config{Issuer: iss, ModuleID: "m", PCRs: map[int][]byte{16: pcrValue(1)}}},
-		{"negative PCR", emulator.Config{Issuer: iss, ModuleID: "m", PCRs: map[int][]byte{-1: pcrValue(1)}}},
-		{"short PCR", emulator.Config{Issuer: iss, ModuleID: "m", PCRs: map[int][]byte{0: make([]byte, 32)}}},
+		{"no module id", nsmemu.Config{Issuer: iss}},
+		{"long module id", nsmemu.Config{Issuer: iss, ModuleID: string(make([]byte, 101))}},
+		{"no issuer", nsmemu.Config{ModuleID: "m"}},
+		{"user PCR", nsmemu.Config{Issuer: iss, ModuleID: "m", PCRs: map[int][]byte{16: pcrValue(1)}}},
+		{"negative PCR", nsmemu.Config{Issuer: iss, ModuleID: "m", PCRs: map[int][]byte{-1: pcrValue(1)}}},
+		{"short PCR", nsmemu.Config{Issuer: iss, ModuleID: "m", PCRs: map[int][]byte{0: make([]byte, 32)}}},
 	}
 	for _, tc := range cases {
-		if e, err := emulator.New(tc.cfg); err == nil {
+		if e, err := nsmemu.New(tc.cfg); err == nil {
 			t.Errorf("%s: New succeeded: %v", tc.name, e)
 		}
 	}
@@ -396,7 +396,7 @@ func TestNewValidation(t *testing.T) {
 // Concurrent extends of one PCR are serialised: no update is lost.
 func TestConcurrentExtend(t *testing.T) {
 	ctx := context.Background()
-	for _, tr := range transports(t, func() *emulator.Emulator { return newEmulator(t, emulator.Config{}) }) {
+	for _, tr := range transports(t, func() *nsmemu.Emulator { return newEmulator(t, nsmemu.Config{}) }) {
 		c := tr.c
 		t.Run(tr.name, func(t *testing.T) {
 			const idx = 31
@@ -426,7 +426,7 @@ func TestConcurrentExtend(t *testing.T) {
 }
 
 func TestServeFraming(t *testing.T) {
-	e := newEmulator(t, emulator.Config{})
+	e := newEmulator(t, nsmemu.Config{})
 	path := filepath.Join(t.TempDir(), "nsm.sock")
 	l, err := net.Listen("unix", path)
 	if err != nil {

@@ -1,10 +1,12 @@
-package nedev
+package nedevtest
 
 import (
 	"context"
 	"sort"
 	"sync"
 	"syscall"
+
+	"github.com/cloister/cloister/parent/nitro/nedev"
 )
 
 // MemInfo describes the memory behind a user-space range, as the real
@@ -18,8 +20,8 @@ type MemInfo struct {
 	Node int
 }
 
-// MemoryInfo lets the simulated driver look at the caller's mappings. The
-// hugepage layer's fake mapper implements it.
+// MemoryInfo lets the simulated driver look at the caller's mappings.
+// hugepagetest.Fake implements it.
 type MemoryInfo interface {
 	// MemInfo describes [addr, addr+size); ok is false when the range is
 	// not entirely inside one live mapping of the caller.
@@ -55,7 +57,7 @@ type SimConfig struct {
 type SimEnclave struct {
 	SlotUID   uint64
 	CPUs      []int // sorted
-	Regions   []UserMemoryRegion
+	Regions   []nedev.UserMemoryRegion
 	MemBytes  uint64
 	Started   bool
 	Debug     bool
@@ -74,7 +76,7 @@ type Sim struct {
 	enclaves []*simEnclave
 	devFDs   int
 	nextSlot uint64
-	inject   map[Op][]syscall.Errno
+	inject   map[nedev.Op][]syscall.Errno
 }
 
 // NewSim returns a simulated driver for cfg.
@@ -94,12 +96,12 @@ func NewSim(cfg SimConfig) *Sim {
 		cfg.MaxRegions = 256
 	}
 	if cfg.LoadOffset == 0 {
-		cfg.LoadOffset = EIFLoadOffset
+		cfg.LoadOffset = nedev.EIFLoadOffset
 	}
 	if cfg.FirstAutoCID == 0 {
 		cfg.FirstAutoCID = 16
 	}
-	s := &Sim{cfg: cfg, coreOf: map[int]int{}, owner: map[int]*simEnclave{}, nextSlot: 1, inject: map[Op][]syscall.Errno{}}
+	s := &Sim{cfg: cfg, coreOf: map[int]int{}, owner: map[int]*simEnclave{}, nextSlot: 1, inject: map[nedev.Op][]syscall.Errno{}}
 	for i, c := range cfg.Cores {
 		for _, id := range c {
 			s.coreOf[id] = i
@@ -111,27 +113,27 @@ func NewSim(cfg SimConfig) *Sim {
 // Inject makes the next call of op fail with errno (queued: several
 // injections for one op fail consecutive calls). OpOpen injections make
 // Open fail.
-func (s *Sim) Inject(op Op, errno syscall.Errno) {
+func (s *Sim) Inject(op nedev.Op, errno syscall.Errno) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.inject[op] = append(s.inject[op], errno)
 }
 
-func (s *Sim) injected(op Op) error {
+func (s *Sim) injected(op nedev.Op) error {
 	q := s.inject[op]
 	if len(q) == 0 {
 		return nil
 	}
 	s.inject[op] = q[1:]
-	return ioctlErr(op, q[0])
+	return nedev.NewIoctlError(op, q[0])
 }
 
-// Open is an [Opener]: it ignores path and returns a device handle (one
+// Open is an [nedev.Opener]: it ignores path and returns a device handle (one
 // open fd until closed).
-func (s *Sim) Open(path string) (Device, error) {
+func (s *Sim) Open(path string) (nedev.Device, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.injected(OpOpen); err != nil {
+	if err := s.injected(nedev.OpOpen); err != nil {
 		return nil, err
 	}
 	s.devFDs++
@@ -174,7 +176,7 @@ func (s *Sim) Enclaves() []SimEnclave {
 		cpus := append([]int(nil), e.cpus...)
 		sort.Ints(cpus)
 		out = append(out, SimEnclave{
-			SlotUID: e.slot, CPUs: cpus, Regions: append([]UserMemoryRegion(nil), e.regions...), MemBytes: e.mem,
+			SlotUID: e.slot, CPUs: cpus, Regions: append([]nedev.UserMemoryRegion(nil), e.regions...), MemBytes: e.mem,
 			Started: e.started, Debug: e.debug, CID: e.cid, HungUp: e.hungUp, ClosedFD: e.closed, ImageInfo: e.imageInfo,
 		})
 	}
@@ -207,7 +209,7 @@ type simEnclave struct {
 	slot      uint64
 	cpus      []int
 	cores     map[int]bool
-	regions   []UserMemoryRegion
+	regions   []nedev.UserMemoryRegion
 	mem       uint64
 	started   bool
 	debug     bool
@@ -218,18 +220,18 @@ type simEnclave struct {
 	imageInfo bool
 }
 
-func (d *simDevice) CreateVM() (Enclave, uint64, error) {
+func (d *simDevice) CreateVM() (nedev.Enclave, uint64, error) {
 	s := d.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if d.closed {
-		return nil, 0, ErrClosed
+		return nil, 0, nedev.ErrClosed
 	}
-	if err := s.injected(OpCreateVM); err != nil {
+	if err := s.injected(nedev.OpCreateVM); err != nil {
 		return nil, 0, err
 	}
 	if len(s.coreOf) == 0 {
-		return nil, 0, ioctlErr(OpCreateVM, syscall.Errno(ErrNoCPUsAvailInPool))
+		return nil, 0, nedev.NewIoctlError(nedev.OpCreateVM, syscall.Errno(nedev.ErrNoCPUsAvailInPool))
 	}
 	e := &simEnclave{s: s, slot: s.nextSlot, cores: map[int]bool{}, hup: make(chan struct{})}
 	s.nextSlot++
@@ -241,25 +243,25 @@ func (d *simDevice) Close() error {
 	d.s.mu.Lock()
 	defer d.s.mu.Unlock()
 	if d.closed {
-		return ErrClosed
+		return nedev.ErrClosed
 	}
 	d.closed = true
 	d.s.devFDs--
 	return nil
 }
 
-func errno(op Op, e Errno) error { return ioctlErr(op, syscall.Errno(e)) }
+func errno(op nedev.Op, e nedev.Errno) error { return nedev.NewIoctlError(op, syscall.Errno(e)) }
 
 // check is the common prologue of the setup ioctls.
-func (e *simEnclave) check(op Op) error {
+func (e *simEnclave) check(op nedev.Op) error {
 	if e.closed {
-		return ErrClosed
+		return nedev.ErrClosed
 	}
 	if err := e.s.injected(op); err != nil {
 		return err
 	}
 	if e.started {
-		return errno(op, ErrNotInInitState)
+		return errno(op, nedev.ErrNotInInitState)
 	}
 	return nil
 }
@@ -268,32 +270,32 @@ func (e *simEnclave) AddVCPU(id uint32) (uint32, error) {
 	s := e.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := e.check(OpAddVCPU); err != nil {
+	if err := e.check(nedev.OpAddVCPU); err != nil {
 		return 0, err
 	}
 	cpu := int(id)
 	if id == 0 {
 		picked, ok := e.pickLocked()
 		if !ok {
-			return 0, errno(OpAddVCPU, ErrNoCPUsAvailInPool)
+			return 0, errno(nedev.OpAddVCPU, nedev.ErrNoCPUsAvailInPool)
 		}
 		cpu = picked
 	} else {
 		if cpu >= s.cfg.NumCPUs {
-			return 0, errno(OpAddVCPU, ErrInvalidVCPU)
+			return 0, errno(nedev.OpAddVCPU, nedev.ErrInvalidVCPU)
 		}
 		for _, c := range e.cpus {
 			if c == cpu {
-				return 0, errno(OpAddVCPU, ErrVCPUAlreadyUsed)
+				return 0, errno(nedev.OpAddVCPU, nedev.ErrVCPUAlreadyUsed)
 			}
 		}
 		core, inPool := s.coreOf[cpu]
 		if !inPool {
-			return 0, errno(OpAddVCPU, ErrVCPUNotInCPUPool)
+			return 0, errno(nedev.OpAddVCPU, nedev.ErrVCPUNotInCPUPool)
 		}
 		if o := s.owner[core]; o != nil && o != e {
 			// The core was handed to another enclave and left the pool.
-			return 0, errno(OpAddVCPU, ErrVCPUNotInCPUPool)
+			return 0, errno(nedev.OpAddVCPU, nedev.ErrVCPUNotInCPUPool)
 		}
 	}
 	core := s.coreOf[cpu]
@@ -341,54 +343,54 @@ func (e *simEnclave) GetImageLoadInfo(flags uint64) (uint64, error) {
 	s := e.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := e.check(OpGetImageLoadInfo); err != nil {
+	if err := e.check(nedev.OpGetImageLoadInfo); err != nil {
 		return 0, err
 	}
-	if flags != EIFImage {
-		return 0, errno(OpGetImageLoadInfo, ErrInvalidFlagValue)
+	if flags != nedev.EIFImage {
+		return 0, errno(nedev.OpGetImageLoadInfo, nedev.ErrInvalidFlagValue)
 	}
 	e.imageInfo = true
 	return s.cfg.LoadOffset, nil
 }
 
-func (e *simEnclave) SetUserMemoryRegion(r UserMemoryRegion) error {
+func (e *simEnclave) SetUserMemoryRegion(r nedev.UserMemoryRegion) error {
 	s := e.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	const op = OpSetUserMemoryRegion
+	const op = nedev.OpSetUserMemoryRegion
 	if err := e.check(op); err != nil {
 		return err
 	}
 	switch {
-	case r.Flags != DefaultMemoryRegion:
-		return errno(op, ErrInvalidFlagValue)
-	case r.MemorySize == 0 || r.MemorySize%MemRegionAlign != 0:
-		return errno(op, ErrInvalidMemRegionSize)
-	case r.UserspaceAddr%MemRegionAlign != 0:
-		return errno(op, ErrUnalignedMemRegion)
+	case r.Flags != nedev.DefaultMemoryRegion:
+		return errno(op, nedev.ErrInvalidFlagValue)
+	case r.MemorySize == 0 || r.MemorySize%nedev.MemRegionAlign != 0:
+		return errno(op, nedev.ErrInvalidMemRegionSize)
+	case r.UserspaceAddr%nedev.MemRegionAlign != 0:
+		return errno(op, nedev.ErrUnalignedMemRegion)
 	}
 	if s.cfg.Memory == nil {
-		return errno(op, ErrInvalidMemRegionAddr)
+		return errno(op, nedev.ErrInvalidMemRegionAddr)
 	}
 	info, ok := s.cfg.Memory.MemInfo(r.UserspaceAddr, r.MemorySize)
 	switch {
 	case !ok:
-		return errno(op, ErrInvalidMemRegionAddr)
+		return errno(op, nedev.ErrInvalidMemRegionAddr)
 	case !info.HugeTLB:
-		return errno(op, ErrMemNotHugePage)
-	case info.PageSize == 0 || info.PageSize%MemRegionAlign != 0:
-		return errno(op, ErrInvalidPageSize)
+		return errno(op, nedev.ErrMemNotHugePage)
+	case info.PageSize == 0 || info.PageSize%nedev.MemRegionAlign != 0:
+		return errno(op, nedev.ErrInvalidPageSize)
 	}
 	for _, old := range e.regions {
 		if r.UserspaceAddr < old.UserspaceAddr+old.MemorySize && old.UserspaceAddr < r.UserspaceAddr+r.MemorySize {
-			return errno(op, ErrMemRegionAlreadyUsed)
+			return errno(op, nedev.ErrMemRegionAlreadyUsed)
 		}
 	}
 	if info.Node != s.cfg.Node {
-		return errno(op, ErrMemDifferentNUMANode)
+		return errno(op, nedev.ErrMemDifferentNUMANode)
 	}
 	if len(e.regions)+1 > s.cfg.MaxRegions {
-		return errno(op, ErrMemMaxRegions)
+		return errno(op, nedev.ErrMemMaxRegions)
 	}
 	e.regions = append(e.regions, r)
 	e.mem += r.MemorySize
@@ -399,21 +401,21 @@ func (e *simEnclave) StartEnclave(flags, cid uint64) (uint64, error) {
 	s := e.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	const op = OpStartEnclave
+	const op = nedev.OpStartEnclave
 	if err := e.check(op); err != nil {
 		return 0, err
 	}
-	if flags&^uint64(EnclaveDebugMode) != 0 {
-		return 0, errno(op, ErrInvalidFlagValue)
+	if flags&^uint64(nedev.EnclaveDebugMode) != 0 {
+		return 0, errno(op, nedev.ErrInvalidFlagValue)
 	}
 	if len(e.regions) == 0 {
-		return 0, errno(op, ErrNoMemRegionsAdded)
+		return 0, errno(op, nedev.ErrNoMemRegionsAdded)
 	}
 	if len(e.cpus) == 0 {
-		return 0, errno(op, ErrNoVCPUsAdded)
+		return 0, errno(op, nedev.ErrNoVCPUsAdded)
 	}
-	if e.mem < MinEnclaveMemory {
-		return 0, errno(op, ErrEnclaveMemMinSize)
+	if e.mem < nedev.MinEnclaveMemory {
+		return 0, errno(op, nedev.ErrEnclaveMemMinSize)
 	}
 	mine := map[int]bool{}
 	for _, c := range e.cpus {
@@ -422,7 +424,7 @@ func (e *simEnclave) StartEnclave(flags, cid uint64) (uint64, error) {
 	for core := range e.cores {
 		for _, c := range s.cfg.Cores[core] {
 			if !mine[c] {
-				return 0, errno(op, ErrFullCoresNotUsed)
+				return 0, errno(op, nedev.ErrFullCoresNotUsed)
 			}
 		}
 	}
@@ -437,11 +439,11 @@ func (e *simEnclave) StartEnclave(flags, cid uint64) (uint64, error) {
 	if cid == 0 {
 		for cid = s.cfg.FirstAutoCID; inUse(cid); cid++ {
 		}
-	} else if cid < MinEnclaveCID || cid > MaxEnclaveCID || inUse(cid) {
-		return 0, errno(op, ErrInvalidEnclaveCID)
+	} else if cid < nedev.MinEnclaveCID || cid > nedev.MaxEnclaveCID || inUse(cid) {
+		return 0, errno(op, nedev.ErrInvalidEnclaveCID)
 	}
 	e.started = true
-	e.debug = flags&EnclaveDebugMode != 0
+	e.debug = flags&nedev.EnclaveDebugMode != 0
 	e.cid = cid
 	return cid, nil
 }
@@ -450,7 +452,7 @@ func (e *simEnclave) WaitHangup(ctx context.Context) error {
 	e.s.mu.Lock()
 	if e.closed {
 		e.s.mu.Unlock()
-		return ErrClosed
+		return nedev.ErrClosed
 	}
 	hup := e.hup
 	e.s.mu.Unlock()
@@ -469,7 +471,7 @@ func (e *simEnclave) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e.closed {
-		return ErrClosed
+		return nedev.ErrClosed
 	}
 	e.closed = true
 	for core := range e.cores {

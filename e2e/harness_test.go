@@ -5,12 +5,12 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/cloister/cloister/internal/testharness"
+	"github.com/cloister/cloister/parent/parenttest"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	testharness.Cleanup()
+	parenttest.Cleanup()
 	if app.dir != "" {
 		os.RemoveAll(app.dir)
 	}
@@ -30,12 +30,12 @@ func appImage(t testing.TB, dir, name string, extra []string, args ...string) st
 	t.Helper()
 	app.once.Do(func() {
 		app.dir, _ = os.MkdirTemp("", "cloister-e2e-app")
-		app.path = testharness.BuildProgram(t, app.dir, "enclaveapp", "./internal/e2e/testdata/enclaveapp")
+		app.path = parenttest.BuildProgram(t, app.dir, "enclaveapp", "./e2e/testdata/enclaveapp")
 	})
 	if app.path == "" {
 		t.Fatal("enclaveapp was not built")
 	}
-	return testharness.BuildImage(t, dir, testharness.Image{
+	return parenttest.BuildImage(t, dir, parenttest.Image{
 		Name:  name,
 		Files: map[string]string{"bin/enclaveapp": app.path},
 		Cmd:   append([]string{"/bin/enclaveapp"}, args...),

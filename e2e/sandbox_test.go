@@ -21,8 +21,8 @@ import (
 
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/internal/egress/egresstest"
-	"github.com/cloister/cloister/internal/testharness"
 	"github.com/cloister/cloister/parent"
+	"github.com/cloister/cloister/parent/parenttest"
 )
 
 const sandboxConfig = `---
@@ -31,8 +31,8 @@ heartbeat_timeout: 60s
 `
 
 func TestSandboxEchoOverVsock(t *testing.T) {
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
-	dir := testharness.ShortTemp(t)
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "echo", nil, "echo")
 	res := d.Run(img, 128, false)
 	d.ConsoleUntil(res.EnclaveID, "ECHO READY", time.Minute)
@@ -60,8 +60,8 @@ func TestSandboxEchoOverVsock(t *testing.T) {
 }
 
 func TestSandboxAttacksFail(t *testing.T) {
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
-	dir := testharness.ShortTemp(t)
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "attacks", nil, "attacks")
 	res := d.Run(img, 128, false)
 	out := d.ConsoleUntil(res.EnclaveID, "ATTACKS DONE", time.Minute)
@@ -80,8 +80,8 @@ func TestSandboxAttacksFail(t *testing.T) {
 }
 
 func TestSandboxMemoryLimit(t *testing.T) {
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
-	dir := testharness.ShortTemp(t)
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "oom", nil, "oom")
 	res := d.Run(img, 96, false)
 	x := d.WaitExit(res.EnclaveID, 2*time.Minute)
@@ -95,8 +95,8 @@ func TestSandboxMemoryLimit(t *testing.T) {
 }
 
 func TestSandboxForkBomb(t *testing.T) {
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
-	dir := testharness.ShortTemp(t)
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "forkbomb", nil, "forkbomb")
 	res := d.Run(img, 256, false)
 	out := d.ConsoleUntil(res.EnclaveID, "FORKBOMB", 2*time.Minute)
@@ -107,8 +107,8 @@ func TestSandboxForkBomb(t *testing.T) {
 }
 
 func TestSandboxAttestationMatchesDescribeEIF(t *testing.T) {
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
-	dir := testharness.ShortTemp(t)
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "attest", nil, "attest")
 	res := d.Run(img, 128, false)
 	d.ConsoleUntil(res.EnclaveID, "ATTEST READY", time.Minute)
@@ -160,8 +160,8 @@ func TestSandboxAttestationMatchesDescribeEIF(t *testing.T) {
 }
 
 func TestSandboxDebugModeZeroesPCRs(t *testing.T) {
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
-	dir := testharness.ShortTemp(t)
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "attest", nil, "attest")
 	res := d.Run(img, 128, true)
 	out := d.ConsoleUntil(res.EnclaveID, "ATTEST READY", time.Minute)
@@ -178,7 +178,7 @@ type eifMeasurements struct{ PCR0, PCR1, PCR2 string }
 
 func describeEIF(t *testing.T, path string) eifMeasurements {
 	t.Helper()
-	out, err := testharness.CLI(t, "describe-eif", "--eif-path", path)
+	out, err := parenttest.CLI(t, "describe-eif", "--eif-path", path)
 	if err != nil {
 		t.Fatalf("describe-eif: %v\n%s", err, out)
 	}
@@ -204,13 +204,13 @@ func describeEIF(t *testing.T, path string) eifMeasurements {
 func TestSandboxEgressProxy(t *testing.T) {
 	allowed := httpServer(t, "allowed-server")
 	denied := httpServer(t, "denied-server")
-	dir := testharness.ShortTemp(t)
+	dir := parenttest.ShortTemp(t)
 	allow := filepath.Join(dir, "allow.yaml")
 	host, port, _ := net.SplitHostPort(allowed)
 	if err := os.WriteFile(allow, []byte(fmt.Sprintf("allowlist:\n- {address: %s, port: %s}\n", host, port)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig+"egress:\n  allowlist: "+allow+"\n")
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig+"egress:\n  allowlist: "+allow+"\n")
 	img := appImage(t, dir, "egress", nil, "egress", allowed, denied)
 	res := d.Run(img, 128, false)
 	out := d.ConsoleUntil(res.EnclaveID, "EGRESS DONE", time.Minute)
@@ -244,12 +244,12 @@ func TestSandboxEgressDNSBypass(t *testing.T) {
 		}
 		return nil, false
 	})
-	dir := testharness.ShortTemp(t)
+	dir := parenttest.ShortTemp(t)
 	allow := filepath.Join(dir, "allow.yaml")
 	if err := os.WriteFile(allow, []byte(fmt.Sprintf("allowlist:\n- {address: 127.0.0.1, port: %d}\n", port)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig+fmt.Sprintf(`egress:
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig+fmt.Sprintf(`egress:
   allowlist: %s
   nameserver: %s
   proxies:
@@ -337,8 +337,8 @@ func httpServer(t *testing.T, body string) string {
 }
 
 func TestSandboxDaemonRestart(t *testing.T) {
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
-	dir := testharness.ShortTemp(t)
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "echo", nil, "echo")
 	res := d.Run(img, 128, false)
 	d.ConsoleUntil(res.EnclaveID, "ECHO READY", time.Minute)
@@ -377,8 +377,8 @@ func TestSandboxDaemonRestart(t *testing.T) {
 }
 
 func TestSandboxCrashReported(t *testing.T) {
-	d := testharness.StartDaemon(t, "sandbox", sandboxConfig)
-	dir := testharness.ShortTemp(t)
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig)
+	dir := parenttest.ShortTemp(t)
 	img := appImage(t, dir, "crash", nil, "crash", "7")
 	res := d.Run(img, 128, false)
 	x := d.WaitExit(res.EnclaveID, time.Minute)

@@ -1,4 +1,4 @@
-package emulator_test
+package nsmemu_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/cloister/cloister/internal/nsm"
-	"github.com/cloister/cloister/internal/nsm/emulator"
+	"github.com/cloister/cloister/parent/nsmemu"
 )
 
 // BenchmarkEmulatorAttestation measures documents issued per second
@@ -17,7 +17,7 @@ import (
 // sign the document (one ECDSA P-384 signature with the cached leaf),
 // encode the response. Compare with BenchmarkP384Sign.
 func BenchmarkEmulatorAttestation(b *testing.B) {
-	e := newEmulator(b, emulator.Config{})
+	e := newEmulator(b, nsmemu.Config{})
 	req, err := nsm.EncodeRequest(nsm.AttestationRequest{Nonce: make([]byte, 32), UserData: make([]byte, 64)})
 	if err != nil {
 		b.Fatal(err)

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloister/cloister/internal/testharness"
 	"github.com/cloister/cloister/parent"
+	"github.com/cloister/cloister/parent/parenttest"
 )
 
 // BenchmarkSandboxRunToHeartbeat measures run-enclave → heartbeat received
@@ -17,8 +17,8 @@ import (
 // small image, terminating each enclave before the next launch. It reports
 // the median and 90th percentile as custom metrics.
 func BenchmarkSandboxRunToHeartbeat(b *testing.B) {
-	d := testharness.StartDaemon(b, "sandbox", sandboxConfig)
-	img := appImage(b, testharness.ShortTemp(b), "echo", nil, "echo")
+	d := parenttest.StartDaemon(b, "sandbox", sandboxConfig)
+	img := appImage(b, parenttest.ShortTemp(b), "echo", nil, "echo")
 	ctx := context.Background()
 	var lat []time.Duration
 	b.ResetTimer()
@@ -45,8 +45,8 @@ func BenchmarkSandboxRunToHeartbeat(b *testing.B) {
 // many goroutines as the CPU pool has CPUs, so the pool is recycled
 // continuously, and reports launches per second.
 func BenchmarkSandboxLaunchThroughput(b *testing.B) {
-	d := testharness.StartDaemon(b, "sandbox", sandboxConfig)
-	img := appImage(b, testharness.ShortTemp(b), "echo", nil, "echo")
+	d := parenttest.StartDaemon(b, "sandbox", sandboxConfig)
+	img := appImage(b, parenttest.ShortTemp(b), "echo", nil, "echo")
 	info, err := d.Client.Info(context.Background())
 	if err != nil {
 		b.Fatal(err)
@@ -95,7 +95,7 @@ func runReq(eif string) parent.RunRequest {
 // microVM under the host's accelerator (TCG here), median and p90.
 func BenchmarkMicroVMRunToHeartbeat(b *testing.B) {
 	d, flags := startQEMU(b)
-	img := appImage(b, testharness.ShortTemp(b), "echo", splitFlags(flags), "echo")
+	img := appImage(b, parenttest.ShortTemp(b), "echo", splitFlags(flags), "echo")
 	ctx := context.Background()
 	var lat []time.Duration
 	b.ResetTimer()
@@ -120,7 +120,7 @@ func BenchmarkMicroVMRunToHeartbeat(b *testing.B) {
 
 // benchEcho pushes 4 MiB per iteration through the enclave's echo service
 // and reads it back, reporting the echoed bytes per second.
-func benchEcho(b *testing.B, d *testharness.Daemon, id string) {
+func benchEcho(b *testing.B, d *parenttest.Daemon, id string) {
 	ctx := context.Background()
 	c, err := d.Client.Connect(ctx, id, 5000)
 	if err != nil {
@@ -146,15 +146,15 @@ func benchEcho(b *testing.B, d *testharness.Daemon, id string) {
 // Unix-socket transport and the microVM's virtio-vsock device in one run.
 func BenchmarkVsockEcho(b *testing.B) {
 	b.Run("sandbox", func(b *testing.B) {
-		d := testharness.StartDaemon(b, "sandbox", sandboxConfig)
-		img := appImage(b, testharness.ShortTemp(b), "echo", nil, "echo")
+		d := parenttest.StartDaemon(b, "sandbox", sandboxConfig)
+		img := appImage(b, parenttest.ShortTemp(b), "echo", nil, "echo")
 		res := d.Run(img, 128, false)
 		d.ConsoleUntil(res.EnclaveID, "ECHO READY", time.Minute)
 		benchEcho(b, d, res.EnclaveID)
 	})
 	b.Run("microvm", func(b *testing.B) {
 		d, flags := startQEMU(b)
-		img := appImage(b, testharness.ShortTemp(b), "echo", splitFlags(flags), "echo")
+		img := appImage(b, parenttest.ShortTemp(b), "echo", splitFlags(flags), "echo")
 		res := d.Run(img, 256, false)
 		d.ConsoleUntil(res.EnclaveID, "ECHO READY", 2*time.Minute)
 		benchEcho(b, d, res.EnclaveID)
