@@ -348,7 +348,7 @@ func TestKMSSustainedLoad(t *testing.T) {
 // decrypting the same ciphertext, and fails on any error. Run it for
 // minutes to check that nothing accumulates:
 //
-//	go test -run '^$' -bench KMSDecryptSustained -benchtime 3m ./internal/e2e/
+//	go test -run '^$' -bench KMSDecryptSustained -benchtime 3m ./e2e/
 func BenchmarkKMSDecryptSustained(b *testing.B) {
 	k := startKMS(b)
 	_, blob := sealed(b, kmsClient(k.Endpoint, http.DefaultClient), []byte("sustained"))

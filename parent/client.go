@@ -32,19 +32,6 @@ func SocketFromEnv() string {
 	return DefaultSocket
 }
 
-// Error is an error reported by the daemon's API.
-type Error struct {
-	Status int
-	APIError
-}
-
-func (e *Error) Error() string {
-	if e.Code != "" {
-		return fmt.Sprintf("[%s] %s", e.Code, e.Message)
-	}
-	return e.Message
-}
-
 // ErrDaemonUnreachable means no daemon answered on the socket.
 var ErrDaemonUnreachable = errors.New("parent: cannot reach the Cloister daemon")
 
@@ -103,11 +90,11 @@ func decodeResponse(resp *http.Response, out any) error {
 		return fmt.Errorf("parent: read daemon response: %w", err)
 	}
 	if resp.StatusCode >= 300 {
-		e := &Error{Status: resp.StatusCode}
-		if json.Unmarshal(b, &e.APIError) != nil || e.Message == "" {
-			e.Message = fmt.Sprintf("daemon answered %s: %s", resp.Status, bytes.TrimSpace(b))
+		var body APIError
+		if json.Unmarshal(b, &body) != nil || body.Message == "" {
+			body = APIError{Kind: "internal", Message: fmt.Sprintf("daemon answered %s: %s", resp.Status, bytes.TrimSpace(b))}
 		}
-		return e
+		return errorOf(body, resp.StatusCode)
 	}
 	if out == nil {
 		return nil
@@ -167,7 +154,7 @@ func (c *Client) ByCID(ctx context.Context, cid uint64) (EnclaveDescription, err
 			return d, nil
 		}
 	}
-	return EnclaveDescription{}, &Error{Status: http.StatusNotFound, APIError: APIError{Kind: "not_found", Message: fmt.Sprintf("no running enclave has CID %d (see describe-enclaves)", cid)}}
+	return EnclaveDescription{}, NewError("", ErrNotFound, "no running enclave has CID %d (see describe-enclaves)", cid)
 }
 
 // Terminate terminates an enclave by ID or name.

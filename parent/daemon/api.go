@@ -30,7 +30,7 @@ func (d *Daemon) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/devroot", func(w http.ResponseWriter, r *http.Request) {
 		if len(d.devRoot) == 0 {
-			writeError(w, newErr("", ErrNotFound, "this daemon has no development root (backend %s uses the real AWS root)", d.cfg.Backend))
+			writeError(w, newErr("", parent.ErrNotFound, "this daemon has no development root (backend %s uses the real AWS root)", d.cfg.Backend))
 			return
 		}
 		w.Header().Set("Content-Type", "application/x-pem-file")
@@ -41,7 +41,7 @@ func (d *Daemon) Handler() http.Handler {
 		dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
-			writeError(w, newErr("E03", ErrInvalidArgument, "malformed run request: %v", err))
+			writeError(w, newErr("E03", parent.ErrInvalidArgument, "malformed run request: %v", err))
 			return
 		}
 		res, err := d.Run(r.Context(), req)
@@ -98,7 +98,7 @@ func (d *Daemon) handleConsole(w http.ResponseWriter, r *http.Request) {
 	if s := q.Get("disconnect_timeout"); s != "" {
 		n, err := strconv.ParseUint(s, 10, 32)
 		if err != nil || n == 0 {
-			writeError(w, newErr("E03", ErrInvalidArgument, "disconnect_timeout %q is not a positive number of seconds", s))
+			writeError(w, newErr("E03", parent.ErrInvalidArgument, "disconnect_timeout %q is not a positive number of seconds", s))
 			return
 		}
 		var cancel context.CancelFunc
@@ -156,11 +156,11 @@ const connectUpgrade = "cloister-vsock"
 func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) {
 	port, err := strconv.ParseUint(r.URL.Query().Get("port"), 10, 32)
 	if err != nil {
-		writeError(w, newErr("E03", ErrInvalidArgument, "port %q is not a vsock port number", r.URL.Query().Get("port")))
+		writeError(w, newErr("E03", parent.ErrInvalidArgument, "port %q is not a vsock port number", r.URL.Query().Get("port")))
 		return
 	}
 	if r.Header.Get("Upgrade") != connectUpgrade {
-		writeError(w, newErr("", ErrInvalidArgument, "the connect endpoint needs 'Connection: Upgrade' and 'Upgrade: %s'", connectUpgrade))
+		writeError(w, newErr("", parent.ErrInvalidArgument, "the connect endpoint needs 'Connection: Upgrade' and 'Upgrade: %s'", connectUpgrade))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
@@ -198,27 +198,7 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) {
 }
 
 func writeError(w http.ResponseWriter, err error) {
-	status := http.StatusInternalServerError
-	kind := "internal"
-	switch {
-	case errors.Is(err, ErrInvalidArgument):
-		status, kind = http.StatusBadRequest, "invalid_argument"
-	case errors.Is(err, ErrNotFound):
-		status, kind = http.StatusNotFound, "not_found"
-	case errors.Is(err, ErrConflict):
-		status, kind = http.StatusConflict, "conflict"
-	case errors.Is(err, ErrResources):
-		status, kind = http.StatusConflict, "insufficient_resources"
-	case errors.Is(err, ErrBoot):
-		status, kind = http.StatusBadGateway, "boot_failed"
-	case errors.Is(err, ErrUnavailable):
-		status, kind = http.StatusServiceUnavailable, "unavailable"
-	}
-	body := parent.APIError{Kind: kind, Message: err.Error()}
-	var de *Error
-	if errors.As(err, &de) {
-		body.Code, body.Message = de.Code, de.Msg
-	}
+	body, status := parent.APIErrorOf(err)
 	writeJSON(w, status, body)
 }
 

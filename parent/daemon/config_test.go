@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloister/cloister/parent"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -89,17 +90,17 @@ func TestPoolAllocation(t *testing.T) {
 	if err != nil || !cmp.Equal(a, []int{2, 3}) {
 		t.Fatalf("allocate a: %v %v", a, err)
 	}
-	if _, err := p.allocate("b", 1, nil, 500); !errors.Is(err, ErrResources) {
+	if _, err := p.allocate("b", 1, nil, 500); !errors.Is(err, parent.ErrResources) {
 		t.Errorf("memory over budget: %v", err)
 	}
-	if _, err := p.allocate("b", 0, []int{3}, 10); !errors.Is(err, ErrResources) {
+	if _, err := p.allocate("b", 0, []int{3}, 10); !errors.Is(err, parent.ErrResources) {
 		t.Errorf("busy CPU: %v", err)
 	}
 	b, err := p.allocate("b", 0, []int{5}, 400)
 	if err != nil || !cmp.Equal(b, []int{5}) {
 		t.Fatalf("allocate b: %v %v", b, err)
 	}
-	if _, err := p.allocate("c", 2, nil, 0); !errors.Is(err, ErrResources) {
+	if _, err := p.allocate("c", 2, nil, 0); !errors.Is(err, parent.ErrResources) {
 		t.Errorf("one CPU left, two requested: %v", err)
 	}
 	p.release("a")

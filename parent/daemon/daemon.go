@@ -196,30 +196,30 @@ func (d *Daemon) heartbeatTimeout(eifSize int64, memMiB int) time.Duration {
 // Run launches an enclave and returns once it has sent its heartbeat.
 func (d *Daemon) Run(ctx context.Context, req parent.RunRequest) (parent.RunResult, error) {
 	if req.EIFPath == "" {
-		return parent.RunResult{}, newErr("E01", ErrInvalidArgument, "no EIF given: set eif_path (--eif-path)")
+		return parent.RunResult{}, newErr("E01", parent.ErrInvalidArgument, "no EIF given: set eif_path (--eif-path)")
 	}
 	if (req.CPUCount > 0) == (len(req.CPUIDs) > 0) {
 		if req.CPUCount == 0 {
-			return parent.RunResult{}, newErr("E01", ErrInvalidArgument, "give exactly one of cpu_count (--cpu-count) and cpu_ids (--cpu-ids)")
+			return parent.RunResult{}, newErr("E01", parent.ErrInvalidArgument, "give exactly one of cpu_count (--cpu-count) and cpu_ids (--cpu-ids)")
 		}
-		return parent.RunResult{}, newErr("E02", ErrInvalidArgument, "cpu_count (--cpu-count) and cpu_ids (--cpu-ids) cannot be used together")
+		return parent.RunResult{}, newErr("E02", parent.ErrInvalidArgument, "cpu_count (--cpu-count) and cpu_ids (--cpu-ids) cannot be used together")
 	}
 	if req.CPUCount < 0 {
-		return parent.RunResult{}, newErr("E03", ErrInvalidArgument, "cpu_count %d is negative", req.CPUCount)
+		return parent.RunResult{}, newErr("E03", parent.ErrInvalidArgument, "cpu_count %d is negative", req.CPUCount)
 	}
 	if req.MemoryMiB <= 0 {
-		return parent.RunResult{}, newErr("E01", ErrInvalidArgument, "no memory given: set memory_mib (--memory)")
+		return parent.RunResult{}, newErr("E01", parent.ErrInvalidArgument, "no memory given: set memory_mib (--memory)")
 	}
 	if req.EnclaveCID != 0 && (req.EnclaveCID < wellknown.MinEnclaveCID || req.EnclaveCID > wellknown.MaxEnclaveCID) {
-		return parent.RunResult{}, newErr("E03", ErrInvalidArgument, "enclave CID %d is outside %d..%d (0 or omitted picks one)", req.EnclaveCID, wellknown.MinEnclaveCID, uint64(wellknown.MaxEnclaveCID))
+		return parent.RunResult{}, newErr("E03", parent.ErrInvalidArgument, "enclave CID %d is outside %d..%d (0 or omitted picks one)", req.EnclaveCID, wellknown.MinEnclaveCID, uint64(wellknown.MaxEnclaveCID))
 	}
 	eifPath, err := filepath.Abs(req.EIFPath)
 	if err != nil {
-		return parent.RunResult{}, newErr("E19", ErrInvalidArgument, "EIF path %q: %v", req.EIFPath, err)
+		return parent.RunResult{}, newErr("E19", parent.ErrInvalidArgument, "EIF path %q: %v", req.EIFPath, err)
 	}
 	src, err := openAsCaller(ctx, eifPath)
 	if err != nil {
-		return parent.RunResult{}, newErr("E19", ErrInvalidArgument, "cannot read EIF: %v", err)
+		return parent.RunResult{}, newErr("E19", parent.ErrInvalidArgument, "cannot read EIF: %v", err)
 	}
 	loaded, err := loadImage(ctx, src, eifPath, d.now())
 	src.Close()
@@ -229,10 +229,10 @@ func (d *Daemon) Run(ctx context.Context, req parent.RunRequest) (parent.RunResu
 	defer loaded.Close()
 	img := loaded.info
 	if min := minMemoryMiB(img.size); req.MemoryMiB < min {
-		return parent.RunResult{}, newErr("E26", ErrInvalidArgument, "at least %d MiB must be allocated to run %s (4 × its %d-byte size, and no less than 64 MiB); raise --memory", min, filepath.Base(eifPath), img.size)
+		return parent.RunResult{}, newErr("E26", parent.ErrInvalidArgument, "at least %d MiB must be allocated to run %s (4 × its %d-byte size, and no less than 64 MiB); raise --memory", min, filepath.Base(eifPath), img.size)
 	}
 	if img.noKernel && d.cfg.Backend != "sandbox" {
-		return parent.RunResult{}, newErr("E35", ErrInvalidArgument, "%s was built without a kernel and can only run on the sandbox backend; rebuild it with --kernel (see docs/images.md)", eifPath)
+		return parent.RunResult{}, newErr("E35", parent.ErrInvalidArgument, "%s was built without a kernel and can only run on the sandbox backend; rebuild it with --kernel (see docs/images.md)", eifPath)
 	}
 
 	slot, err := newSlot()
@@ -306,10 +306,10 @@ func (d *Daemon) pickNameLocked(requested, eifPath string) (string, error) {
 	}
 	if requested != "" {
 		if strings.ContainsAny(requested, "/\x00") || len(requested) > 128 {
-			return "", newErr("E58", ErrInvalidArgument, "enclave name %q is invalid (at most 128 characters, no '/')", requested)
+			return "", newErr("E58", parent.ErrInvalidArgument, "enclave name %q is invalid (at most 128 characters, no '/')", requested)
 		}
 		if taken(requested) {
-			return "", newErr("E58", ErrConflict, "an enclave named %q is already running; pick another --enclave-name", requested)
+			return "", newErr("E58", parent.ErrConflict, "an enclave named %q is already running; pick another --enclave-name", requested)
 		}
 		return requested, nil
 	}
@@ -336,7 +336,7 @@ func (d *Daemon) pickCIDLocked(requested uint64) (uint64, error) {
 	}
 	if requested != 0 {
 		if used[requested] {
-			return 0, newErr("E03", ErrConflict, "enclave CID %d is already in use; pick another --enclave-cid or omit it", requested)
+			return 0, newErr("E03", parent.ErrConflict, "enclave CID %d is already in use; pick another --enclave-cid or omit it", requested)
 		}
 		return requested, nil
 	}
@@ -345,7 +345,7 @@ func (d *Daemon) pickCIDLocked(requested uint64) (uint64, error) {
 			return c, nil
 		}
 	}
-	return 0, newErr("E03", ErrResources, "no free enclave CID")
+	return 0, newErr("E03", parent.ErrResources, "no free enclave CID")
 }
 
 // forget drops a failed launch: its resources and its directory.
@@ -380,7 +380,7 @@ func (d *Daemon) lookup(idOrName string) (*enclave, error) {
 		}
 	}
 	if best == nil {
-		return nil, newErr("", ErrNotFound, "no enclave with id or name %q (see describe-enclaves)", idOrName)
+		return nil, newErr("", parent.ErrNotFound, "no enclave with id or name %q (see describe-enclaves)", idOrName)
 	}
 	return best, nil
 }
@@ -515,7 +515,7 @@ func (d *Daemon) Dial(ctx context.Context, idOrName string, port uint32) (net.Co
 	st := e.state
 	d.mu.Unlock()
 	if st != parent.StateRunning {
-		return nil, newErr("", ErrConflict, "enclave %s is %s, not RUNNING", e.rec.ID, st)
+		return nil, newErr("", parent.ErrConflict, "enclave %s is %s, not RUNNING", e.rec.ID, st)
 	}
 	c, err := hybrid.Dial(ctx, filepath.Join(e.dir, vsockSock), port, nil)
 	if err != nil {

@@ -207,23 +207,23 @@ func TestRunValidation(t *testing.T) {
 		code string
 		kind error
 	}{
-		{"no eif", parent.RunRequest{MemoryMiB: 64, CPUCount: 1}, "E01", ErrInvalidArgument},
-		{"both cpu forms", parent.RunRequest{EIFPath: small, MemoryMiB: 64, CPUCount: 1, CPUIDs: []int{0}}, "E02", ErrInvalidArgument},
-		{"no cpus", parent.RunRequest{EIFPath: small, MemoryMiB: 64}, "E01", ErrInvalidArgument},
-		{"memory below 4x image", parent.RunRequest{EIFPath: big, MemoryMiB: 100, CPUCount: 1}, "E26", ErrInvalidArgument},
-		{"memory over budget", parent.RunRequest{EIFPath: small, MemoryMiB: 512, CPUCount: 1}, "E27", ErrResources},
-		{"too many cpus", parent.RunRequest{EIFPath: small, MemoryMiB: 64, CPUCount: 64}, "E22", ErrResources},
-		{"cpu outside pool", parent.RunRequest{EIFPath: small, MemoryMiB: 64, CPUIDs: []int{4000}}, "E21", ErrResources},
-		{"cpu twice", parent.RunRequest{EIFPath: small, MemoryMiB: 64, CPUIDs: []int{0, 0}}, "E20", ErrInvalidArgument},
-		{"cid reserved", parent.RunRequest{EIFPath: small, MemoryMiB: 64, CPUCount: 1, EnclaveCID: 3}, "E03", ErrInvalidArgument},
-		{"cid too large", parent.RunRequest{EIFPath: small, MemoryMiB: 64, CPUCount: 1, EnclaveCID: 1 << 32}, "E03", ErrInvalidArgument},
-		{"not an eif", parent.RunRequest{EIFPath: "/etc/hostname", MemoryMiB: 64, CPUCount: 1}, "E35", ErrInvalidArgument},
-		{"missing file", parent.RunRequest{EIFPath: filepath.Join(state, "nope.eif"), MemoryMiB: 64, CPUCount: 1}, "E19", ErrInvalidArgument},
+		{"no eif", parent.RunRequest{MemoryMiB: 64, CPUCount: 1}, "E01", parent.ErrInvalidArgument},
+		{"both cpu forms", parent.RunRequest{EIFPath: small, MemoryMiB: 64, CPUCount: 1, CPUIDs: []int{0}}, "E02", parent.ErrInvalidArgument},
+		{"no cpus", parent.RunRequest{EIFPath: small, MemoryMiB: 64}, "E01", parent.ErrInvalidArgument},
+		{"memory below 4x image", parent.RunRequest{EIFPath: big, MemoryMiB: 100, CPUCount: 1}, "E26", parent.ErrInvalidArgument},
+		{"memory over budget", parent.RunRequest{EIFPath: small, MemoryMiB: 512, CPUCount: 1}, "E27", parent.ErrResources},
+		{"too many cpus", parent.RunRequest{EIFPath: small, MemoryMiB: 64, CPUCount: 64}, "E22", parent.ErrResources},
+		{"cpu outside pool", parent.RunRequest{EIFPath: small, MemoryMiB: 64, CPUIDs: []int{4000}}, "E21", parent.ErrResources},
+		{"cpu twice", parent.RunRequest{EIFPath: small, MemoryMiB: 64, CPUIDs: []int{0, 0}}, "E20", parent.ErrInvalidArgument},
+		{"cid reserved", parent.RunRequest{EIFPath: small, MemoryMiB: 64, CPUCount: 1, EnclaveCID: 3}, "E03", parent.ErrInvalidArgument},
+		{"cid too large", parent.RunRequest{EIFPath: small, MemoryMiB: 64, CPUCount: 1, EnclaveCID: 1 << 32}, "E03", parent.ErrInvalidArgument},
+		{"not an eif", parent.RunRequest{EIFPath: "/etc/hostname", MemoryMiB: 64, CPUCount: 1}, "E35", parent.ErrInvalidArgument},
+		{"missing file", parent.RunRequest{EIFPath: filepath.Join(state, "nope.eif"), MemoryMiB: 64, CPUCount: 1}, "E19", parent.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := d.Run(ctx, tt.req)
-			var de *Error
+			var de *parent.Error
 			if !errors.As(err, &de) || de.Code != tt.code || !errors.Is(err, tt.kind) {
 				t.Fatalf("Run = %v, want code %s class %v", err, tt.code, tt.kind)
 			}
@@ -243,10 +243,10 @@ func TestNameAndCIDConflicts(t *testing.T) {
 	if _, err := d.Run(ctx, parent.RunRequest{EIFPath: p, MemoryMiB: 64, CPUCount: 1, EnclaveName: "a", EnclaveCID: 100}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Run(ctx, parent.RunRequest{EIFPath: p, MemoryMiB: 64, CPUCount: 1, EnclaveName: "a"}); !errors.Is(err, ErrConflict) {
+	if _, err := d.Run(ctx, parent.RunRequest{EIFPath: p, MemoryMiB: 64, CPUCount: 1, EnclaveName: "a"}); !errors.Is(err, parent.ErrConflict) {
 		t.Errorf("duplicate name: %v", err)
 	}
-	if _, err := d.Run(ctx, parent.RunRequest{EIFPath: p, MemoryMiB: 64, CPUCount: 1, EnclaveCID: 100}); !errors.Is(err, ErrConflict) {
+	if _, err := d.Run(ctx, parent.RunRequest{EIFPath: p, MemoryMiB: 64, CPUCount: 1, EnclaveCID: 100}); !errors.Is(err, parent.ErrConflict) {
 		t.Errorf("duplicate CID: %v", err)
 	}
 }
@@ -256,7 +256,7 @@ func TestHeartbeatTimeoutCleansUp(t *testing.T) {
 	d := newTestDaemon(t, state, Config{HeartbeatTimeout: 500 * time.Millisecond})
 	p := writeTestEIF(t, state, "silent", []byte("x"))
 	_, err := d.Run(context.Background(), parent.RunRequest{EIFPath: p, MemoryMiB: 64, CPUCount: 1})
-	var de *Error
+	var de *parent.Error
 	if !errors.As(err, &de) || de.Code != "E36" || !strings.Contains(err.Error(), "no boot heartbeat") {
 		t.Fatalf("Run = %v, want E36 heartbeat timeout", err)
 	}
@@ -318,7 +318,7 @@ func TestRestartFindsRunningEnclaves(t *testing.T) {
 		t.Fatalf("after restart: %+v %v", desc, err)
 	}
 	// Its CPU is still taken.
-	if _, err := d2.Run(context.Background(), parent.RunRequest{EIFPath: p, MemoryMiB: 64, CPUCount: 1}); !errors.Is(err, ErrResources) {
+	if _, err := d2.Run(context.Background(), parent.RunRequest{EIFPath: p, MemoryMiB: 64, CPUCount: 1}); !errors.Is(err, parent.ErrResources) {
 		t.Errorf("pool after restart: %v", err)
 	}
 	// The enclave still answers.
@@ -386,11 +386,17 @@ func TestAPI(t *testing.T) {
 	}
 	_, err = c.Run(ctx, parent.RunRequest{EIFPath: p, MemoryMiB: 1 << 20, CPUCount: 1})
 	var ae *parent.Error
-	if !errors.As(err, &ae) || ae.Code != "E27" || ae.Status != http.StatusConflict {
+	if !errors.As(err, &ae) || ae.Code != "E27" || ae.Status != http.StatusConflict || !errors.Is(err, parent.ErrResources) {
 		t.Errorf("over-budget run via API: %v", err)
 	}
-	if _, err := c.Terminate(ctx, "nope"); !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
+	if err.Error() != "[E27] "+ae.Msg {
+		t.Errorf("client-side message %q is not the daemon's [Exx] message", err)
+	}
+	if _, err := c.Terminate(ctx, "nope"); !errors.As(err, &ae) || ae.Status != http.StatusNotFound || !errors.Is(err, parent.ErrNotFound) {
 		t.Errorf("terminate unknown: %v", err)
+	}
+	if _, err := c.Run(ctx, parent.RunRequest{MemoryMiB: 64, CPUCount: 1}); !errors.Is(err, parent.ErrInvalidArgument) || errors.Is(err, parent.ErrNotFound) {
+		t.Errorf("run without an image via API: %v is not (only) an invalid argument", err)
 	}
 	pem, err := c.DevRootPEM(ctx)
 	if err != nil || !strings.Contains(string(pem), "BEGIN CERTIFICATE") {

@@ -70,17 +70,17 @@ const maxImageSize = 64 << 30
 func loadImage(ctx context.Context, src *os.File, name string, now time.Time) (*image, error) {
 	fi, err := src.Stat()
 	if err != nil {
-		return nil, newErr("E19", ErrInvalidArgument, "cannot read EIF %s: %v", name, err)
+		return nil, newErr("E19", parent.ErrInvalidArgument, "cannot read EIF %s: %v", name, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, newErr("E19", ErrInvalidArgument, "EIF %s is not a regular file", name)
+		return nil, newErr("E19", parent.ErrInvalidArgument, "EIF %s is not a regular file", name)
 	}
 	if fi.Size() > maxImageSize {
-		return nil, newErr("E19", ErrInvalidArgument, "EIF %s has %d bytes, more than the %d the daemon accepts", name, fi.Size(), int64(maxImageSize))
+		return nil, newErr("E19", parent.ErrInvalidArgument, "EIF %s has %d bytes, more than the %d the daemon accepts", name, fi.Size(), int64(maxImageSize))
 	}
 	f, sum, err := sealedCopy(ctx, src, fi.Size())
 	if err != nil {
-		return nil, newErr("E19", ErrInvalidArgument, "cannot read EIF %s: %v", name, err)
+		return nil, newErr("E19", parent.ErrInvalidArgument, "cannot read EIF %s: %v", name, err)
 	}
 	imageCache.Lock()
 	info, ok := imageCache.m[sum]
@@ -183,15 +183,15 @@ func checkSealed(f *os.File) error {
 func measureImage(f *os.File, name string, size int64, now time.Time) (imageInfo, error) {
 	img, err := eif.Read(f, size, eif.ReadOptions{})
 	if err != nil {
-		return imageInfo{}, newErr("E35", ErrInvalidArgument, "%s is not a valid EIF: %v", name, err)
+		return imageInfo{}, newErr("E35", parent.ErrInvalidArgument, "%s is not a valid EIF: %v", name, err)
 	}
 	m, err := eif.Measure(img)
 	if err != nil {
-		return imageInfo{}, newErr("E35", ErrInvalidArgument, "measuring %s: %v", name, err)
+		return imageInfo{}, newErr("E35", parent.ErrInvalidArgument, "measuring %s: %v", name, err)
 	}
 	if m.PCR8 != nil {
 		if _, err := eif.VerifySignature(img, now); err != nil {
-			return imageInfo{}, newErr("E59", ErrInvalidArgument, "signature of %s does not verify: %v", name, err)
+			return imageInfo{}, newErr("E59", parent.ErrInvalidArgument, "signature of %s does not verify: %v", name, err)
 		}
 	}
 	info := imageInfo{
@@ -216,7 +216,7 @@ func measureImage(f *os.File, name string, size int64, now time.Time) (imageInfo
 	if sec := img.Section(eif.SectionMetadata); sec != nil {
 		md, err := eif.ParseMetadata(sec.Data)
 		if err != nil {
-			return imageInfo{}, newErr("E35", ErrInvalidArgument, "metadata of %s: %v", name, err)
+			return imageInfo{}, newErr("E35", parent.ErrInvalidArgument, "metadata of %s: %v", name, err)
 		}
 		info.name, info.version = md.ImageName, md.ImageVersion
 		if b, err := json.Marshal(md); err == nil {

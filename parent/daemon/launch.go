@@ -26,7 +26,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 		Debug: e.rec.Debug, EIFPath: e.rec.EIFPath, Image: img.file, Dir: e.dir,
 	}
 	if err := backend.ValidateSpec(spec); err != nil {
-		return newErr("E03", ErrInvalidArgument, "%v", err)
+		return newErr("E03", parent.ErrInvalidArgument, "%v", err)
 	}
 	hbTimeout := d.heartbeatTimeout(e.rec.EIFSize, e.rec.MemoryMiB)
 	ms := monitorSpec{Spec: spec, Config: d.cfg, HeartbeatTimeout: hbTimeout, PCRs: img.info.pcrs}
@@ -78,7 +78,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	if err != nil {
 		_ = proc.Kill()
 		_ = monitorTerminate(context.Background(), e.dir)
-		return newErr("E39", ErrBoot, "enclave monitor did not report: %v (see %s)", err, filepath.Join(e.dir, monitorLog))
+		return newErr("E39", parent.ErrBoot, "enclave monitor did not report: %v (see %s)", err, filepath.Join(e.dir, monitorLog))
 	}
 	if st.State != parent.StateRunning && !st.Booted {
 		msg := st.Error
@@ -89,7 +89,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 		if code == "" {
 			code = "E36"
 		}
-		return newErr(code, ErrBoot, "enclave %s did not start: %s%s", e.rec.ID, msg, consoleHint(e.dir))
+		return newErr(code, parent.ErrBoot, "enclave %s did not start: %s%s", e.rec.ID, msg, consoleHint(e.dir))
 	}
 	d.mu.Lock()
 	e.rec.EnclavePID = st.EnclavePID

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/cloister/cloister/internal/cpulist"
+	"github.com/cloister/cloister/parent"
 )
 
 // pool carves dedicated CPUs and memory out of the daemon's budget. Every
@@ -57,14 +58,14 @@ func (p *pool) allocate(id string, count int, ids []int, memMiB int) ([]int, err
 		seen := map[int]bool{}
 		for _, c := range ids {
 			if seen[c] {
-				return nil, newErr("E20", ErrInvalidArgument, "CPU %d is listed more than once in --cpu-ids", c)
+				return nil, newErr("E20", parent.ErrInvalidArgument, "CPU %d is listed more than once in --cpu-ids", c)
 			}
 			seen[c] = true
 			if !inPool[c] {
-				return nil, newErr("E21", ErrResources, "CPU %d is not in the enclave CPU pool (%s); pick CPUs from the pool or change cpu_pool in the daemon config", c, cpulist.Format(p.cpus))
+				return nil, newErr("E21", parent.ErrResources, "CPU %d is not in the enclave CPU pool (%s); pick CPUs from the pool or change cpu_pool in the daemon config", c, cpulist.Format(p.cpus))
 			}
 			if o, busy := p.owner[c]; busy {
-				return nil, newErr("E21", ErrResources, "CPU %d is already used by enclave %s", c, o)
+				return nil, newErr("E21", parent.ErrResources, "CPU %d is already used by enclave %s", c, o)
 			}
 		}
 		chosen = append(chosen, ids...)
@@ -72,7 +73,7 @@ func (p *pool) allocate(id string, count int, ids []int, memMiB int) ([]int, err
 		for _, c := range chosen {
 			for _, s := range p.coreOf[c] {
 				if !seen[s] {
-					return nil, newErr("E20", ErrInvalidArgument, "CPU %d shares its core with CPU %d, which is not listed: enclaves get whole cores (add %d to --cpu-ids)", c, s, s)
+					return nil, newErr("E20", parent.ErrInvalidArgument, "CPU %d shares its core with CPU %d, which is not listed: enclaves get whole cores (add %d to --cpu-ids)", c, s, s)
 				}
 			}
 		}
@@ -99,7 +100,7 @@ func (p *pool) allocate(id string, count int, ids []int, memMiB int) ([]int, err
 		}
 		sort.Ints(chosen)
 		if len(chosen) < count {
-			return nil, newErr("E22", ErrResources, "%d CPUs requested but only %d are free in whole cores (the pool has %d); request a multiple of the threads per core, terminate an enclave or enlarge the pool", count, len(chosen), len(p.cpus))
+			return nil, newErr("E22", parent.ErrResources, "%d CPUs requested but only %d are free in whole cores (the pool has %d); request a multiple of the threads per core, terminate an enclave or enlarge the pool", count, len(chosen), len(p.cpus))
 		}
 	case count > 0:
 		for _, c := range p.cpus {
@@ -111,13 +112,13 @@ func (p *pool) allocate(id string, count int, ids []int, memMiB int) ([]int, err
 			}
 		}
 		if len(chosen) < count {
-			return nil, newErr("E22", ErrResources, "%d CPUs requested but only %d of the pool's %d are free; terminate an enclave or enlarge the pool (cpu_count/cpu_pool in the daemon config)", count, len(chosen), len(p.cpus))
+			return nil, newErr("E22", parent.ErrResources, "%d CPUs requested but only %d of the pool's %d are free; terminate an enclave or enlarge the pool (cpu_count/cpu_pool in the daemon config)", count, len(chosen), len(p.cpus))
 		}
 	default:
-		return nil, newErr("E01", ErrInvalidArgument, "no CPUs requested: give --cpu-count or --cpu-ids")
+		return nil, newErr("E01", parent.ErrInvalidArgument, "no CPUs requested: give --cpu-count or --cpu-ids")
 	}
 	if free := p.memTotal - p.usedLocked(); memMiB > free {
-		return nil, newErr("E27", ErrResources, "%d MiB requested but only %d MiB of the %d MiB budget are free; terminate an enclave or raise memory_mib in the daemon config", memMiB, free, p.memTotal)
+		return nil, newErr("E27", parent.ErrResources, "%d MiB requested but only %d MiB of the %d MiB budget are free; terminate an enclave or raise memory_mib in the daemon config", memMiB, free, p.memTotal)
 	}
 	for _, c := range chosen {
 		p.owner[c] = id
