@@ -105,6 +105,11 @@ if [ -n "$unformatted" ]; then
 	echo "gofmt would change:"; echo "$unformatted"; exit 1
 fi
 
+step "go mod tidy -diff"
+if ! go mod tidy -diff; then
+	echo "go.mod/go.sum are not tidy: run go mod tidy and commit the result"; exit 1
+fi
+
 step "go vet"
 go vet "${pkgs[@]}"
 

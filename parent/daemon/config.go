@@ -10,7 +10,7 @@ import (
 	"runtime"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/cloister/cloister/internal/cpulist"
 )
