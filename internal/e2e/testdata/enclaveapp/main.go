@@ -256,12 +256,13 @@ func atoi(s string) int {
 func consoleFlood(mib int) {
 	w := bufio.NewWriterSize(os.Stdout, 64<<10)
 	line := bytes.Repeat([]byte("x"), 100)
+	start := time.Now()
 	var n int64
 	for i := 0; n < int64(mib)<<20; i++ {
 		k, _ := fmt.Fprintf(w, "CONSOLEFLOOD %09d %s\n", i, line)
 		n += int64(k)
 	}
-	fmt.Fprintf(w, "CONSOLEFLOOD DONE %d bytes\n", n)
+	fmt.Fprintf(w, "CONSOLEFLOOD DONE %d bytes in %s\n", n, time.Since(start))
 	_ = w.Flush()
 }
 
