@@ -192,3 +192,31 @@ func BenchmarkThroughputRatio(b *testing.B) {
 	b.ReportMetric(mb/tu.Seconds(), "unix-MB/s")
 	b.ReportMetric(tu.Seconds()/th.Seconds(), "throughput-ratio")
 }
+
+// BenchmarkUnixConnectorConnect measures one host → enclave connection
+// setup in the sandbox world: UnixConnector.ConnectGuest (open the
+// listener name without following links, check it, connect through
+// /proc/self/fd, send the relay marker) and the enclave listener's Accept.
+func BenchmarkUnixConnectorConnect(b *testing.B) {
+	w := newWorld(b, nil)
+	l := w.guestListen(b, 1)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	conn := hybrid.UnixConnector{Dir: filepath.Join(w.dir, "guest")}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		c, err := conn.ConnectGuest(ctx, 1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+}

@@ -15,12 +15,14 @@
 //   - D/host/vsock_<port> are host listeners for connections the enclave opens
 //     to (CID 3, port): Firecracker's "<uds_path>_<port>" naming. [Listen]
 //     creates one and [Registry] manages the set for one enclave.
-//   - D/guest/vsock_<port> (sandbox world only) are the enclave's own
-//     listeners ([ListenGuest]); [UnixConnector] dials them for the [Server].
+//   - vsock_<port> in the enclave's listener directory (sandbox world only;
+//     a private tmpfs the sandbox backend reaches by descriptor) are the
+//     enclave's own listeners ([ListenGuest]); [UnixConnector] dials them
+//     for the [Server], never following a link the enclave made there.
 //
 // # Handoff in the sandbox world
 //
-// Every connection to a D/guest/vsock_<port> listener starts with one marker
+// Every connection to an enclave's vsock_<port> listener starts with one marker
 // byte from the connecting side:
 //
 //   - 'F' ([MarkerHandoff]) with exactly one SCM_RIGHTS descriptor: the

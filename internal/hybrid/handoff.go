@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -16,8 +15,9 @@ import (
 )
 
 // Marker bytes: the first byte a sandbox-world connection to an enclave
-// listener (D/guest/vsock_<port>) carries, written by whoever connects (the
-// daemon's [Server] through [UnixConnector], or a direct dialer).
+// listener (vsock_<port> in its listener directory) carries, written by
+// whoever connects (the daemon's [Server] through [UnixConnector], or a
+// direct dialer).
 const (
 	// MarkerHandoff ('F') comes with one SCM_RIGHTS file descriptor: the
 	// host client's own socket, already past "OK <n>\n". The enclave uses
@@ -52,24 +52,34 @@ type Handoff interface {
 
 var _ Handoff = UnixConnector{}
 
-// guestPath is the enclave's listener socket for port.
-func (u UnixConnector) guestPath(port uint32) string {
-	return filepath.Join(u.Dir, "vsock_"+strconv.FormatUint(uint64(port), 10))
+// guestName is the name of the enclave's listener socket for port.
+func guestName(port uint32) string {
+	return "vsock_" + strconv.FormatUint(uint64(port), 10)
 }
 
-// dial connects to the enclave's listener for port.
+// errNotSocket is the cause of a refused connection to an enclave listener
+// name that is not a socket of the listener directory; it is of class
+// [ErrNoListener].
+var errNotSocket = errors.New("not a socket in the enclave's listener directory")
+
+// dial connects to the enclave's listener for port, "vsock_<port>" in the
+// listener directory, never following a link the enclave made (see
+// [UnixConnector]).
 func (u UnixConnector) dial(ctx context.Context, port uint32) (*net.UnixConn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", u.guestPath(port))
+	c, err := dialGuest(ctx, u.Dir, u.Root, guestName(port))
+	if errors.Is(err, errNotSocket) {
+		err = &Error{Class: ErrNoListener, Port: port, Err: err}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("hybrid: connect to enclave port %d: %w", port, Classify(ctx, err, port))
 	}
-	return c.(*net.UnixConn), nil
+	return c, nil
 }
 
-// Handoff implements [Handoff]: it dials "<Dir>/vsock_<port>", writes ok to
-// client, then sends the marker [MarkerHandoff] with client's descriptor
-// (SCM_RIGHTS) on the new connection and closes that connection.
+// Handoff implements [Handoff]: it connects to the enclave's "vsock_<port>"
+// as ConnectGuest does, writes ok to client, then sends the marker
+// [MarkerHandoff] with client's descriptor (SCM_RIGHTS) on the new
+// connection and closes that connection.
 func (u UnixConnector) Handoff(ctx context.Context, port uint32, client *net.UnixConn, ok []byte) error {
 	g, err := u.dial(ctx, port)
 	if err != nil {
@@ -116,13 +126,13 @@ func SendRelay(c net.Conn) error {
 }
 
 // ListenGuest is [ListenUnix] for the sandbox world's enclave listeners
-// (D/guest/vsock_<port>): Accept first reads each connection's marker. With
-// [MarkerHandoff] and a descriptor, the accepted [*Conn] wraps the received
-// socket and the connection the marker came on is closed; with
-// [MarkerRelay], it wraps the connection itself. A connection that sends
-// anything else, ends, or sends nothing within the marker timeout is closed
-// and Accept waits for the next one (a misbehaving peer delays Accept by at
-// most that timeout).
+// (vsock_<port> in the listener directory): Accept first reads each
+// connection's marker. With [MarkerHandoff] and a descriptor, the accepted
+// [*Conn] wraps the received socket and the connection the marker came on
+// is closed; with [MarkerRelay], it wraps the connection itself. A
+// connection that sends anything else, ends, or sends nothing within the
+// marker timeout is closed and Accept waits for the next one (a misbehaving
+// peer delays Accept by at most that timeout).
 func ListenGuest(path string, local *vsock.Addr, peerCID uint32) (*Listener, error) {
 	l, err := ListenUnix(path, local, peerCID)
 	if err != nil {

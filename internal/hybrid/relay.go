@@ -8,13 +8,17 @@ import (
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
-// unixOf returns the Unix socket under c, if any.
+// unixOf returns the Unix socket under c, if any: c itself, or what its
+// UnixConn method returns (a [*Conn], a connection counted by
+// internal/connlimit).
 func unixOf(c net.Conn) *net.UnixConn {
 	switch v := c.(type) {
 	case *net.UnixConn:
 		return v
 	case *Conn:
 		return v.uc
+	case interface{ UnixConn() *net.UnixConn }:
+		return v.UnixConn()
 	}
 	return nil
 }

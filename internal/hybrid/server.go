@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -21,19 +22,35 @@ type Connector interface {
 }
 
 // UnixConnector is the sandbox world's [Connector]: the enclave's listeners
-// are Unix sockets "<Dir>/vsock_<port>" (Dir is the enclave directory's
-// guest/ folder).
+// are Unix sockets "vsock_<port>" in its listener directory (Root, or Dir).
+//
+// Everything in that directory is the enclave's, and the connector runs as
+// root on the host: it never follows a link there. It opens "vsock_<port>"
+// with O_PATH|O_NOFOLLOW relative to the directory, requires a socket on
+// the directory's own file system (a symbolic link, FIFO, directory or
+// regular file is class [ErrNoListener]), and connects to that inode
+// through /proc/self/fd (Linux only). An enclave that names a host socket
+// with a link therefore gets no connection, and no client socket, through
+// it.
 type UnixConnector struct {
-	// Dir holds the enclave's listener sockets.
+	// Dir is the path of the listener directory. It is resolved as given
+	// (links included) on every connection, so it must be the daemon's own
+	// path (a directory like D/guest): only what is below it belongs to
+	// the enclave.
 	Dir string
+	// Root, when non-nil, is an open descriptor of the listener directory
+	// (O_PATH is enough) and is used instead of Dir. The sandbox backend
+	// passes its enclave's private tmpfs this way: it has no host path.
+	Root *os.File
 }
 
-// ConnectGuest dials "<Dir>/vsock_<port>" and writes [MarkerRelay], so the
-// enclave's listener (see [ListenGuest]) reads the connection itself as the
-// stream. A missing socket file or a refused connection is class
-// [ErrNoListener]; ctx's deadline gives [ErrTimeout]. The result is a
-// *net.UnixConn, which the [Server] splices without copying through user
-// space. The [Server] prefers [UnixConnector.Handoff], which needs no relay.
+// ConnectGuest connects to the enclave's "vsock_<port>" and writes
+// [MarkerRelay], so the enclave's listener (see [ListenGuest]) reads the
+// connection itself as the stream. A missing socket, a name that is not a
+// socket, or a refused connection is class [ErrNoListener]; ctx's deadline
+// gives [ErrTimeout]. The result is a *net.UnixConn, which the [Server]
+// splices without copying through user space. The [Server] prefers
+// [UnixConnector.Handoff], which needs no relay.
 func (u UnixConnector) ConnectGuest(ctx context.Context, port uint32) (net.Conn, error) {
 	c, err := u.dial(ctx, port)
 	if err != nil {

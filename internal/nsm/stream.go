@@ -15,8 +15,10 @@ import (
 // one frame (see [WriteFrame]). Requests are sent one at a time; Stream is
 // safe for concurrent use.
 //
-// The connection is dialled lazily on the first RoundTrip. After any
-// failure (dial, write, read, bad frame, ctx ended mid-exchange) the
+// The connection is dialled lazily on the first RoundTrip, and again when
+// the one kept from an earlier request turns out, before use, to have been
+// closed by the peer (the emulated module closes idle connections). After
+// any failure (dial, write, read, bad frame, ctx ended mid-exchange) the
 // connection is closed and the next RoundTrip dials a new one. When an
 // exchange fails on a connection kept from an earlier request (the peer
 // may have restarted meanwhile) and ctx is still live, the request is sent
@@ -126,7 +128,17 @@ func (s *Stream) connect(ctx context.Context) (net.Conn, error) {
 	c := s.conn
 	s.mu.Unlock()
 	if c != nil {
-		return c, nil
+		if !stale(c) {
+			return c, nil
+		}
+		// Closed by the peer while idle: dial afresh, so that even a
+		// request that cannot be retried (ExtendPCR, LockPCR) goes out.
+		s.mu.Lock()
+		if s.conn == c {
+			s.conn = nil
+		}
+		s.mu.Unlock()
+		c.Close()
 	}
 	c, err := s.dial(ctx)
 	if err != nil {

@@ -111,8 +111,12 @@ func TestStreamReconnects(t *testing.T) {
 	l, dial, dials := unixListener(t)
 	lock, _ := nsm.EncodeResponse(nsm.LockPCRResponse{})
 	rnd, _ := nsm.EncodeResponse(nsm.GetRandomResponse{Random: []byte{1}})
-	// The server answers, then closes every connection (a restarting peer).
-	fakeServer(t, l, true, func(n int, req []byte) []byte {
+	// The server closes the connection instead of answering requests 2
+	// and 4 (a peer that fails in the middle of an exchange).
+	fakeServer(t, l, false, func(n int, req []byte) []byte {
+		if n == 2 || n == 4 {
+			return nil
+		}
 		if bytes.Equal(req, mustEncode(t, nsm.GetRandomRequest{})) {
 			return rnd
 		}
@@ -121,21 +125,59 @@ func TestStreamReconnects(t *testing.T) {
 	s := nsm.NewStream(dial)
 	defer s.Close()
 	c := nsm.NewClient(s)
-	for i := range 3 {
+	for i := range 2 {
 		if _, err := c.GetRandom(ctx); err != nil {
 			t.Fatalf("GetRandom %d: %v", i, err)
 		}
 	}
-	if n := dials.Load(); n != 3 {
-		t.Fatalf("%d dials, want 3 (idempotent requests retried on a fresh connection)", n)
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("%d dials, want 2 (the idempotent request retried on a fresh connection)", n)
 	}
 	// LockPCR is not idempotent: the failure reaches the caller, the next
 	// request reconnects.
 	if err := c.LockPCR(ctx, 16); err == nil {
-		t.Fatal("LockPCR on a connection the peer closed succeeded")
+		t.Fatal("LockPCR on a connection the peer closed mid-exchange succeeded")
 	}
 	if err := c.LockPCR(ctx, 16); err != nil {
 		t.Fatalf("LockPCR after reconnect: %v", err)
+	}
+	if n := dials.Load(); n != 3 {
+		t.Fatalf("%d dials, want 3", n)
+	}
+}
+
+// TestStreamRedialsAfterIdleClose: a connection the peer closed while it
+// was idle (the emulated module's idle timeout) is noticed before use, so
+// even a non-idempotent request goes out on a fresh connection.
+func TestStreamRedialsAfterIdleClose(t *testing.T) {
+	ctx := context.Background()
+	l, dial, dials := unixListener(t)
+	lock, _ := nsm.EncodeResponse(nsm.LockPCRResponse{})
+	closed := make(chan struct{}, 4)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			if _, err := nsm.ReadFrame(c, nsm.MaxRequestSize); err == nil {
+				_ = nsm.WriteFrame(c, lock)
+			}
+			c.Close()
+			closed <- struct{}{}
+		}
+	}()
+	s := nsm.NewStream(dial)
+	defer s.Close()
+	c := nsm.NewClient(s)
+	for i := range 3 {
+		if err := c.LockPCR(ctx, 16+i); err != nil {
+			t.Fatalf("LockPCR %d: %v", i, err)
+		}
+		<-closed
+	}
+	if n := dials.Load(); n != 3 {
+		t.Fatalf("%d dials, want 3", n)
 	}
 }
 

@@ -105,46 +105,15 @@ func (d *Daemon) handleConsole(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(n)*time.Second)
 		defer cancel()
 	}
-	f, err := os.Open(filepath.Join(e.dir, consoleFile))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		writeError(w, fmt.Errorf("daemon: open console log: %w", err))
-		return
-	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusOK)
-	flusher, _ := w.(http.Flusher)
-	if f == nil {
-		return
+	var flush func()
+	if flusher, ok := w.(http.Flusher); ok {
+		flush = flusher.Flush
 	}
-	defer f.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, rerr := f.Read(buf)
-		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
-				return
-			}
-			if flusher != nil {
-				flusher.Flush()
-			}
-			continue
-		}
-		if rerr != nil && !errors.Is(rerr, io.EOF) {
-			return
-		}
-		if !follow {
-			return
-		}
-		select {
-		case <-e.done:
-			// Drain what the enclave wrote last, then stop.
-			_, _ = io.Copy(w, f)
-			return
-		case <-ctx.Done():
-			return
-		case <-time.After(50 * time.Millisecond):
-		}
+	if err := copyConsole(ctx, w, flush, e.dir, follow, e.done); err != nil {
+		d.log.Debug("console stream ended", "enclave", e.rec.ID, "err", err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"os"
 	"runtime"
@@ -24,6 +25,25 @@ const (
 	// DefaultEgressPort is the parent port of the default egress proxy
 	// (vsock-proxy's conventional port).
 	DefaultEgressPort = 8000
+
+	// DefaultConsoleMaxMiB caps each enclave's console.log (and its one
+	// rotated predecessor, console.log.1).
+	DefaultConsoleMaxMiB = 16
+	// DefaultNSMMaxConnections bounds an enclave's concurrent connections
+	// to its emulated security module.
+	DefaultNSMMaxConnections = 64
+	// DefaultNSMIdleTimeout closes a security-module connection that sends
+	// no request for this long.
+	DefaultNSMIdleTimeout = time.Minute
+	// DefaultAttestationsPerSecondPerCPU is the emulated security module's
+	// sustained attestation rate per vCPU of the enclave.
+	DefaultAttestationsPerSecondPerCPU = 20
+	// DefaultAttestationBurstPerCPU is how many attestations per vCPU the
+	// enclave may request at once before the rate applies.
+	DefaultAttestationBurstPerCPU = 40
+	// DefaultEgressMaxConnections bounds an enclave's concurrent
+	// connections to each egress proxy port.
+	DefaultEgressMaxConnections = 256
 )
 
 // Config is the daemon's configuration. The zero value is usable: every
@@ -58,6 +78,12 @@ type Config struct {
 	// Egress configures the per-enclave egress proxies.
 	Egress EgressConfig `yaml:"egress"`
 
+	// Console bounds each enclave's kept console log.
+	Console ConsoleConfig `yaml:"console"`
+
+	// NSM bounds each enclave's use of its emulated security module.
+	NSM NSMConfig `yaml:"nsm"`
+
 	// QEMU configures the microVM backend.
 	QEMU QEMUConfig `yaml:"qemu"`
 
@@ -77,6 +103,40 @@ type EgressConfig struct {
 	Nameserver string `yaml:"nameserver"`
 	// Proxies lists the proxy ports. Default: one CONNECT proxy on port 8000.
 	Proxies []ProxyConfig `yaml:"proxies"`
+	// MaxConnections bounds one enclave's concurrent connections to each
+	// proxy port; further ones are accepted and closed at once (default
+	// 256).
+	MaxConnections int `yaml:"max_connections"`
+}
+
+// ConsoleConfig bounds the kept console log (D/console.log) of each
+// enclave. The monitor drains the enclave's console into it.
+type ConsoleConfig struct {
+	// MaxMiB caps console.log; when the next output would exceed it,
+	// console.log becomes console.log.1 (replacing the previous one) and a
+	// new console.log starts, so at least the newest MaxMiB (and at most
+	// 2×MaxMiB) are kept. Default 16.
+	MaxMiB int `yaml:"max_mib"`
+}
+
+// NSMConfig bounds each enclave's use of the emulated security module
+// (sandbox and microVM backends; a Nitro enclave has the real one). The
+// monitor does this work outside the enclave's cgroup, so these limits are
+// what keeps an enclave from spending the host's CPU and memory on it.
+type NSMConfig struct {
+	// MaxConnections bounds the enclave's concurrent connections; further
+	// ones are accepted and closed at once (default 64).
+	MaxConnections int `yaml:"max_connections"`
+	// IdleTimeout closes a connection that sends no complete request for
+	// this long (default 1m; the SDK reconnects transparently).
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// AttestationsPerSecondPerCPU is the sustained rate of attestation
+	// documents per vCPU of the enclave (default 20); requests beyond it
+	// wait for their turn, as on a slow device.
+	AttestationsPerSecondPerCPU float64 `yaml:"attestations_per_second_per_cpu"`
+	// AttestationBurstPerCPU is how many attestations per vCPU may be
+	// issued at once before the rate applies (default 40).
+	AttestationBurstPerCPU int `yaml:"attestation_burst_per_cpu"`
 }
 
 // ProxyConfig is one egress proxy port. With RemoteAddr/RemotePort it
@@ -195,6 +255,24 @@ func (c Config) Validate() error {
 	if c.KeepExited < 0 {
 		return fmt.Errorf("keep_exited %d is negative", c.KeepExited)
 	}
+	if c.Egress.MaxConnections < 0 {
+		return fmt.Errorf("egress max_connections %d is negative", c.Egress.MaxConnections)
+	}
+	if c.Console.MaxMiB < 0 || c.Console.MaxMiB > 1<<20 {
+		return fmt.Errorf("console max_mib %d is outside 0..%d", c.Console.MaxMiB, 1<<20)
+	}
+	if c.NSM.MaxConnections < 0 {
+		return fmt.Errorf("nsm max_connections %d is negative", c.NSM.MaxConnections)
+	}
+	if c.NSM.IdleTimeout < 0 {
+		return fmt.Errorf("nsm idle_timeout %s is negative", c.NSM.IdleTimeout)
+	}
+	if r := c.NSM.AttestationsPerSecondPerCPU; r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
+		return fmt.Errorf("nsm attestations_per_second_per_cpu %v is negative or not a number", r)
+	}
+	if c.NSM.AttestationBurstPerCPU < 0 {
+		return fmt.Errorf("nsm attestation_burst_per_cpu %d is negative", c.NSM.AttestationBurstPerCPU)
+	}
 	return nil
 }
 
@@ -224,7 +302,30 @@ func (c Config) withDefaults() Config {
 	if c.KeepExited == 0 {
 		c.KeepExited = 16
 	}
+	if c.Egress.MaxConnections == 0 {
+		c.Egress.MaxConnections = DefaultEgressMaxConnections
+	}
+	if c.Console.MaxMiB == 0 {
+		c.Console.MaxMiB = DefaultConsoleMaxMiB
+	}
+	c.NSM = c.NSM.withDefaults()
 	return c
+}
+
+func (n NSMConfig) withDefaults() NSMConfig {
+	if n.MaxConnections == 0 {
+		n.MaxConnections = DefaultNSMMaxConnections
+	}
+	if n.IdleTimeout == 0 {
+		n.IdleTimeout = DefaultNSMIdleTimeout
+	}
+	if n.AttestationsPerSecondPerCPU == 0 {
+		n.AttestationsPerSecondPerCPU = DefaultAttestationsPerSecondPerCPU
+	}
+	if n.AttestationBurstPerCPU == 0 {
+		n.AttestationBurstPerCPU = DefaultAttestationBurstPerCPU
+	}
+	return n
 }
 
 // poolCPUs resolves the configured CPU pool against the online CPUs.

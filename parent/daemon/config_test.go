@@ -25,12 +25,22 @@ egress:
     - port: 8001
       remote_addr: kms.us-east-1.amazonaws.com
       remote_port: 443
+  max_connections: 32
+console:
+  max_mib: 4
+nsm:
+  max_connections: 8
+  idle_timeout: 30s
+  attestations_per_second_per_cpu: 2.5
+  attestation_burst_per_cpu: 5
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Config{MemoryMiB: 4096, CPUPool: "2,3,6-9", HeartbeatTimeout: 30 * time.Second,
-		Egress: EgressConfig{Allowlist: "/etc/cloister/allow.yaml", Nameserver: "127.0.0.53:53", Proxies: []ProxyConfig{{Port: 8000}, {Port: 8001, RemoteAddr: "kms.us-east-1.amazonaws.com", RemotePort: 443}}}}
+		Egress:  EgressConfig{Allowlist: "/etc/cloister/allow.yaml", Nameserver: "127.0.0.53:53", Proxies: []ProxyConfig{{Port: 8000}, {Port: 8001, RemoteAddr: "kms.us-east-1.amazonaws.com", RemotePort: 443}}, MaxConnections: 32},
+		Console: ConsoleConfig{MaxMiB: 4},
+		NSM:     NSMConfig{MaxConnections: 8, IdleTimeout: 30 * time.Second, AttestationsPerSecondPerCPU: 2.5, AttestationBurstPerCPU: 5}}
 	if diff := cmp.Diff(want, cfg); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
 	}
@@ -52,11 +62,40 @@ func TestParseConfigErrors(t *testing.T) {
 		{"qemu:\n  accel: hvf\n", "accel"},
 		{"egress:\n  nameserver: dns.example:53\n", "not IP:port"},
 		{"egress:\n  nameserver: 127.0.0.1\n", "not IP:port"},
+		{"console:\n  max_mib: -1\n", "max_mib"},
+		{"egress:\n  max_connections: -1\n", "max_connections"},
+		{"nsm:\n  max_connections: -5\n", "max_connections"},
+		{"nsm:\n  idle_timeout: -1s\n", "idle_timeout"},
+		{"nsm:\n  attestations_per_second_per_cpu: -1\n", "attestations_per_second_per_cpu"},
+		{"nsm:\n  attestations_per_second_per_cpu: .nan\n", "attestations_per_second_per_cpu"},
+		{"nsm:\n  attestation_burst_per_cpu: -1\n", "attestation_burst_per_cpu"},
+		{"nsm:\n  max_conns: 5\n", "max_conns"},
 	} {
 		_, err := ParseConfig([]byte(tt.doc))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("ParseConfig(%q) = %v, want error containing %q", tt.doc, err, tt.want)
 		}
+	}
+}
+
+func TestConfigLimitDefaults(t *testing.T) {
+	got := Config{}.withDefaults()
+	want := struct {
+		Console ConsoleConfig
+		NSM     NSMConfig
+		Egress  int
+	}{
+		ConsoleConfig{MaxMiB: 16},
+		NSMConfig{MaxConnections: 64, IdleTimeout: time.Minute, AttestationsPerSecondPerCPU: 20, AttestationBurstPerCPU: 40},
+		256,
+	}
+	gotLimits := struct {
+		Console ConsoleConfig
+		NSM     NSMConfig
+		Egress  int
+	}{got.Console, got.NSM, got.Egress.MaxConnections}
+	if diff := cmp.Diff(want, gotLimits); diff != "" {
+		t.Errorf("default limits (-want +got):\n%s", diff)
 	}
 }
 

@@ -35,6 +35,10 @@ func (fakeBackend) HostListen(ctx context.Context, spec backend.Spec, port uint3
 }
 
 func (fakeBackend) Launch(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
+	// The fake enclave's listeners go in D/guest, as the sandbox's once did.
+	if err := os.MkdirAll(filepath.Join(spec.Dir, guestSubdir), 0o700); err != nil {
+		return nil, err
+	}
 	f := &fakeInstance{spec: spec, done: make(chan struct{}), stop: make(chan struct{})}
 	go f.run()
 	return f, nil

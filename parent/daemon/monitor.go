@@ -94,6 +94,8 @@ type monitor struct {
 	inst      backend.Instance
 	terminate chan struct{}
 	termOnce  sync.Once
+
+	limits serviceLimits // bounded services and their counters (GET /stats)
 }
 
 func (m *monitor) setStatus(f func(*monitorStatus)) {
@@ -115,14 +117,13 @@ func (m *monitor) requestTerminate() { m.termOnce.Do(func() { close(m.terminate)
 func (m *monitor) run(ctx context.Context) error {
 	m.terminate = make(chan struct{})
 	spec := m.spec.Spec
-	for _, sub := range []string{hostSubdir, guestSubdir} {
-		if err := os.MkdirAll(filepath.Join(m.dir, sub), 0o700); err != nil {
-			return m.fail("", fmt.Errorf("create %s: %w", sub, err))
-		}
+	if err := os.MkdirAll(filepath.Join(m.dir, hostSubdir), 0o700); err != nil {
+		return m.fail("", fmt.Errorf("create %s: %w", hostSubdir, err))
 	}
-	console, err := os.OpenFile(filepath.Join(m.dir, consoleFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	// The enclave's output goes to a capped, rotating log (consolelog.go).
+	console, err := openConsoleLog(filepath.Join(m.dir, consoleFile), m.spec.Config.consoleMaxBytes())
 	if err != nil {
-		return m.fail("", fmt.Errorf("open console log: %w", err))
+		return m.fail("", err)
 	}
 	defer console.Close()
 	spec.Console = console
@@ -284,17 +285,27 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 			}
 			pcrs[i] = b
 		}
+		// Per-enclave limits: the emulator works in this process, outside
+		// the enclave's cgroup (monitor_limits.go).
+		nc := m.spec.Config.NSM.withDefaults()
+		bucket, err := attestationBucket(nc, len(spec.CPUs))
+		if err != nil {
+			return fmt.Errorf("security module emulator: %w", err)
+		}
 		emu, err := nsmemu.New(nsmemu.Config{
 			ModuleID: spec.ID, Issuer: iss, PCRs: pcrs, Debug: spec.Debug,
-			Logger: m.log.With("service", "nsm"),
+			Logger:      m.log.With("service", "nsm"),
+			IdleTimeout: nc.IdleTimeout, Attestations: bucket,
 		})
 		if err != nil {
 			return fmt.Errorf("security module emulator: %w", err)
 		}
+		m.limits.setEmulator(emu)
 		l, err := m.be.HostListen(ctx, spec, NSMPort)
 		if err != nil {
 			return fmt.Errorf("security module listener: %w", err)
 		}
+		l = m.limits.bound("nsm", l, nc.MaxConnections)
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = emu.Serve(ctx, l) }()
 	}
@@ -325,6 +336,7 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 		if err != nil {
 			return fmt.Errorf("egress proxy listener on port %d: %w", pc.Port, err)
 		}
+		l = m.limits.bound(fmt.Sprintf("egress:%d", pc.Port), l, m.spec.Config.egressMaxConnections())
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = p.Serve(ctx, l) }()
 	}
@@ -374,6 +386,7 @@ func (m *monitor) handler() http.Handler {
 			}
 		}
 	})
+	mux.HandleFunc("GET /stats", m.limits.handleStats)
 	mux.HandleFunc("POST /terminate", func(w http.ResponseWriter, r *http.Request) {
 		m.requestTerminate()
 		for {

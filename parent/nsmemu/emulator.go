@@ -9,7 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cloister/cloister/attest"
@@ -62,6 +64,38 @@ type Config struct {
 	// Logger receives request errors at debug level and internal failures
 	// at error level; default discards.
 	Logger *slog.Logger
+	// IdleTimeout, when positive, makes Serve close a connection on which
+	// no complete request arrives for that long (a client such as
+	// nsm.Stream reconnects on its next request). Zero means no limit.
+	IdleTimeout time.Duration
+	// Attestations, when not nil, paces Attestation requests: each one
+	// waits for Attestations.Wait before its document is signed. The
+	// signing is the emulator's one expensive operation and runs in the
+	// host process, outside the enclave's CPU limit: a limiter scaled to
+	// the enclave's vCPUs keeps an attestation loop from taking the
+	// host's CPUs. Nil means no limit.
+	Attestations Limiter
+}
+
+// Limiter paces one kind of request (see Config.Attestations).
+// *ratelimit.Bucket implements it.
+type Limiter interface {
+	// Wait returns when the request may proceed, with how long it waited,
+	// or with ctx's error if ctx ended first.
+	Wait(ctx context.Context) (time.Duration, error)
+}
+
+// Stats are an Emulator's counters.
+type Stats struct {
+	// IdleClosed counts connections Serve closed after IdleTimeout.
+	IdleClosed uint64 `json:"idle_closed"`
+	// Attestations counts attestation documents issued.
+	Attestations uint64 `json:"attestations"`
+	// Throttled counts attestation requests that had to wait for the
+	// limiter (including those abandoned while waiting).
+	Throttled uint64 `json:"throttled"`
+	// Waiting counts attestation requests waiting for the limiter now.
+	Waiting int64 `json:"waiting"`
 }
 
 // Emulator is an emulated Nitro security module for one enclave: 32
@@ -73,6 +107,11 @@ type Emulator struct {
 	clock    func() time.Time
 	rand     io.Reader
 	log      *slog.Logger
+	idle     time.Duration
+	limiter  Limiter
+
+	idleClosed, attestations, throttled atomic.Uint64
+	waiting                             atomic.Int64
 
 	mu     sync.Mutex
 	pcrs   [nsm.MaxPCRs][nsm.PCRSize]byte
@@ -90,7 +129,8 @@ func New(cfg Config) (*Emulator, error) {
 	if cfg.Issuer == nil {
 		return nil, errors.New("nsm emulator: no attestation issuer configured")
 	}
-	e := &Emulator{moduleID: cfg.ModuleID, issuer: cfg.Issuer, clock: cfg.Clock, rand: cfg.Rand, log: cfg.Logger}
+	e := &Emulator{moduleID: cfg.ModuleID, issuer: cfg.Issuer, clock: cfg.Clock, rand: cfg.Rand, log: cfg.Logger,
+		idle: cfg.IdleTimeout, limiter: cfg.Attestations}
 	if e.clock == nil {
 		e.clock = time.Now
 	}
@@ -132,14 +172,15 @@ func New(cfg Config) (*Emulator, error) {
 //   - DescribeNSM → version 1.0.0, the module ID, max_pcrs 32, the locked
 //     PCRs in ascending order, digest SHA384;
 //   - Attestation with user_data, nonce or public_key over 1024 bytes →
-//     InputTooLarge; otherwise a document signed by the Issuer whose pcrs
-//     are exactly the locked PCRs, timestamp from Clock, the three fields
-//     echoed (null when absent);
+//     InputTooLarge; otherwise, once the Attestations limiter (if any)
+//     lets it through, a document signed by the Issuer whose pcrs are
+//     exactly the locked PCRs, timestamp from Clock, the three fields
+//     echoed (null when absent); if ctx ends while it waits → InternalError;
 //   - GetRandom → 256 bytes from Rand;
 //   - a response over 12288 bytes → InputTooLarge (as QEMU); an Issuer or
 //     Rand failure → InternalError.
 //
-// ctx only carries values for the logger.
+// ctx carries values for the logger and bounds the wait for the limiter.
 func (e *Emulator) Handle(ctx context.Context, req []byte) []byte {
 	resp := e.handle(ctx, req)
 	b, err := nsm.EncodeResponse(resp)
@@ -247,6 +288,18 @@ func (e *Emulator) attest(ctx context.Context, r nsm.AttestationRequest) nsm.Res
 		len(r.PublicKey) > nsm.MaxAttestationField {
 		return e.fail(ctx, r.Name(), nsm.InputTooLarge)
 	}
+	if e.limiter != nil {
+		e.waiting.Add(1)
+		d, err := e.limiter.Wait(ctx)
+		e.waiting.Add(-1)
+		if d > 0 || err != nil {
+			e.throttled.Add(1)
+		}
+		if err != nil {
+			e.log.DebugContext(ctx, "nsm emulator: attestation abandoned while throttled", "err", err)
+			return nsm.ErrorResponse{Code: nsm.InternalError}
+		}
+	}
 	pcrs := make(map[int][]byte, nsm.MaxPCRs)
 	e.mu.Lock()
 	for i, l := range e.locked {
@@ -270,17 +323,26 @@ func (e *Emulator) attest(ctx context.Context, r nsm.AttestationRequest) nsm.Res
 		e.log.ErrorContext(ctx, "nsm emulator: issue attestation document", "err", err)
 		return nsm.ErrorResponse{Code: nsm.InternalError}
 	}
+	e.attestations.Add(1)
 	return nsm.AttestationResponse{Document: doc}
 }
 
 func clone(p [nsm.PCRSize]byte) []byte { return append([]byte(nil), p[:]...) }
+
+// Stats returns the emulator's counters.
+func (e *Emulator) Stats() Stats {
+	return Stats{IdleClosed: e.idleClosed.Load(), Attestations: e.attestations.Load(),
+		Throttled: e.throttled.Load(), Waiting: e.waiting.Load()}
+}
 
 // Serve accepts connections on l and answers NSM requests on each, one
 // goroutine per connection, using the stream framing of [nsm.ReadFrame]
 // and [nsm.WriteFrame]: one request frame (≤ 4096 bytes), one response
 // frame, repeated until the peer closes. A frame whose length prefix is
 // over 4096 gets an InputTooLarge response and the connection is closed (its
-// payload is never read); a zero length closes the connection. When ctx
+// payload is never read); a zero length closes the connection, and so does
+// IdleTimeout passing before a whole request frame has arrived. Serve does
+// not bound the number of connections: wrap l (internal/connlimit) for that. When ctx
 // ends Serve closes l and every connection and returns nil; if Accept fails
 // otherwise it closes the connections and returns that error. Serve does
 // not return before its connection goroutines have ended.
@@ -308,8 +370,16 @@ func (e *Emulator) serveConn(ctx context.Context, c net.Conn) {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	for {
+		if e.idle > 0 {
+			_ = c.SetReadDeadline(time.Now().Add(e.idle))
+		}
 		req, err := nsm.ReadFrame(c, nsm.MaxRequestSize)
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil {
+				e.idleClosed.Add(1)
+				e.log.DebugContext(ctx, "nsm emulator: idle connection closed", "after", e.idle)
+				return
+			}
 			var fe *nsm.FrameSizeError
 			if errors.As(err, &fe) && fe.Size > nsm.MaxRequestSize {
 				b, _ := nsm.EncodeResponse(nsm.ErrorResponse{Code: nsm.InputTooLarge})

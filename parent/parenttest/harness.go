@@ -9,7 +9,11 @@ package parenttest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -376,4 +380,38 @@ func (d *Daemon) Monitors() []int {
 		}
 	}
 	return pids
+}
+
+// EnclaveDir returns the private directory of the enclave id
+// (<state>/enclaves/<slot>, the slot being the part after "-enc").
+func (d *Daemon) EnclaveDir(id string) string {
+	_, slot, ok := strings.Cut(id, "-enc")
+	if !ok {
+		d.t.Fatalf("enclave id %q has no -enc suffix", id)
+	}
+	return filepath.Join(d.State, "enclaves", slot)
+}
+
+// MonitorStats decodes the GET /stats answer of the monitor of enclave id
+// (its control socket monitor.sock) into v.
+func (d *Daemon) MonitorStats(id string, v any) {
+	d.t.Helper()
+	sock := filepath.Join(d.EnclaveDir(id), "monitor.sock")
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var dl net.Dialer
+		return dl.DialContext(ctx, "unix", sock)
+	}}, Timeout: 10 * time.Second}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("http://monitor/stats")
+	if err != nil {
+		d.t.Fatalf("monitor stats of %s: %v", id, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		d.t.Fatalf("monitor stats of %s: %s %v: %s", id, resp.Status, err, b)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		d.t.Fatalf("monitor stats of %s: %v: %s", id, err, b)
+	}
 }

@@ -119,10 +119,8 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 		}
 		paths = append(paths, fmt.Sprintf("/proc/self/fd/%d", fd))
 	}
-	for _, sub := range []string{"host", "guest"} {
-		if err := os.MkdirAll(filepath.Join(spec.Dir, sub), 0o755); err != nil {
-			return nil, err
-		}
+	if err := os.MkdirAll(filepath.Join(spec.Dir, "host"), 0o755); err != nil {
+		return nil, err
 	}
 	p, err := Start(ctx, Spec{
 		ID: spec.ID, CID: spec.CID, Ramdisks: paths, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
@@ -214,8 +212,8 @@ func (i *instance) Terminate(ctx context.Context) error {
 // terminateGrace is how long an application may take to exit on SIGTERM.
 const terminateGrace = 5 * time.Second
 
-// Dial connects to the enclave's listener for port (D/guest/vsock_<port>)
-// and sends the relay marker, so the enclave reads this connection itself as
+// Dial connects to the enclave's listener for port (vsock_<port> in its
+// listener directory, see [Process.GuestDir]) and sends the relay marker, so the enclave reads this connection itself as
 // the stream (see hybrid.ListenGuest).
 func (i *instance) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 	c, err := i.guest().ConnectGuest(ctx, port)
@@ -237,7 +235,8 @@ func (i *instance) Handoff(ctx context.Context, port uint32, client *net.UnixCon
 
 var _ hybrid.Handoff = (*instance)(nil)
 
-// guest reaches the enclave's listeners in D/guest.
+// guest reaches the enclave's listeners in its private listener directory,
+// by descriptor and without following links (hybrid.UnixConnector).
 func (i *instance) guest() hybrid.UnixConnector {
-	return hybrid.UnixConnector{Dir: filepath.Join(i.dir, "guest")}
+	return hybrid.UnixConnector{Root: i.p.GuestDir()}
 }

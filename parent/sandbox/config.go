@@ -15,7 +15,7 @@ const (
 	fdConfig   = 3 // read: childConfig, then EOF
 	fdStatus   = 4 // write: progress and errors; close-on-exec marks success
 	fdHostDir  = 5 // open_tree clone of VsockDir/host
-	fdGuestDir = 6 // open_tree clone of VsockDir/guest
+	fdGuestDir = 6 // the listener directory's tmpfs, a detached mount (fsmount)
 	fdRamdisk0 = 7 // read: ramdisk archives
 )
 

@@ -16,8 +16,10 @@
 //     goes under "/.cloister/" — see [Spec.Ramdisks];
 //  4. mounts proc, a minimal /dev (host null, zero, full, random, urandom
 //     and tty bind-mounted, a private devpts, /dev/shm), tmpfs /tmp and
-//     /run, and binds the vsock directories at /run/cloister/vsock/host
-//     (read-only) and /run/cloister/vsock/guest;
+//     /run, binds the host vsock directory at /run/cloister/vsock/host
+//     (read-only) and attaches the listener directory, a private tmpfs the
+//     parent created (fsopen/fsmount, [GuestDirBytes], [GuestDirInodes]),
+//     at /run/cloister/vsock/guest;
 //  5. sets the host name "enclave" (the network namespace has only lo, down);
 //  6. pivot_root, detaches and removes the old root;
 //  7. sets rlimits, reduces the capability bounding, permitted and effective
@@ -31,13 +33,15 @@
 //     CLOISTER_VSOCK_DIR=/run/cloister/vsock, CLOISTER_CID and PATH.
 //
 // A failure in any step comes back from Start as a [*SetupError] naming the
-// step. init's standard output and error go to Spec.Console.
+// step. init's standard output and error are a pipe that the parent drains
+// into Spec.Console without ever blocking the sandbox (see [Spec.Console]).
 //
 // Root inside the sandbox is an unprivileged host uid: each running sandbox
 // gets its own range of 65536 ids starting at 1,000,000 + slot×65536.
-// Files in Spec.VsockDir must be usable by those ids: Start makes
-// VsockDir/guest owned by the sandbox's root with mode 01777; the daemon
-// must create the host-side sockets in VsockDir/host with mode 0666 (or
-// otherwise writable for the sandbox's ids) and keep that directory
-// searchable.
+// Files in Spec.VsockDir/host must be usable by those ids: the daemon must
+// create the host-side sockets there with mode 0666 (or otherwise writable
+// for the sandbox's ids) and keep that directory searchable. The listener
+// directory belongs to the sandbox's root (mode 01777); it has no host
+// path, and the parent reaches the enclave's listeners only through
+// [Process.GuestDir], never following a link the enclave made there.
 package sandbox

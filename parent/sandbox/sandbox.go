@@ -56,11 +56,18 @@ type Spec struct {
 	CPUs []int
 	// PidsMax limits tasks (threads included); 0 means 1024.
 	PidsMax int
-	// VsockDir is the enclave's hybrid-vsock directory D: D/host is
-	// bind-mounted read-only at /run/cloister/vsock/host and D/guest
-	// read-write at /run/cloister/vsock/guest. Both must exist.
+	// VsockDir is the enclave's hybrid-vsock directory D: D/host, which
+	// must exist, is bind-mounted read-only at /run/cloister/vsock/host.
+	// /run/cloister/vsock/guest, where the enclave's listeners go, is not
+	// on the host's disk: it is a private tmpfs of GuestDirBytes and
+	// GuestDirInodes, reached from the host through [Process.GuestDir].
 	VsockDir string
-	// Console receives init's standard output and error; nil discards them.
+	// Console receives init's standard output and error. init writes to a
+	// pipe that the launcher drains into Console, 1 MiB ahead at most;
+	// when Console is that far behind the sandbox's writes wait for it,
+	// but for at most a second: then output is dropped until Console
+	// catches up (a notice line says how much), so a stuck Console never
+	// blocks the sandbox for good. nil discards.
 	Console io.Writer
 	// Debug passes CLOISTER_DEBUG=1 to init.
 	Debug bool

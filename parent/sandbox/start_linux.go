@@ -75,10 +75,12 @@ func releaseSlot(s int) {
 
 // Process is a running sandbox.
 type Process struct {
-	cmd    *exec.Cmd
-	group  *cgroups.Group
-	slot   int
-	hostID int // first host uid/gid of the sandbox
+	cmd     *exec.Cmd
+	group   *cgroups.Group
+	slot    int
+	hostID  int          // first host uid/gid of the sandbox
+	guest   *os.File     // the listener directory's tmpfs (detached mount)
+	console *consolePump // drains init's standard output and error
 
 	waitOnce sync.Once
 	status   ExitStatus
@@ -87,6 +89,12 @@ type Process struct {
 
 // Pid returns init's process id in the host's PID namespace.
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// GuestDir returns a descriptor of the sandbox's listener directory
+// (/run/cloister/vsock/guest inside), a private tmpfs with no host path:
+// reach its sockets with hybrid.UnixConnector{Root: p.GuestDir()}. It is
+// closed when Wait returns.
+func (p *Process) GuestDir() *os.File { return p.guest }
 
 // HostUID returns the host uid (and gid) that is root inside the sandbox;
 // ids 0–65535 inside map to HostUID()+id outside.
@@ -146,6 +154,10 @@ func (p *Process) wait() (ExitStatus, error) {
 	if rerr := p.group.Remove(ctx); rerr != nil {
 		err = errors.Join(err, rerr)
 	}
+	// Every process of the sandbox is gone, so the console pipe is at end
+	// of stream: let the last output reach the console first.
+	p.console.finish(consoleDrainTimeout)
+	p.guest.Close()
 	releaseSlot(p.slot)
 	if err != nil {
 		return ExitStatus{}, err
@@ -208,12 +220,6 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 		return nil, err
 	}
 	files = append(files, hostDir)
-	guestPath := filepath.Join(spec.VsockDir, "guest")
-	guestDir, err := openDir(guestPath)
-	if err != nil {
-		return nil, err
-	}
-	files = append(files, guestDir)
 	var ramdisks []*os.File
 	for _, r := range spec.Ramdisks {
 		f, err := os.Open(r)
@@ -235,14 +241,18 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 			releaseSlot(slot)
 		}
 	}()
-	// The guest directory belongs to the sandbox's root; any sandbox user
-	// may create its listening sockets there.
-	if err := os.Lchown(guestPath, hostID, hostID); err != nil {
-		return nil, fmt.Errorf("sandbox: chown %s: %w", guestPath, err)
+	// The listener directory belongs to the sandbox's root; any sandbox
+	// user may create its listening sockets there.
+	guestDir, err := newGuestFS(hostID)
+	if err != nil {
+		return nil, err
 	}
-	if err := os.Chmod(guestPath, 0o777|os.ModeSticky); err != nil {
-		return nil, fmt.Errorf("sandbox: chmod %s: %w", guestPath, err)
-	}
+	keepGuest := false
+	defer func() {
+		if !keepGuest {
+			guestDir.Close()
+		}
+	}()
 
 	mgr, err := cgroups.New(cgroups.Config{Parent: spec.CgroupParent})
 	if err != nil {
@@ -272,14 +282,22 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 		return nil, fmt.Errorf("sandbox: pipe: %w", err)
 	}
 	files = append(files, statR, statW)
+	// init's standard output and error: a pipe the launcher drains into
+	// spec.Console (see consolePump), never spec.Console itself.
+	conR, conW, err := os.Pipe()
+	if err != nil {
+		removeGroup()
+		return nil, fmt.Errorf("sandbox: pipe: %w", err)
+	}
+	files = append(files, conW)
 
 	cmd := &exec.Cmd{
 		Path:       "/proc/self/exe",
 		Args:       []string{childMarker},
 		Env:        []string{},
 		Dir:        "/",
-		Stdout:     spec.Console,
-		Stderr:     spec.Console,
+		Stdout:     conW,
+		Stderr:     conW,
 		ExtraFiles: append([]*os.File{cfgR, statW, hostDir, guestDir}, ramdisks...),
 		SysProcAttr: &syscall.SysProcAttr{
 			// The cgroup namespace is entered by the child once it is in
@@ -297,18 +315,17 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 			Setsid:     true,
 		},
 	}
-	if cmd.Stdout == nil {
-		cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	}
 	if err := cmd.Start(); err != nil {
+		conR.Close()
 		removeGroup()
 		return nil, fmt.Errorf("%w: start child: %w", ErrSetup, err)
 	}
+	conW.Close()
+	pump := startConsolePump(conR, spec.Console, consoleStall)
 	// The parent's copies of the child's ends.
 	cfgR.Close()
 	statW.Close()
 	hostDir.Close()
-	guestDir.Close()
 	for _, f := range ramdisks {
 		f.Close()
 	}
@@ -317,6 +334,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	fail := func(err error) (*Process, error) {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
+		pump.finish(consoleDrainTimeout)
 		removeGroup()
 		return nil, err
 	}
@@ -368,12 +386,17 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 		if s, err := group.Stats(); err == nil && s.OOMKills > 0 {
 			oom = fmt.Sprintf(" (OOM killer: the ramdisks do not fit in %d MiB)", spec.MemoryMiB)
 		}
+		pump.finish(consoleDrainTimeout)
 		removeGroup()
 		return nil, &SetupError{Msg: fmt.Sprintf("child ended during setup: %v%s", werr, oom)}
 	}
-	ok = true
-	return &Process{cmd: cmd, group: group, slot: slot, hostID: hostID}, nil
+	ok, keepGuest = true, true
+	return &Process{cmd: cmd, group: group, slot: slot, hostID: hostID, guest: guestDir, console: pump}, nil
 }
+
+// consoleDrainTimeout bounds the wait for the last console output once the
+// sandbox has ended (or failed to start).
+const consoleDrainTimeout = 5 * time.Second
 
 // openDir returns a detached bind mount of dir (open_tree with
 // OPEN_TREE_CLONE) that the child attaches with move_mount. A path would

@@ -5,6 +5,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -14,17 +15,22 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/cloister/cloister/enclave"
+	"github.com/cloister/cloister/internal/nsm"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Println("usage: enclaveapp echo|attacks|oom|forkbomb|attest|egress HOST:PORT|@PORT...|crash N|sleep|panic")
+		fmt.Println("usage: enclaveapp echo|attacks|oom|forkbomb|attest|egress HOST:PORT|@PORT...|crash N|sleep|panic|" +
+			"consoleflood MIB|guestfill MIB|vsocklink PORT TARGET|nsmconns N|nsmflood LOOPS N")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -46,6 +52,16 @@ func main() {
 		os.Exit(n)
 	case "sleep":
 		select {}
+	case "consoleflood":
+		consoleFlood(atoi(os.Args[2]))
+	case "guestfill":
+		guestFill(atoi(os.Args[2]))
+	case "vsocklink":
+		vsockLink(os.Args[2], os.Args[3])
+	case "nsmconns":
+		nsmConns(atoi(os.Args[2]))
+	case "nsmflood":
+		nsmFlood(atoi(os.Args[2]), atoi(os.Args[3]))
 	case "panic":
 		// In a VM world the application runs as root in the guest: crash the
 		// kernel through sysrq, as a kernel bug would.
@@ -243,4 +259,151 @@ func fetchVia(target string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
+}
+
+func atoi(s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		fmt.Println("bad number", s)
+		os.Exit(2)
+	}
+	return n
+}
+
+// consoleFlood writes mib MiB of numbered lines to the console as fast as
+// it can, then a last line, and exits.
+func consoleFlood(mib int) {
+	w := bufio.NewWriterSize(os.Stdout, 64<<10)
+	line := bytes.Repeat([]byte("x"), 100)
+	start := time.Now()
+	var n int64
+	for i := 0; n < int64(mib)<<20; i++ {
+		k, _ := fmt.Fprintf(w, "CONSOLEFLOOD %09d %s\n", i, line)
+		n += int64(k)
+	}
+	fmt.Fprintf(w, "CONSOLEFLOOD DONE %d bytes in %s\n", n, time.Since(start))
+	_ = w.Flush()
+}
+
+// guestFill writes up to mib MiB into a file of the guest vsock directory
+// (the enclave's listener directory) and reports how much it could write.
+func guestFill(mib int) {
+	p := filepath.Join(os.Getenv("CLOISTER_VSOCK_DIR"), "guest", "fill")
+	f, err := os.Create(p)
+	if err != nil {
+		fmt.Printf("GUESTFILL wrote 0 bytes: %v\n", err)
+		return
+	}
+	buf := bytes.Repeat([]byte("g"), 1<<20)
+	var n int64
+	for i := 0; i < mib; i++ {
+		k, err := f.Write(buf)
+		n += int64(k)
+		if err != nil {
+			break
+		}
+	}
+	err = f.Close()
+	fmt.Printf("GUESTFILL wrote %d bytes: %v\n", n, err)
+	// A listener must still be possible next to the filled file.
+	l, err := enclave.Listen(5000)
+	if err != nil {
+		fmt.Println("GUESTFILL listen:", err)
+		return
+	}
+	fmt.Println("GUESTFILL LISTENING")
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = io.WriteString(c, "still here")
+		c.Close()
+	}
+}
+
+// vsockLink points the enclave's listener name for port at target, a path
+// the monitor would resolve on the host, then waits.
+func vsockLink(port, target string) {
+	p := filepath.Join(os.Getenv("CLOISTER_VSOCK_DIR"), "guest", "vsock_"+port)
+	if err := os.Symlink(target, p); err != nil {
+		fmt.Println("VSOCKLINK failed:", err)
+		os.Exit(1)
+	}
+	fmt.Println("VSOCKLINK READY", p, "->", target)
+	sleepForever()
+}
+
+// nsmConns opens n connections to the security module and keeps them all
+// open, sending one DescribeNSM on each; it reports how many were served.
+func nsmConns(n int) {
+	req, _ := nsm.EncodeRequest(nsm.DescribeNSMRequest{})
+	var conns []net.Conn
+	served, refused := 0, 0
+	var last error
+	for i := 0; i < n; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := enclave.DialParent(ctx, enclave.NSMPort)
+		cancel()
+		if err != nil {
+			refused++
+			last = err
+			continue
+		}
+		conns = append(conns, c)
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := nsm.WriteFrame(c, req); err != nil {
+			refused++
+			last = err
+			continue
+		}
+		if _, err := nsm.ReadFrame(c, nsm.MaxResponseSize); err != nil {
+			refused++
+			last = err
+			continue
+		}
+		served++
+	}
+	fmt.Printf("NSMCONNS served=%d refused=%d last=%v\n", served, refused, last)
+	sleepForever()
+}
+
+// nsmFlood runs loops concurrent attestation loops of n documents each and
+// reports how many were issued.
+func nsmFlood(loops, n int) {
+	var served atomic.Int64
+	var wg sync.WaitGroup
+	fmt.Println("NSMFLOOD STARTED")
+	start := time.Now()
+	for i := 0; i < loops; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			s, err := enclave.OpenSession(ctx, nil)
+			if err != nil {
+				fmt.Println("NSMFLOOD session:", err)
+				return
+			}
+			defer s.Close()
+			for j := 0; j < n; j++ {
+				if _, err := s.Attest(ctx, enclave.AttestOptions{Nonce: []byte("flood")}); err != nil {
+					fmt.Println("NSMFLOOD attest:", err)
+					return
+				}
+				served.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	fmt.Printf("NSMFLOOD DONE served=%d in %s\n", served.Load(), time.Since(start))
+	sleepForever()
+}
+
+// sleepForever keeps the enclave running (a bare select{} would end the
+// program with "all goroutines are asleep").
+func sleepForever() {
+	for {
+		time.Sleep(time.Hour)
+	}
 }
