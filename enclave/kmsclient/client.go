@@ -18,6 +18,7 @@ import (
 
 	"github.com/cloister/cloister/enclave"
 	"github.com/cloister/cloister/internal/transport"
+	"github.com/cloister/cloister/internal/wellknown"
 	"github.com/cloister/cloister/kms/cms"
 )
 
@@ -49,8 +50,8 @@ func (a SessionAttester) Attest(ctx context.Context, nonce, userData, publicKey 
 
 // Default parent-side egress proxy address (conventions: CID 3, port 8000).
 const (
-	ParentCID        = 3
-	DefaultProxyPort = 8000
+	ParentCID        = wellknown.ParentCID
+	DefaultProxyPort = wellknown.EgressPort
 )
 
 // ProxyDialer returns a DialContext that ignores the address and connects

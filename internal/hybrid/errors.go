@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/cloister/cloister/internal/wellknown"
 	"github.com/mdlayher/vsock"
 )
 
@@ -41,7 +42,7 @@ var (
 const AnyCID uint32 = 0xFFFFFFFF
 
 // ParentCID is the context ID of the parent instance as seen from an enclave.
-const ParentCID uint32 = 3
+const ParentCID uint32 = wellknown.ParentCID
 
 // Error is the detail of a failed vsock operation. Class is one of
 // [ErrNoListener], [ErrTimeout], [ErrReset], [ErrProtocol]; Port is the vsock

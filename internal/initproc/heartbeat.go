@@ -7,13 +7,15 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"github.com/cloister/cloister/internal/wellknown"
 )
 
 const (
 	// ParentCID is the vsock context ID of the parent instance.
-	ParentCID = 3
+	ParentCID = wellknown.ParentCID
 	// HeartbeatPort is the parent's vsock port for the boot heartbeat.
-	HeartbeatPort = 9000
+	HeartbeatPort = wellknown.HeartbeatPort
 	// HeartbeatByte is the byte init sends and the parent echoes.
 	HeartbeatByte = 0xB7
 )

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/cloister/cloister/internal/wellknown"
 )
 
 // Port is the vsock port on the parent (CID 3) where the Cloister daemon
 // serves the emulated security module in the microvm and sandbox worlds:
 // 0x4E534D, "NSM" in ASCII.
-const Port = 0x4E534D
+const Port = wellknown.NSMPort
 
 // WriteFrame writes msg as one frame of the NSM stream protocol: a 4-byte
 // big-endian length followed by msg, in a single Write. It refuses an empty

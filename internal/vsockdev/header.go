@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/cloister/cloister/internal/wellknown"
 )
 
 // HeaderSize is the size of struct virtio_vsock_hdr.
@@ -37,9 +39,9 @@ const (
 // Well-known CIDs.
 const (
 	// HostCID is VMADDR_CID_HOST, the CID Linux guests use for the host.
-	HostCID = 2
+	HostCID = wellknown.HostCID
 	// ParentCID is the parent instance on Nitro; the device accepts both.
-	ParentCID = 3
+	ParentCID = wellknown.ParentCID
 )
 
 // MaxPacketPayload is the largest payload of one packet

@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/cloister/cloister/internal/cpulist"
+	"github.com/cloister/cloister/internal/wellknown"
 )
 
 // Defaults for Config fields left at their zero value.
@@ -24,7 +25,7 @@ const (
 	DefaultGroup     = "cloister"
 	// DefaultEgressPort is the parent port of the default egress proxy
 	// (vsock-proxy's conventional port).
-	DefaultEgressPort = 8000
+	DefaultEgressPort = wellknown.EgressPort
 
 	// DefaultConsoleMaxMiB caps each enclave's console.log (and its one
 	// rotated predecessor, console.log.1).
