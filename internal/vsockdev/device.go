@@ -667,9 +667,26 @@ func (d *Device) closeLocked(c *conn, rst bool, cause error) {
 	c.cond.Broadcast()
 }
 
+// markReady queues c for the rx loop when it has a packet for the guest.
+// Closed connections leave the queue when the rx loop reaches them; when
+// it does not run (the guest never set the rx queue up, or broke it) they
+// are dropped here once they outnumber the open ones, so the queue stays
+// below 2*MaxConns+16 entries whatever the guest does with tx.
 func (d *Device) markReady(c *conn) {
 	if c.queued || !c.rxWork() {
 		return
+	}
+	if len(d.ready) >= 2*len(d.conns)+16 {
+		live := d.ready[:0]
+		for _, r := range d.ready {
+			if r.state == stateClosed {
+				r.queued = false
+				continue
+			}
+			live = append(live, r)
+		}
+		clear(d.ready[len(live):])
+		d.ready = live
 	}
 	c.queued = true
 	d.ready = append(d.ready, c)

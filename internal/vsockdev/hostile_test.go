@@ -749,3 +749,64 @@ func TestRequestChurn(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestReadyListBoundedWithoutRx: a guest may leave its rx queue
+// unconfigured (QEMU skips a ring whose address is 0) or break it, and
+// keep using tx. Each connection that had something to send was queued
+// for rx and stayed queued after it closed, since only the rx loop
+// dropped closed entries: REQUEST, wait for the RESPONSE to be due, RST,
+// again, grew the list by one connection per round, without bound.
+func TestReadyListBoundedWithoutRx(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	g := newRawGuest(t, Config{MaxConns: 4}, rawOpts{txSize: 64})
+	g.rings.q[rxQueue] = nil // never set up
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: g.d.cfg.HostListenerBase + "_9000", Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	const rounds = 300
+	for port := uint32(1); port <= rounds; port++ {
+		h := Header{SrcCID: guestCID, DstCID: ParentCID, SrcPort: port, DstPort: 9000, Type: TypeStream, Op: OpRequest}
+		g.sendTx(h.Bytes())
+		g.stepCtx(ctx, "REQUEST")
+		// Wait for the dial: the RESPONSE is then due and the
+		// connection queued for rx.
+		for {
+			g.d.mu.Lock()
+			c := g.d.conns[connKey{local: 9000, peer: port}]
+			st := stateClosed
+			if c != nil {
+				st = c.state
+			}
+			g.d.mu.Unlock()
+			if st != stateDialing {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatal("dial did not finish")
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		h.Op = OpRST
+		g.sendTx(h.Bytes())
+		g.stepCtx(ctx, "RST")
+		g.reclaimTx()
+	}
+	g.d.mu.Lock()
+	n, conns := len(g.d.ready), len(g.d.conns)
+	g.d.mu.Unlock()
+	if bound := 2*g.d.cfg.MaxConns + 16; n > bound {
+		t.Errorf("%d connections queued for rx after %d rounds (%d open); want at most %d", n, rounds, conns, bound)
+	}
+}
