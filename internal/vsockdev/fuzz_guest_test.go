@@ -158,3 +158,188 @@ func usedElem(d *virtqtest.Driver, i uint16) (head, n uint32) {
 	b := d.Mem.Bytes[d.Config().UsedAddr-d.Mem.Base+4+8*uint64(i%8):]
 	return binary.LittleEndian.Uint32(b), binary.LittleEndian.Uint32(b[4:])
 }
+
+// hostData is what the host end of the fuzzed connection sends.
+var hostData = func() []byte {
+	b := make([]byte, 5000)
+	for i := range b {
+		b[i] = byte(i*7 + i>>8)
+	}
+	return b
+}()
+
+// Control bits of a FuzzGuestTraffic packet.
+const (
+	fzSrc      = 1 << iota // source CID := the guest's
+	fzDst                  // destination CID := the parent
+	fzConn                 // ports := the established connection's
+	fzLen                  // len := the payload's length
+	fzSplit                // header split across descriptors
+	fzIndirect             // through an indirect table
+	fzBig                  // payload length × 256
+)
+
+// FuzzGuestTraffic sends the device a sequence of guest packets through
+// well-formed rings while an established connection has host data to
+// deliver. Each packet is a control byte, a payload length byte, 44 header
+// bytes and the payload; control bits force fields to plausible values so
+// the fuzzer reaches deep states. The device must not panic, every pass
+// must return, its packets must be well-formed and addressed to the guest,
+// it must deliver the host's bytes in order and never beyond the credit
+// the guest last granted on that connection, and stay within its bounds.
+func FuzzGuestTraffic(f *testing.F) {
+	pkt := func(ctl, n byte, h Header, payload []byte) []byte {
+		out := append([]byte{ctl, n}, h.Bytes()...)
+		return append(out, payload...)
+	}
+	conn := Header{SrcCID: guestCID, DstCID: ParentCID, SrcPort: 1, DstPort: 9000, Type: TypeStream, BufAlloc: 1000}
+	all := fzSrc | fzDst | fzConn | fzLen
+	var session []byte
+	for _, op := range []uint16{OpCreditUpdate, OpRW, OpCreditRequest, OpShutdown, OpRST} {
+		h := conn
+		h.Op = op
+		if op == OpShutdown {
+			h.Flags = ShutdownSend
+		}
+		session = append(session, pkt(byte(all|fzSplit), 4, h, []byte("data"))...)
+	}
+	f.Add(session)
+	grant := conn
+	grant.Op, grant.BufAlloc, grant.FwdCnt = OpCreditUpdate, 4096, 1000
+	f.Add(append(pkt(byte(all), 0, conn, nil), pkt(byte(all|fzIndirect), 0, grant, nil)...))
+	req := conn
+	req.Op, req.SrcPort, req.DstPort = OpRequest, 7, 1234
+	f.Add(pkt(byte(fzSrc|fzDst|fzLen), 0, req, nil))
+	big := conn
+	big.Op = OpRW
+	f.Add(pkt(byte(all|fzBig), 255, big, nil))
+
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		rx := virtqtest.NewDriver(virtqtest.Options{Size: 16, ChainArea: 512})
+		tx := virtqtest.NewDriver(virtqtest.Options{Size: 16, ChainArea: HeaderSize + MaxPacketPayload + 64})
+		d, _, hc := fuzzDevice(t, rx.Mem, tx.Mem, rx.Config(), tx.Config())
+		key := connKey{local: 9000, peer: 1}
+		if _, err := hc.Write(hostData); err != nil {
+			t.Fatal(err)
+		}
+		go func() { _, _ = io.Copy(io.Discard, hc) }()
+		// Wait until the device holds all the host's data, so what
+		// it may send does not depend on scheduling.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for {
+			d.mu.Lock()
+			n := d.conns[key].rx.len()
+			d.mu.Unlock()
+			if n == len(hostData) {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("the device read %d of %d host bytes", n, len(hostData))
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+		for range 8 {
+			if _, err := rx.Add([]virtqtest.Buffer{{Write: true, Len: 300}, {Write: true, Len: 200}}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The guest's credit for the connection: the initial one the
+		// injected connection starts with, then its last claim the
+		// device took.
+		bufAlloc, fwdCnt := uint32(64<<10), uint32(0)
+		sent := 0
+		check := func() {
+			t.Helper()
+			for {
+				u, ok, err := rx.Poll()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !ok {
+					break
+				}
+				if _, err := rx.Add([]virtqtest.Buffer{{Write: true, Len: 300}, {Write: true, Len: 200}}, false); err != nil {
+					t.Fatal(err)
+				}
+				if u.Len == 0 {
+					continue
+				}
+				h, err := ParseHeader(u.Data)
+				if err != nil || u.Len != HeaderSize+h.Len {
+					t.Fatalf("malformed rx element of %d bytes: %v", u.Len, err)
+				}
+				if h.DstCID != guestCID || h.Op < OpRequest || h.Op > OpCreditRequest ||
+					(h.Op != OpRST && (h.Type != TypeStream || h.SrcCID != ParentCID)) {
+					t.Fatalf("bad packet from the device: %+v", h)
+				}
+				if h.Op != OpRW {
+					continue
+				}
+				if h.SrcPort != 9000 || h.DstPort != 1 {
+					t.Fatalf("data on a connection that has none: %+v", h)
+				}
+				p := u.Data[HeaderSize:]
+				if !bytes.Equal(p, hostData[sent:sent+len(p)]) {
+					t.Fatalf("bytes %d..%d are not the host's", sent, sent+len(p))
+				}
+				sent += len(p)
+				if inFlight := uint32(sent) - fwdCnt; inFlight > bufAlloc {
+					t.Fatalf("%d bytes in flight, the guest granted %d (fwd_cnt %d)", inFlight, bufAlloc, fwdCnt)
+				}
+			}
+			checkBounds(t, d)
+		}
+		for len(stream) >= 2+HeaderSize {
+			ctl, n := stream[0], int(stream[1])
+			if ctl&fzBig != 0 {
+				n *= 256
+			}
+			h, _ := ParseHeader(stream[2:])
+			stream = stream[2+HeaderSize:]
+			payload := make([]byte, n)
+			stream = stream[copy(payload, stream):]
+			if ctl&fzSrc != 0 {
+				h.SrcCID = guestCID
+			}
+			if ctl&fzDst != 0 {
+				h.DstCID = ParentCID
+			}
+			if ctl&fzConn != 0 {
+				h.SrcPort, h.DstPort = 1, 9000
+			}
+			if ctl&fzLen != 0 {
+				h.Len = uint32(n)
+			}
+			// The device takes the credit of a packet on the live
+			// connection that it accepts (handleTx's checks).
+			d.mu.Lock()
+			_, alive := d.conns[key]
+			d.mu.Unlock()
+			if alive && h.SrcCID == guestCID && h.Type == TypeStream && (h.DstCID == HostCID || h.DstCID == ParentCID) &&
+				h.SrcPort == 1 && h.DstPort == 9000 && h.Op != OpRST && h.Op != OpRequest &&
+				h.Len <= MaxPacketPayload && int(h.Len) <= n {
+				bufAlloc, fwdCnt = h.BufAlloc, h.FwdCnt
+			}
+			raw := append(h.Bytes(), payload...)
+			bufs := []virtqtest.Buffer{{Data: raw}}
+			if ctl&fzSplit != 0 {
+				bufs = []virtqtest.Buffer{{Data: raw[:HeaderSize/2]}, {Data: raw[HeaderSize/2:]}}
+			}
+			if _, err := tx.Add(bufs, ctl&fzIndirect != 0); err != nil {
+				t.Fatal(err)
+			}
+			fuzzStep(t, d)
+			for {
+				if _, ok, err := tx.Poll(); err != nil {
+					t.Fatal(err)
+				} else if !ok {
+					break
+				}
+			}
+			check()
+		}
+		fuzzStep(t, d)
+		check()
+	})
+}
