@@ -329,8 +329,11 @@ func TestWrongWriteFlags(t *testing.T) {
 
 // inject gives the device an established connection between host port
 // local and guest port peer, as if the guest had connected and the host
-// accepted, and returns the host's end.
-func (g *rawGuest) inject(local, peer uint32) *net.UnixConn {
+// accepted, and returns the host's end. Without hostIO the connection's
+// reader and writer do not run: nothing moves between the host socket and
+// the connection's buffers, so the device's behaviour depends on the
+// guest alone (closing the connection still closes the socket).
+func (g *rawGuest) inject(local, peer uint32, hostIO bool) *net.UnixConn {
 	g.t.Helper()
 	devEnd, hostEnd, err := socketPair()
 	if err != nil {
@@ -343,7 +346,9 @@ func (g *rawGuest) inject(local, peer uint32) *net.UnixConn {
 	c.hc = devEnd
 	c.peerBufAlloc = 64 << 10
 	g.d.conns[c.key] = c
-	g.d.startIO(c)
+	if hostIO {
+		g.d.startIO(c)
+	}
 	return hostEnd
 }
 
@@ -449,7 +454,7 @@ func TestHostileRingsResetConnections(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
 				g := newRawGuest(t, Config{}, rawOpts{rxMem: withHole, txMem: withHole, txSize: 8, rxSize: 8})
-				hc := g.inject(9000, 1)
+				hc := g.inject(9000, 1, false)
 				drv := g.tx
 				if q == rxQueue {
 					drv = g.rx
@@ -643,7 +648,7 @@ func TestGuestCannotGrowDeviceBuffers(t *testing.T) {
 	defer cancel()
 	const bufAlloc = 64 << 10
 	g := newRawGuest(t, Config{BufAlloc: bufAlloc}, rawOpts{})
-	hc := g.inject(9000, 1) // the host never reads
+	hc := g.inject(9000, 1, true) // the host never reads
 	for range 8 {
 		g.postRx()
 	}
