@@ -148,6 +148,7 @@ func TestRxLoopYields(t *testing.T) {
 	defer cancel()
 	var buf uint64
 	var rx *virtqtest.Driver
+	var wake chan struct{}
 	reposted := 0
 	g := newRawGuest(t, Config{}, rawOpts{rxSize: 4, rxMem: func(d *virtqtest.Driver) virtq.Memory {
 		rx = d
@@ -158,9 +159,16 @@ func TestRxLoopYields(t *testing.T) {
 			if addr == buf && ctx.Err() == nil {
 				rx.Publish(0)
 				reposted++
+				// Forget earlier wake-ups: any after this
+				// must come from the rx loop yielding.
+				select {
+				case <-wake:
+				default:
+				}
 			}
 		}}
 	}})
+	wake = g.d.wakeCh
 	rx.WriteDesc(0, buf, 8, virtq.DescFlagWrite, 0)
 	rx.Publish(0)
 	g.sendTx(toNowhere(5))
