@@ -670,8 +670,8 @@ func (d *Device) closeLocked(c *conn, rst bool, cause error) {
 // markReady queues c for the rx loop when it has a packet for the guest.
 // Closed connections leave the queue when the rx loop reaches them; when
 // it does not run (the guest never set the rx queue up, or broke it) they
-// are dropped here once they outnumber the open ones, so the queue stays
-// below 2*MaxConns+16 entries whatever the guest does with tx.
+// are dropped here once they outnumber the open ones, so the queue holds
+// at most 2*MaxConns+16 entries whatever the guest does with tx.
 func (d *Device) markReady(c *conn) {
 	if c.queued || !c.rxWork() {
 		return
