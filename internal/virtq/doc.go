@@ -3,8 +3,11 @@
 //
 // The driver (the guest) is untrusted: every index, length and address it
 // writes into the descriptor table or the available ring is checked before
-// use, chains are bounded (no loops, no nested indirect tables) and a
-// malformed chain marks the queue broken instead of panicking or spinning.
+// use (no range may wrap the address space or leave guest memory), chains
+// are bounded (no loops, no nested indirect tables, at most MaxSegments
+// buffers) and a malformed chain marks the queue broken instead of
+// panicking or spinning. Package virtqtest plays the driver, well-behaved or
+// malicious.
 //
 // Guest memory is reached through the Memory interface: SliceMemory backs it
 // with a byte slice (tests, fuzzing, the simulated driver in virtqtest) and

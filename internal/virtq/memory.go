@@ -51,11 +51,15 @@ func (m *SliceMemory) Span(addr, n uint64) ([]byte, error) {
 }
 
 // Contiguous returns exactly n bytes of guest memory at addr as one slice. It
-// fails with ErrOutOfBounds when the range is not mapped or crosses a gap
-// between memory regions.
+// fails with ErrOutOfBounds when the range is empty, wraps past the end of
+// the address space (whatever the Memory maps there), is not mapped or
+// crosses a gap between memory regions.
 func Contiguous(m Memory, addr, n uint64) ([]byte, error) {
 	if n == 0 {
 		return nil, fmt.Errorf("%w: empty range at %#x", ErrOutOfBounds, addr)
+	}
+	if addr+n < addr {
+		return nil, fmt.Errorf("%w: %#x+%d wraps the address space", ErrOutOfBounds, addr, n)
 	}
 	b, err := m.Span(addr, n)
 	if err != nil {

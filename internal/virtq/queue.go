@@ -29,6 +29,13 @@ const MaxSize = 32768
 // 16-bit next field.
 const maxIndirect = 1 << 16
 
+// MaxSegments bounds the buffers (contiguous pieces of guest memory) of one
+// chain, as Linux's vhost bounds them by UIO_MAXIOV: without it one
+// available-ring entry could make the device build Size-1 + 65536
+// descriptors' worth of segments, each split again at every region
+// boundary. A chain that needs more breaks the queue.
+const MaxSegments = 1024
+
 // Config describes a split virtqueue in guest physical addresses.
 type Config struct {
 	// Size is the number of descriptors: a power of two, 1..MaxSize.
@@ -210,7 +217,8 @@ func (q *Queue) Pending() (int, error) {
 // descriptor's index, flags and buffer bounds, that readable buffers precede
 // writable ones, that indirect tables are well-formed and not nested, and
 // bounds the chain's length (Size descriptors, or the table's entry count
-// inside an indirect table) so a looping chain is detected. Any violation
+// inside an indirect table) so a looping chain is detected, and bounds its
+// buffers to MaxSegments pieces of guest memory. Any violation
 // breaks the queue: this and every later call returns an ErrBroken error.
 func (q *Queue) Pop(c *Chain) (bool, error) {
 	n, err := q.Pending()
@@ -284,12 +292,16 @@ func (q *Queue) walk(c *Chain, head uint16) error {
 }
 
 // appendBuffer appends the guest buffer [addr, addr+n) to c, split at
-// memory-region boundaries.
+// memory-region boundaries, failing when c would hold more than
+// MaxSegments buffers.
 func (q *Queue) appendBuffer(c *Chain, addr, n uint64, write bool) error {
 	if addr+n < addr {
 		return fmt.Errorf("%w: address wraps", ErrOutOfBounds)
 	}
 	for n > 0 {
+		if len(c.Readable)+len(c.Writable) >= MaxSegments {
+			return fmt.Errorf("more than %d buffers", MaxSegments)
+		}
 		b, err := q.mem.Span(addr, n)
 		if err != nil {
 			return err

@@ -50,8 +50,12 @@ const (
 	// maxCtrl bounds control packets (RST to unknown destinations) queued
 	// while the guest posts no rx buffers.
 	maxCtrl = 1024
-	// txBatch bounds the tx chains handled before rx gets a turn.
+	// txBatch bounds the tx chains handled before rx gets a turn, and
+	// rxBatch the rx chains filled before tx gets one (vhost's
+	// VHOST_VSOCK_PKT_WEIGHT): a guest that keeps posting buffers, even
+	// useless ones, cannot keep the device in one loop.
 	txBatch = 256
+	rxBatch = 256
 )
 
 // Errors.
@@ -189,6 +193,7 @@ type Device struct {
 	ctrl     []Header
 	ready    []*conn
 	nextPort uint32
+	refusing bool // REQUESTs are being refused for MaxConns (warned once)
 
 	// Used by the event loop under mu.
 	chain virtq.Chain
@@ -273,9 +278,9 @@ func (d *Device) step() {
 	if d.closed {
 		return
 	}
-	more := d.processTx()
-	d.processRx()
-	if more {
+	moreTx := d.processTx()
+	moreRx := d.processRx()
+	if moreTx || moreRx {
 		d.wake()
 	}
 }
@@ -395,8 +400,16 @@ func (d *Device) processTx() (more bool) {
 	return more
 }
 
-// handleTx processes one packet from the guest.
+// handleTx processes one packet from the guest. It drops, without an
+// answer, a chain with device-writable buffers, a packet shorter than a
+// header and a packet whose source is not the guest's CID, as Linux's
+// vhost-vsock does. A packet for another CID or socket type is answered
+// with RST (an RST never is) and touches no connection.
 func (d *Device) handleTx(ch *virtq.Chain) {
+	if len(ch.Writable) != 0 {
+		d.log.Debug("vsockdev: dropping tx packet with device-writable buffers", "writable", ch.WritableLen())
+		return
+	}
 	if virtq.CopyOut(d.hdr[:], ch.Readable, 0) < HeaderSize {
 		d.log.Debug("vsockdev: dropping tx packet shorter than a header", "len", ch.ReadableLen())
 		return
@@ -406,16 +419,16 @@ func (d *Device) handleTx(ch *virtq.Chain) {
 		d.log.Debug("vsockdev: dropping packet with spoofed source CID", "src_cid", h.SrcCID)
 		return
 	}
+	if h.Type != TypeStream || (h.DstCID != HostCID && h.DstCID != ParentCID) {
+		d.rstReply(h)
+		return
+	}
 	key := connKey{local: h.DstPort, peer: h.SrcPort}
 	c := d.conns[key]
 	if h.Op == OpRST {
 		if c != nil {
 			d.closeLocked(c, false, hybrid.ErrNoListener)
 		}
-		return
-	}
-	if h.Type != TypeStream || (h.DstCID != HostCID && h.DstCID != ParentCID) {
-		d.rstReply(h)
 		return
 	}
 	if h.Len > MaxPacketPayload || int(h.Len) > ch.ReadableLen()-HeaderSize {
@@ -502,10 +515,18 @@ func (d *Device) onRequest(h Header, c *conn) {
 		return
 	}
 	if len(d.conns) >= d.cfg.MaxConns {
-		d.log.Warn("vsockdev: too many connections; refusing", "port", h.DstPort)
+		// One warning per burst: the guest chooses how many REQUESTs
+		// it sends, and must not choose the size of the host's logs.
+		if !d.refusing {
+			d.log.Warn("vsockdev: too many connections; refusing guest connections", "max", d.cfg.MaxConns, "port", h.DstPort)
+		} else {
+			d.log.Debug("vsockdev: too many connections; refusing", "port", h.DstPort)
+		}
+		d.refusing = true
 		d.rstReply(h)
 		return
 	}
+	d.refusing = false
 	c = d.newConn(connKey{local: h.DstPort, peer: h.SrcPort}, h.DstCID, stateDialing)
 	c.peerBufAlloc, c.peerFwdCnt = h.BufAlloc, h.FwdCnt
 	d.conns[c.key] = c
@@ -646,9 +667,26 @@ func (d *Device) closeLocked(c *conn, rst bool, cause error) {
 	c.cond.Broadcast()
 }
 
+// markReady queues c for the rx loop when it has a packet for the guest.
+// Closed connections leave the queue when the rx loop reaches them; when
+// it does not run (the guest never set the rx queue up, or broke it) they
+// are dropped here once they outnumber the open ones, so the queue holds
+// at most 2*MaxConns+16 entries whatever the guest does with tx.
 func (d *Device) markReady(c *conn) {
 	if c.queued || !c.rxWork() {
 		return
+	}
+	if len(d.ready) >= 2*len(d.conns)+16 {
+		live := d.ready[:0]
+		for _, r := range d.ready {
+			if r.state == stateClosed {
+				r.queued = false
+				continue
+			}
+			live = append(live, r)
+		}
+		clear(d.ready[len(live):])
+		d.ready = live
 	}
 	c.queued = true
 	d.ready = append(d.ready, c)
@@ -755,14 +793,20 @@ func (d *Device) writer(c *conn) {
 
 // ---------------------------------------------------------------- rx path
 
-// processRx writes pending packets into the guest's rx buffers.
-func (d *Device) processRx() {
+// processRx writes pending packets into the guest's rx buffers, at most
+// rxBatch chains (taken or looked for), and reports whether it stopped
+// because of that bound.
+func (d *Device) processRx() (more bool) {
 	if len(d.ctrl) == 0 && len(d.ready) == 0 {
-		return
+		return false
 	}
 	broken := false
 	d.rings.With(rxQueue, func(q *virtq.Queue) {
-		for {
+		for n := 0; ; n++ {
+			if n == rxBatch {
+				more = true
+				return
+			}
 			c, ok := d.nextRx()
 			if !ok {
 				return
@@ -789,6 +833,7 @@ func (d *Device) processRx() {
 		d.log.Error("vsockdev: the guest broke the rx queue; resetting every connection")
 		d.resetConnsLocked(errDeviceReset)
 	}
+	return more
 }
 
 // nextRx returns the connection whose packet goes next (nil for the
@@ -809,9 +854,15 @@ func (d *Device) nextRx() (*conn, bool) {
 	return nil, false
 }
 
-// fillRx writes one packet into ch and returns the bytes written.
+// fillRx writes one packet into ch and returns the bytes written. A chain
+// with device-readable buffers or with less room than a header is returned
+// empty and the packet waits for the next one.
 func (d *Device) fillRx(ch *virtq.Chain, c *conn) int {
 	room := ch.WritableLen()
+	if len(ch.Readable) != 0 {
+		d.log.Debug("vsockdev: rx buffer with device-readable parts; returning it empty", "readable", ch.ReadableLen())
+		return 0
+	}
 	if room < HeaderSize {
 		d.log.Debug("vsockdev: rx buffer smaller than a header; returning it empty", "len", room)
 		return 0

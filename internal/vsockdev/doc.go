@@ -24,6 +24,10 @@
 // with RST after the buffered data is flushed, or after ShutdownTimeout.
 //
 // The guest is untrusted: every header field is checked, malformed packets
-// are answered with RST or dropped, and a malformed descriptor chain breaks
-// the queue (package virtq) and resets every connection.
+// are answered with RST or dropped, chains with the wrong write flags are
+// refused, and a malformed descriptor chain breaks the queue (package
+// virtq) and resets every connection. Each pass of the event loop handles
+// at most a batch of chains per queue, and what the guest can make the
+// device hold (connections, buffered bytes, queued packets) is bounded
+// whether or not it runs its rx queue.
 package vsockdev
