@@ -60,7 +60,11 @@ type node struct {
 	app     string // enclaveapp, static
 }
 
-func startNode(t testing.TB) *node {
+func startNode(t testing.TB) *node { return startNodeWith(t, "") }
+
+// startNodeWith starts a node; criPlugin, when not empty, is the CRI
+// plugin's configuration (the plugin is disabled otherwise).
+func startNodeWith(t testing.TB, criPlugin string) *node {
 	t.Helper()
 	testenv.RequireRoot(t)
 	ctd := testenv.LookPath(t, "containerd", "apt-get install containerd")
@@ -76,13 +80,16 @@ func startNode(t testing.TB) *node {
 		ctrPath: ctrPath, logPath: filepath.Join(dir, "containerd.log"),
 		app: testharness.BuildProgram(t, dir, "enclaveapp", "./internal/e2e/testdata/enclaveapp")}
 	disabled := `disabled_plugins = ["io.containerd.grpc.v1.cri"]`
+	if criPlugin != "" {
+		disabled = ""
+	}
 	cfg := fmt.Sprintf(`version = 2
 root = %q
 state = %q
 %s
 [grpc]
   address = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabled, n.sock)
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabled, n.sock) + criPlugin
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -160,10 +167,13 @@ func tail(s string, lines int) string {
 // its stdout, exit code and an error carrying its stderr (nil only when
 // the code is 0 and stderr is empty: ctr reports a task's non-zero exit
 // status on delete as a warning).
-func (n *node) ctr(args ...string) (string, int, error) {
+func (n *node) ctr(args ...string) (string, int, error) { return n.ctrIn("test", args...) }
+
+// ctrIn is ctr in containerd namespace ns.
+func (n *node) ctrIn(ns string, args ...string) (string, int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, n.ctrPath, append([]string{"--address", n.sock, "-n", "test"}, args...)...)
+	cmd := exec.CommandContext(ctx, n.ctrPath, append([]string{"--address", n.sock, "-n", ns}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
