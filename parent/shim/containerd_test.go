@@ -114,14 +114,16 @@ state = %q
 	go func() { _ = cmd.Wait(); close(waited) }()
 	t.Cleanup(func() {
 		// Remove every container (their shims exit), then stop containerd.
-		out, _, _ := n.ctr("task", "ls", "-q")
-		for _, id := range strings.Fields(out) {
-			n.ctr("task", "kill", "-s", "SIGKILL", id)
-			n.ctr("task", "delete", "-f", id)
-		}
-		out, _, _ = n.ctr("container", "ls", "-q")
-		for _, id := range strings.Fields(out) {
-			n.ctr("container", "rm", id)
+		for _, ns := range []string{"test", "k8s.io"} {
+			out, _, _ := n.ctrIn(ns, "task", "ls", "-q")
+			for _, id := range strings.Fields(out) {
+				n.ctrIn(ns, "task", "kill", "-s", "SIGKILL", id)
+				n.ctrIn(ns, "task", "delete", "-f", id)
+			}
+			out, _, _ = n.ctrIn(ns, "container", "ls", "-q")
+			for _, id := range strings.Fields(out) {
+				n.ctrIn(ns, "container", "rm", id)
+			}
 		}
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {

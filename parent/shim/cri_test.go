@@ -89,7 +89,7 @@ func TestCRI(t *testing.T) {
 		Hostname:     "enclave-pod",
 		LogDirectory: logs,
 		Annotations: map[string]string{
-			shim.AnnotationPorts: strconv.Itoa(port) + ":5000",
+			shim.AnnotationPorts:   strconv.Itoa(port) + ":5000",
 			"unrelated/annotation": "not passed on",
 		},
 		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
