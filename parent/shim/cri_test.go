@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/cloister/cloister/internal/testharness"
 	"github.com/cloister/cloister/parent"
 	"github.com/cloister/cloister/parent/shim"
 )
@@ -23,24 +24,30 @@ import (
 // sandbox ("pause") image too (a sandbox runs no enclave).
 const criImage = "cloister.test/app:1"
 
-// criPlugin configures containerd's CRI plugin with the RuntimeClass
-// handler "cloister" (runtime io.containerd.cloister.v2) passing the
-// cloister.dev/* pod annotations to the shim, as docs/fleet.md does.
-func criPlugin(dir string) string {
+// criPlugin configures containerd's CRI plugin as a node's
+// /etc/containerd/config.toml would: runc as the default runtime, a
+// sandbox image, CNI directories, and the runtime handler "cloister"
+// exactly as deploy/containerd/cloister.toml adds it (that file is used
+// as it is).
+func criPlugin(t testing.TB, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(testharness.RepoRoot(), "deploy", "containerd", "cloister.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	handler := strings.Replace(string(b), "version = 2\n", "", 1)
+	if !strings.Contains(handler, `runtime_type = "`+runtimeType+`"`) {
+		t.Fatalf("deploy/containerd/cloister.toml does not name runtime type %s", runtimeType)
+	}
 	return fmt.Sprintf(`
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %q
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "cloister"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cloister]
-      runtime_type = %q
-      pod_annotations = ["cloister.dev/*"]
-      container_annotations = ["cloister.dev/*"]
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = %q
-    conf_dir = %q
-`, criImage, runtimeType, filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf"))
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = %q
+  conf_dir = %q
+`, criImage, filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf")) + handler
 }
 
 func freePort(t testing.TB) int {
@@ -64,7 +71,7 @@ func freePort(t testing.TB) int {
 // path as TestContainerd's --with-ns network namespace.
 func TestCRI(t *testing.T) {
 	dir := t.TempDir()
-	n := startNodeWith(t, criPlugin(dir))
+	n := startNodeWith(t, criPlugin(t, dir))
 	archive := filepath.Join(n.dir, "app.tar")
 	writeImage(t, archive, n.app, criImage)
 	if _, _, err := n.ctrIn("k8s.io", "image", "import", archive); err != nil {
