@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -384,8 +385,38 @@ func TestContainerd(t *testing.T) {
 		if err := json.Unmarshal(b, &got); err != nil {
 			t.Fatal(err)
 		}
-		if want := n.describe(id).Measurements; got.Measurements != want || len(want.PCR0) != 96 {
+		desc := n.describe(id)
+		if want := desc.Measurements; got.Measurements != want || len(want.PCR0) != 96 {
 			t.Fatalf("bundle measurements %+v, want the daemon's %+v", got.Measurements, want)
+		}
+		// The container's labels (ctr c info) carry them too.
+		wantLabels := map[string]string{shim.LabelPCR0: desc.Measurements.PCR0, shim.LabelPCR1: desc.Measurements.PCR1,
+			shim.LabelPCR2: desc.Measurements.PCR2, shim.LabelEnclaveID: desc.EnclaveID}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, _, err := n.ctr("container", "info", id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var info struct {
+				Labels map[string]string `json:"Labels"`
+			}
+			if err := json.Unmarshal([]byte(out), &info); err != nil {
+				t.Fatalf("ctr container info: %v\n%s", err, out)
+			}
+			gotLabels := map[string]string{}
+			for k := range wantLabels {
+				if v, ok := info.Labels[k]; ok {
+					gotLabels[k] = v
+				}
+			}
+			if cmp.Equal(wantLabels, gotLabels) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("container labels (-want +got):\n%s", cmp.Diff(wantLabels, gotLabels))
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 		if _, _, err := n.ctr("task", "kill", id); err != nil {
 			t.Fatal(err)

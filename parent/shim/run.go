@@ -227,13 +227,14 @@ func serve(f flags) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	svc := NewService(Config{
-		Daemon:    parent.NewClient(parent.SocketFromEnv()),
-		Namespace: f.namespace,
-		InitPath:  findInit(),
-		CacheDir:  cacheDir(),
-		Events:    events,
-		Logger:    log,
-		Exit:      cancel,
+		Daemon:     parent.NewClient(parent.SocketFromEnv()),
+		Namespace:  f.namespace,
+		Containerd: f.address,
+		InitPath:   findInit(),
+		CacheDir:   cacheDir(),
+		Events:     events,
+		Logger:     log,
+		Exit:       cancel,
 	})
 	srv, err := ttrpc.NewServer()
 	if err != nil {

@@ -41,6 +41,9 @@ type Config struct {
 	Daemon *parent.Client
 	// Namespace is the containerd namespace; it prefixes enclave names.
 	Namespace string
+	// Containerd is containerd's gRPC socket; when set, the container is
+	// labelled with its enclave's measurements (LabelPCR0, …).
+	Containerd string
 	// InitPath is cloister-init, built into every image.
 	InitPath string
 	// CacheDir keeps built images by content.
@@ -257,6 +260,14 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 		t.measurements = d.Measurements
 		if err := writeMeasurements(t.bundle, d); err != nil {
 			s.cfg.Logger.Warn("shim: record measurements", "err", err)
+		}
+		if s.cfg.Containerd != "" {
+			labels, id := measurementLabels(t.enclaveID, d.Measurements), t.id
+			go func() {
+				if err := LabelContainer(context.Background(), s.cfg.Containerd, s.cfg.Namespace, id, labels); err != nil {
+					s.cfg.Logger.Warn("shim: label the container with its measurements", "err", err)
+				}
+			}()
 		}
 	}
 	s.cfg.Logger.Info("shim: enclave running", "id", t.id, "enclave", t.enclaveID, "cid", res.EnclaveCID,
