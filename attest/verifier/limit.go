@@ -66,9 +66,9 @@ func (k holdKind) String() string {
 }
 
 // clientLimiter decides whether a client may create one more challenge or
-// session. memLimiter keeps its counts in this process; a challenge store
-// shared by replicas (PostgreSQL) would come with a limiter that counts
-// what each client holds in that store.
+// session. memLimiter keeps its counts in this process; with a store
+// shared by replicas (PostgresStore) the store counts what each client
+// holds across replicas and memLimiter keeps only the rates.
 type clientLimiter interface {
 	// admit reserves, for client, one k that expires at expires, or
 	// refuses with a *LimitError.

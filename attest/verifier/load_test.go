@@ -3,6 +3,7 @@ package verifier
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -408,7 +409,7 @@ func BenchmarkAppraise(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, _, err := s.appraise(req, "http://bench"); err != nil {
+			if _, _, err := s.appraise(context.Background(), req, "http://bench"); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -106,6 +106,13 @@ type Config struct {
 	// its burst is forgotten; while MaxClients others hold something, a
 	// new client gets 429.
 	MaxClients int
+	// Store holds the challenges and sessions. Nil: this process's
+	// memory. A [PostgresStore] shares them among replicas, so that any
+	// replica consumes a challenge issued by another, exactly once; it
+	// needs SigningKey (the same key on every replica, so that they
+	// publish one JWKS) and counts the per-client quotas in the store
+	// (the rate limits stay per replica).
+	Store *PostgresStore
 	// MaxBodyBytes bounds every request body (default DefaultMaxBodyBytes).
 	MaxBodyBytes int64
 	// Clock returns the current time (default time.Now).
@@ -127,8 +134,7 @@ type Server struct {
 	policies      map[string]*policy
 	defaultPolicy string
 	keys          *keyRing
-	challenges    *challengeStore
-	sessions      *sessionStore
+	store         backend
 	limiter       clientLimiter
 	clientOf      clientIdentity
 	served        atomic.Pointer[string] // the issuer Serve derived from its listener
@@ -244,7 +250,18 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	s := &Server{cfg: cfg, policies: make(map[string]*policy), limiter: newMemLimiter(lim), clientOf: ident}
+	if cfg.Store != nil && cfg.SigningKey == nil {
+		return nil, errors.New("verifier: a shared store needs a shared signing key: give every replica the same SigningKey (cloister attest serve --signing-key), so that they publish one JWKS")
+	}
+	s := &Server{cfg: cfg, policies: make(map[string]*policy), clientOf: ident}
+	if cfg.Store != nil {
+		// The store counts what each client holds, across replicas.
+		s.store = cfg.Store.attach(cfg, lim.quota, s.lookupPolicy)
+		lim.quota = [numHoldKinds]int{}
+	} else {
+		s.store = newMemBackend(cfg.MaxChallenges, cfg.ChallengeTTL, cfg.MaxSessions, cfg.SessionTTL)
+	}
+	s.limiter = newMemLimiter(lim)
 	if s.roots, err = newRootSet(cfg.Roots, cfg.NoAWSRoot); err != nil {
 		return nil, err
 	}
@@ -279,14 +296,32 @@ func New(cfg Config) (*Server, error) {
 	if s.keys, err = newKeyRing(cfg.SigningKey, cfg.SigningCurve, cfg.KeyRotation, cfg.TokenTTL, cfg.Clock()); err != nil {
 		return nil, err
 	}
-	s.challenges = newChallengeStore(cfg.MaxChallenges, cfg.ChallengeTTL)
-	s.sessions = newSessionStore(cfg.MaxSessions, cfg.SessionTTL)
 	if err := s.initMetrics(); err != nil {
 		return nil, err
 	}
 	s.routes()
 	s.ready.Store(true)
 	return s, nil
+}
+
+// lookupPolicy returns the policy named name (a shared store keeps a
+// session's policy by name).
+func (s *Server) lookupPolicy(name string) (*policy, bool) {
+	p, ok := s.policies[name]
+	return p, ok
+}
+
+// counts returns the challenges and sessions held, -1 each when the store
+// cannot say (it is logged).
+func (s *Server) counts() (int, int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, n, err := s.store.counts(ctx)
+	if err != nil {
+		s.cfg.Logger.Error("verifier: count challenges and sessions", "err", err)
+		return -1, -1
+	}
+	return c, n
 }
 
 func validPolicyName(n string) bool {
@@ -333,12 +368,12 @@ func (s *Server) initMetrics() error {
 		}, func() float64 { return float64(s.limiter.clients()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "cloister_verifier_challenges",
-			Help: "Challenges held (issued, used or recently expired).",
-		}, func() float64 { return float64(s.challenges.s.len()) }),
+			Help: "Challenges held (issued, used or recently expired); in a shared store, by every replica.",
+		}, func() float64 { c, _ := s.counts(); return float64(c) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "cloister_verifier_sessions",
-			Help: "Veraison challenge-response sessions held.",
-		}, func() float64 { return float64(s.sessions.s.len()) }),
+			Help: "Veraison challenge-response sessions held; in a shared store, by every replica.",
+		}, func() float64 { _, n := s.counts(); return float64(n) }),
 	}
 	for _, c := range cs {
 		if err := s.cfg.Registry.Register(c); err != nil {

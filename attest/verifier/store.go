@@ -1,7 +1,9 @@
 package verifier
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -137,4 +139,147 @@ func (c *challengeStore) consume(nonce []byte, now time.Time) error {
 		return false
 	})
 	return err
+}
+
+// Errors of the session store.
+var (
+	// ErrUnknownSession: no such session (never created, deleted or expired).
+	ErrUnknownSession = errors.New("verifier: no such session (never created, deleted or expired)")
+	// ErrSessionUsed: the session already took evidence; it takes it once.
+	ErrSessionUsed = errors.New("verifier: session already took evidence")
+)
+
+// backend holds the challenges and sessions: in this process
+// ([memBackend]), or in PostgreSQL ([PostgresStore]) shared by replicas.
+// Times come from the server's clock.
+type backend interface {
+	// issueChallenge records nonce for client, expiring at expires. It
+	// reports false when the nonce exists (the caller draws again), and
+	// fails with ErrStoreFull or, when the backend counts per-client
+	// holdings itself, a *LimitError.
+	issueChallenge(ctx context.Context, nonce []byte, client string, now, expires time.Time) (bool, error)
+	// consumeChallenge marks nonce used, exactly once: it fails with
+	// ErrUnknownChallenge, ErrChallengeUsed or ErrChallengeExpired.
+	consumeChallenge(ctx context.Context, nonce []byte, now time.Time) error
+	// addSession records sess under id (status "waiting"), like issueChallenge.
+	addSession(ctx context.Context, id string, sess *session, now, expires time.Time) (bool, error)
+	// getSession returns a copy of an unexpired session and its expiry, or ErrUnknownSession.
+	getSession(ctx context.Context, id string, now time.Time) (*session, time.Time, error)
+	// deleteSession deletes a session and returns it (for its client and
+	// expiry), or ErrUnknownSession.
+	deleteSession(ctx context.Context, id string, now time.Time) (*session, time.Time, error)
+	// claimSession moves a waiting session to processing, atomically, and
+	// returns a copy; ErrUnknownSession, or ErrSessionUsed wrapped with its status.
+	claimSession(ctx context.Context, id string, now time.Time) (*session, time.Time, error)
+	// unclaimSession moves a processing session back to waiting (the
+	// evidence was refused before appraisal; the client may retry).
+	unclaimSession(ctx context.Context, id string) error
+	// completeSession records the evidence and the result of a processing session.
+	completeSession(ctx context.Context, id string, ev *SessionEvidence, result string) error
+	// counts returns the challenges and sessions held (for the metrics).
+	counts(ctx context.Context) (challenges, sessions int, err error)
+}
+
+// memBackend is the in-process backend.
+type memBackend struct {
+	ch *challengeStore
+	se *sessionStore
+}
+
+func newMemBackend(maxChallenges int, challengeTTL time.Duration, maxSessions int, sessionTTL time.Duration) *memBackend {
+	return &memBackend{ch: newChallengeStore(maxChallenges, challengeTTL), se: newSessionStore(maxSessions, sessionTTL)}
+}
+
+func (m *memBackend) issueChallenge(_ context.Context, nonce []byte, _ string, now, _ time.Time) (bool, error) {
+	_, ok, err := m.ch.issue(nonce, now)
+	return ok, err
+}
+
+func (m *memBackend) consumeChallenge(_ context.Context, nonce []byte, now time.Time) error {
+	return m.ch.consume(nonce, now)
+}
+
+func (m *memBackend) addSession(_ context.Context, id string, sess *session, now, _ time.Time) (bool, error) {
+	c := *sess
+	_, ok, err := m.se.s.add(id, &c, now)
+	return ok, err
+}
+
+func (m *memBackend) getSession(_ context.Context, id string, now time.Time) (*session, time.Time, error) {
+	var out *session
+	var exp time.Time
+	m.se.s.update(id, now, func(p **session, e time.Time, expired bool) bool {
+		if p != nil && !expired {
+			c := **p
+			out, exp = &c, e
+		}
+		return p != nil && expired
+	})
+	if out == nil {
+		return nil, time.Time{}, ErrUnknownSession
+	}
+	return out, exp, nil
+}
+
+func (m *memBackend) deleteSession(_ context.Context, id string, now time.Time) (*session, time.Time, error) {
+	var out *session
+	var exp time.Time
+	m.se.s.update(id, now, func(p **session, e time.Time, expired bool) bool {
+		if p != nil && !expired {
+			out, exp = *p, e
+		}
+		return p != nil
+	})
+	if out == nil {
+		return nil, time.Time{}, ErrUnknownSession
+	}
+	return out, exp, nil
+}
+
+func (m *memBackend) claimSession(_ context.Context, id string, now time.Time) (*session, time.Time, error) {
+	var out *session
+	var exp time.Time
+	err := ErrUnknownSession
+	m.se.s.update(id, now, func(p **session, e time.Time, expired bool) bool {
+		switch {
+		case p == nil:
+		case expired:
+			return true
+		case (*p).status != "waiting":
+			err = fmt.Errorf("%w: it is %s", ErrSessionUsed, (*p).status)
+		default:
+			(*p).status = "processing"
+			c := **p
+			out, exp, err = &c, e, nil
+		}
+		return false
+	})
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return out, exp, nil
+}
+
+func (m *memBackend) unclaimSession(_ context.Context, id string) error {
+	m.se.s.mu.Lock()
+	defer m.se.s.mu.Unlock()
+	if e, ok := m.se.s.m[id]; ok && e.val.status == "processing" {
+		e.val.status = "waiting"
+	}
+	return nil
+}
+
+func (m *memBackend) completeSession(_ context.Context, id string, ev *SessionEvidence, result string) error {
+	m.se.s.mu.Lock()
+	defer m.se.s.mu.Unlock()
+	e, ok := m.se.s.m[id]
+	if !ok || e.val.status != "processing" {
+		return ErrUnknownSession
+	}
+	e.val.status, e.val.evidence, e.val.result = "complete", ev, &result
+	return nil
+}
+
+func (m *memBackend) counts(context.Context) (int, int, error) {
+	return m.ch.s.len(), m.se.s.len(), nil
 }

@@ -1,7 +1,9 @@
 package verifier
 
 import (
+	"context"
 	"encoding/base64"
+	"errors"
 	"mime"
 	"net/http"
 	"slices"
@@ -52,6 +54,7 @@ type session struct {
 	result   *string
 }
 
+// sessionStore is the in-process store of sessions.
 type sessionStore struct {
 	s *ttlStore[*session]
 }
@@ -145,11 +148,12 @@ func (s *Server) handleNewSession(w http.ResponseWriter, r *http.Request) {
 		}
 		id = uuid.NewString()
 		sess.nonce = n
-		e, ok, err := s.sessions.s.add(id, sess, now)
+		ok, err := s.store.addSession(r.Context(), id, sess, now, exp)
 		if err != nil || !ok {
 			s.limiter.release(sess.client, holdSession, exp)
+			return time.Time{}, ok, err
 		}
-		return e, ok, err
+		return exp, true, nil
 	}
 	switch {
 	case q.Has("nonce"):
@@ -205,18 +209,16 @@ func (s *Server) handleGetSession(w http.ResponseWriter, r *http.Request) {
 		s.problem(w, r, http.StatusBadRequest, "bad-id", "session id must be a UUID")
 		return
 	}
-	var view *Session
-	s.sessions.s.update(id, s.cfg.Clock(), func(sess **session, exp time.Time, expired bool) bool {
-		if sess != nil && !expired {
-			v := s.sessionView(*sess, exp)
-			view = &v
-		}
-		return sess != nil && expired
-	})
-	if view == nil {
+	sess, exp, err := s.store.getSession(r.Context(), id, s.cfg.Clock())
+	if errors.Is(err, ErrUnknownSession) {
 		s.problem(w, r, http.StatusNotFound, "unknown-session", "no session "+id+" (never created, deleted or expired)")
 		return
 	}
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	view := s.sessionView(sess, exp)
 	writeJSON(w, http.StatusOK, MediaTypeSession, view)
 }
 
@@ -226,18 +228,16 @@ func (s *Server) handleDeleteSession(w http.ResponseWriter, r *http.Request) {
 		s.problem(w, r, http.StatusBadRequest, "bad-id", "session id must be a UUID")
 		return
 	}
-	found := false
-	s.sessions.s.update(id, s.cfg.Clock(), func(sess **session, exp time.Time, expired bool) bool {
-		found = sess != nil && !expired
-		if found {
-			s.limiter.release((*sess).client, holdSession, exp)
-		}
-		return sess != nil
-	})
-	if !found {
+	sess, exp, err := s.store.deleteSession(r.Context(), id, s.cfg.Clock())
+	if errors.Is(err, ErrUnknownSession) {
 		s.problem(w, r, http.StatusNotFound, "unknown-session", "no session "+id)
 		return
 	}
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	s.limiter.release(sess.client, holdSession, exp)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -270,60 +270,44 @@ func (s *Server) handlePostSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Claim the session: waiting -> processing, atomically.
-	var sess *session
-	var exp time.Time
-	state := "unknown"
-	s.sessions.s.update(id, s.cfg.Clock(), func(p **session, e time.Time, expired bool) bool {
-		switch {
-		case p == nil:
-		case expired:
-			state = "expired"
-			return true
-		case (*p).status != "waiting":
-			state = (*p).status
-		default:
-			state = "waiting"
-			(*p).status = "processing"
-			sess, exp = *p, e
-		}
-		return false
-	})
-	switch state {
-	case "waiting":
-	case "unknown", "expired":
+	ctx := r.Context()
+	sess, exp, err := s.store.claimSession(ctx, id, s.cfg.Clock())
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrUnknownSession):
 		s.problem(w, r, http.StatusNotFound, "unknown-session", "no session "+id+" (never created, deleted or expired)")
 		return
+	case errors.Is(err, ErrSessionUsed):
+		s.problem(w, r, http.StatusConflict, "session-used", "session "+id+": "+err.Error()+"; a session accepts evidence once")
+		return
 	default:
-		s.problem(w, r, http.StatusConflict, "session-used", "session "+id+" is "+state+": it accepts evidence once")
+		s.storeError(w, r, err)
 		return
 	}
 	release := func() { // back to waiting so that the client may retry
-		s.sessions.s.update(id, s.cfg.Clock(), func(p **session, _ time.Time, _ bool) bool {
-			if p != nil && *p == sess {
-				(*p).status = "waiting"
-			}
-			return false
-		})
+		if err := s.store.unclaimSession(context.WithoutCancel(ctx), id); err != nil {
+			s.cfg.Logger.Error("verifier: release session", "id", id, "err", err)
+		}
 	}
 	if len(body) > 0 && body[0] != 0x84 && body[0] != 0xd2 {
 		release()
 		s.problem(w, r, http.StatusBadRequest, "bad-evidence", "evidence must be a raw CBOR COSE_Sign1 (first byte 0x84 or 0xd2)")
 		return
 	}
-	resp, _, err := s.appraise(&appraisalRequest{doc: body, pol: sess.policy, nonce: sess.nonce}, s.issuer(r))
+	resp, _, err := s.appraise(ctx, &appraisalRequest{doc: body, pol: sess.policy, nonce: sess.nonce}, s.issuer(r))
 	if err != nil {
 		release()
 		s.appraisalError(w, r, err)
 		return
 	}
-	var view Session
-	s.sessions.s.update(id, s.cfg.Clock(), func(p **session, _ time.Time, _ bool) bool {
-		sess.status = "complete"
-		sess.evidence = &SessionEvidence{Type: mt, Value: b64std(body)}
-		sess.result = &resp.Token
-		view = s.sessionView(sess, exp)
-		return false
-	})
+	sess.status = "complete"
+	sess.evidence = &SessionEvidence{Type: mt, Value: b64std(body)}
+	sess.result = &resp.Token
+	if err := s.store.completeSession(context.WithoutCancel(ctx), id, sess.evidence, resp.Token); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	view := s.sessionView(sess, exp)
 	writeJSON(w, http.StatusOK, MediaTypeSession, view)
 }
 

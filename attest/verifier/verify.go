@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -311,7 +312,7 @@ var errServiceFault = errors.New("verifier: service fault")
 // appraise verifies req.doc, applies the policy, consumes a challenge when
 // one is demanded and signs the EAR. A malformed document is a
 // *requestError; anything else but errServiceFault yields a response.
-func (s *Server) appraise(req *appraisalRequest, issuer string) (*VerifyResponse, *EAR, error) {
+func (s *Server) appraise(ctx context.Context, req *appraisalRequest, issuer string) (*VerifyResponse, *EAR, error) {
 	start := time.Now()
 	now := s.cfg.Clock()
 	at := now
@@ -366,7 +367,10 @@ func (s *Server) appraise(req *appraisalRequest, issuer string) (*VerifyResponse
 			var cerr error
 			if docNonce == nil {
 				cerr = errors.New("document has no nonce, want a challenge issued by POST /v1/challenges")
-			} else if cerr = s.challenges.consume(docNonce, now); cerr != nil {
+			} else if cerr = s.store.consumeChallenge(ctx, docNonce, now); cerr != nil {
+				if !errors.Is(cerr, ErrUnknownChallenge) && !errors.Is(cerr, ErrChallengeUsed) && !errors.Is(cerr, ErrChallengeExpired) {
+					return nil, nil, fmt.Errorf("%w: challenge store: %w", errServiceFault, cerr)
+				}
 				cerr = fmt.Errorf("document nonce: %w", cerr)
 			}
 			if cerr != nil {
@@ -449,7 +453,7 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
 		s.problem(w, r, rerr.status, rerr.slug, rerr.detail)
 		return
 	}
-	resp, _, err := s.appraise(req, s.issuer(r))
+	resp, _, err := s.appraise(r.Context(), req, s.issuer(r))
 	if err != nil {
 		s.appraisalError(w, r, err)
 		return
@@ -507,11 +511,12 @@ func (s *Server) handleNewChallenge(w http.ResponseWriter, r *http.Request) {
 		if err := s.limiter.admit(client, holdChallenge, now, exp); err != nil {
 			return time.Time{}, false, err
 		}
-		e, ok, err := s.challenges.issue(n, now)
+		ok, err := s.store.issueChallenge(r.Context(), n, client, now, exp)
 		if err != nil || !ok {
 			s.limiter.release(client, holdChallenge, exp)
+			return time.Time{}, ok, err
 		}
-		return e, ok, err
+		return exp, true, nil
 	})
 	if err != nil {
 		s.storeError(w, r, err)

@@ -46,6 +46,7 @@ type attestServeFlags struct {
 	challengeTTL      time.Duration
 	issuer            string
 	logFormat         string
+	store             string
 
 	maxChallengesPerClient int
 	maxSessionsPerClient   int
@@ -93,10 +94,18 @@ with Retry-After while other clients are served. Behind a reverse proxy
 every client has the proxy's address: name the proxy with --trusted-proxy
 so that its X-Forwarded-For is believed (never from anyone else).
 
+Several replicas act as one behind a load balancer with --store
+postgres://...: challenges and Veraison sessions live in PostgreSQL, so a
+challenge issued by one replica is consumed through any, exactly once, and
+the per-client quotas count across replicas (the rates stay per replica).
+A shared store needs --signing-key, the same file on every replica, so that
+all of them sign with one key and publish one JWKS.
+
 The server stops gracefully on SIGINT or SIGTERM.`,
 		Example: `  cloister attest serve
   cloister attest serve --addr 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem --policy-file policies.yaml
-  cloister attest serve --root aws --root dev-root.pem --allow-time-override`,
+  cloister attest serve --root aws --root dev-root.pem --allow-time-override
+  cloister attest serve --addr 0.0.0.0:8443 --store postgres://verifier@db/verifier --signing-key /etc/cloister/ear.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAttestServe(cmd, f) },
 	}
@@ -112,6 +121,7 @@ The server stops gracefully on SIGINT or SIGTERM.`,
 	fl.DurationVar(&f.tokenTTL, "token-ttl", verifier.DefaultTokenTTL, "lifetime of issued tokens (exp - iat)")
 	fl.DurationVar(&f.challengeTTL, "challenge-ttl", verifier.DefaultChallengeTTL, "lifetime of nonces from POST /v1/challenges")
 	fl.StringVar(&f.issuer, "issuer", "", "token issuer URL, as relying parties reach this server (default: http(s)://ADDR from --addr; never the request's Host header)")
+	fl.StringVar(&f.store, "store", "", "where challenges and sessions live: empty for this process's memory, or postgres://... shared by replicas (needs --signing-key)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "access log format on stderr: text or json")
 	fl.IntVar(&f.maxChallengesPerClient, "max-challenges-per-client", verifier.DefaultMaxChallengesPerClient, "challenges one client may hold at once (negative: no limit)")
 	fl.IntVar(&f.maxSessionsPerClient, "max-sessions-per-client", verifier.DefaultMaxSessionsPerClient, "Veraison sessions one client may hold at once (negative: no limit)")
@@ -210,6 +220,26 @@ func runAttestServe(cmd *cobra.Command, f attestServeFlags) error {
 		}
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	}
+	if f.store != "" {
+		if !strings.HasPrefix(f.store, "postgres://") && !strings.HasPrefix(f.store, "postgresql://") {
+			return fmt.Errorf("--store %q: want postgres://USER@HOST:PORT/DB (or empty for memory)", kmsRedactStore(f.store))
+		}
+		if f.signingKey == "" {
+			return fmt.Errorf("--store needs --signing-key: every replica must sign with the same key so that they publish one JWKS")
+		}
+		base := cmd.Context()
+		if base == nil {
+			base = context.Background()
+		}
+		octx, cancel := context.WithTimeout(base, 30*time.Second)
+		st, err := verifier.OpenPostgresStore(octx, f.store)
+		cancel()
+		if err != nil {
+			return fail(err)
+		}
+		defer st.Close()
+		cfg.Store = st
+	}
 	srv, err := verifier.New(cfg)
 	if err != nil {
 		return fail(err)
@@ -230,7 +260,7 @@ func runAttestServe(cmd *cobra.Command, f attestServeFlags) error {
 		}
 	}
 	cfg.Logger.Info("attestation verifier listening", "url", scheme+"://"+ln.Addr().String(), "issuer", issuer,
-		"allow_time_override", f.allowTimeOverride, "trusted_proxies", len(cfg.TrustedProxies))
+		"allow_time_override", f.allowTimeOverride, "store", attestStoreName(f.store), "trusted_proxies", len(cfg.TrustedProxies))
 	parent := cmd.Context()
 	if parent == nil {
 		parent = context.Background()
@@ -249,4 +279,12 @@ func attestServeVersion() string {
 		return bi.Main.Version
 	}
 	return "(devel)"
+}
+
+// attestStoreName names the store for the log, without credentials.
+func attestStoreName(spec string) string {
+	if spec == "" {
+		return "memory"
+	}
+	return kmsRedactStore(spec)
 }

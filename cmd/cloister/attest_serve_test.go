@@ -61,6 +61,8 @@ func TestAttestServeConfigErrors(t *testing.T) {
 		{"bad-burst", []string{"--client-burst", "0"}, 2, "--client-burst"},
 		{"bad-prefix", []string{"--client-ipv6-prefix", "129"}, 1, "IPv6 prefix /129"},
 		{"bad-issuer", []string{"--issuer", "verifier.example"}, 1, "absolute http(s) URL"},
+		{"bad-store", []string{"--store", "mysql://db/x"}, 2, "--store"},
+		{"store-without-key", []string{"--store", "postgres://127.0.0.1:1/x"}, 2, "--store needs --signing-key"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -142,7 +142,14 @@ func Build(ctx context.Context, src Source, out io.WriteSeeker, opts Options) (*
 	if err != nil {
 		return nil, err
 	}
-	customer := customerFiles(rootfs, cmd, env, res.config.WorkingDir, res.config.User)
+	workdir, user := res.config.WorkingDir, res.config.User
+	if opts.WorkingDir != "" {
+		workdir = opts.WorkingDir
+	}
+	if opts.User != "" {
+		user = opts.User
+	}
+	customer := customerFiles(rootfs, cmd, env, workdir, user)
 
 	md := eif.Metadata{
 		ImageName:    res.name,

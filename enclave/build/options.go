@@ -71,6 +71,9 @@ type Options struct {
 	Cmd []string
 	// Env adds NAME=value variables, replacing image variables of the same name.
 	Env []string
+	// WorkingDir and User, when not empty, replace the image's (an OCI
+	// runtime bundle's process.cwd and user).
+	WorkingDir, User string
 	// Name and Version set the metadata ImageName and ImageVersion.
 	// Defaults: the image reference without tag or digest (the directory
 	// name for a rootfs) and the image ID without "sha256:".
