@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -29,6 +31,8 @@ func newBuildEnclaveCmd() *cobra.Command {
 		metadataFile, certFile, keyFile               string
 		cmdArgs, env, modules                         []string
 		modulesDir                                    string
+		maxImageSize                                  = byteSize(build.DefaultMaxImageSize)
+		maxEntries                                    int64
 	)
 	cmd := &cobra.Command{
 		Use:   "build-enclave",
@@ -47,7 +51,16 @@ with a distribution kernel, --kernel-modules-dir adds the vsock modules it needs
 
   KVER=6.1.0-56-cloud-amd64   # an installed linux-image-cloud-amd64
   cloister build-enclave --rootfs app/ --output-file app.eif \
-    --kernel /boot/vmlinuz-$KVER --kernel-modules-dir /lib/modules/$KVER`,
+    --kernel /boot/vmlinuz-$KVER --kernel-modules-dir /lib/modules/$KVER
+
+` + fmt.Sprintf(`Image layers are untrusted input. The build stops with an error when they
+exceed --max-image-size (their data after decompression, or the files they
+create with sparse files at full size; default %s) or --max-entries (layer
+entries plus the parent directories they imply; default %d), when a path
+is longer than %d bytes or a file name longer than %d, and when a zstd
+layer asks for a window above %d MiB. Raise the caps only for images you
+trust; they do not apply to --rootfs.`, byteSize(build.DefaultMaxImageSize), build.DefaultMaxEntries,
+			build.MaxPathLen, build.MaxNameLen, build.MaxZstdWindow>>20),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var src build.Source
@@ -79,6 +92,7 @@ with a distribution kernel, --kernel-modules-dir adds the vsock modules it needs
 			opts := build.Options{
 				Kernel: kernel, Cmdline: cmdline, KernelModules: modules,
 				Env: env, Name: name, Version: version,
+				MaxImageSize: int64(maxImageSize), MaxEntries: maxEntries,
 			}
 			if cmd.Flags().Changed("cmd") {
 				opts.Cmd = cmdArgs
@@ -103,6 +117,15 @@ with a distribution kernel, --kernel-modules-dir adds the vsock modules it needs
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			res, err := build.BuildFile(ctx, src, output, opts)
+			if le := (*build.LimitError)(nil); errors.As(err, &le) {
+				// The same facts, with the flag that sets the cap.
+				limit := fmt.Sprintf("--max-entries=%d", le.Limit)
+				if le.Option == "MaxImageSize" {
+					limit = fmt.Sprintf("--max-image-size=%s (%d bytes)", byteSize(le.Limit), le.Limit)
+				}
+				return withExit(1, fmt.Errorf("build-enclave: %w: layer %d: %s exceed %s; raise it only for an image you trust",
+					build.ErrTooLarge, le.Layer, le.What, limit))
+			}
 			if err != nil {
 				return withExit(1, fmt.Errorf("build-enclave: %w", err))
 			}
@@ -130,12 +153,54 @@ with a distribution kernel, --kernel-modules-dir adds the vsock modules it needs
 	f.StringVar(&metadataFile, "metadata", "", "JSON file (an object, at most 4096 bytes) stored as custom metadata")
 	f.StringVar(&certFile, "signing-certificate", "", "PEM certificate to sign the image with")
 	f.StringVar(&keyFile, "private-key", "", "PEM EC private key matching --signing-certificate")
+	f.Var(&maxImageSize, "max-image-size", "cap on the image layers' data after decompression and on the files they create (sparse files at full size), e.g. 8GiB")
+	f.Int64Var(&maxEntries, "max-entries", build.DefaultMaxEntries, "cap on the number of layer entries plus the parent directories they imply")
 	_ = cmd.MarkFlagRequired("output-file")
 	cmd.MarkFlagsOneRequired("docker-uri", "docker-archive", "oci-layout", "rootfs")
 	cmd.MarkFlagsMutuallyExclusive("docker-uri", "docker-archive", "oci-layout", "rootfs")
 	cmd.MarkFlagsRequiredTogether("signing-certificate", "private-key")
 	return cmd
 }
+
+// byteSize is a flag value in bytes, written with an optional binary unit
+// suffix: K, M, G or T, alone or followed by "iB" (4G = 4GiB = 4294967296).
+type byteSize int64
+
+var byteUnits = []struct {
+	suffix string
+	shift  uint
+}{{"T", 40}, {"G", 30}, {"M", 20}, {"K", 10}}
+
+func (b byteSize) String() string {
+	for _, u := range byteUnits {
+		if n := int64(b); n > 0 && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + u.suffix + "iB"
+		}
+	}
+	return strconv.FormatInt(int64(b), 10)
+}
+
+func (b *byteSize) Set(s string) error {
+	num, shift := s, uint(0)
+	for _, u := range byteUnits {
+		if t, ok := strings.CutSuffix(s, u.suffix+"iB"); ok {
+			num, shift = t, u.shift
+			break
+		}
+		if t, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, shift = t, u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > math.MaxInt64>>shift {
+		return fmt.Errorf("%q is not a positive number of bytes, optionally with a K, M, G or T (or KiB, MiB, GiB, TiB) suffix", s)
+	}
+	*b = byteSize(n << shift)
+	return nil
+}
+
+func (b *byteSize) Type() string { return "bytes" }
 
 // findInit locates cloister-init: the flag, else next to the running
 // executable, else on PATH, else $CLOISTER_INIT.

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/cloister/cloister/internal/imagetest"
 )
 
 const benchTotal = 100 << 20 // 100 MB rootfs: 100 files of 1 MiB
@@ -67,4 +69,30 @@ func BenchmarkSHA384(b *testing.B) {
 		}
 		h.Sum(nil)
 	}
+}
+
+// BenchmarkBuildManyFiles builds an image from one layer of 100,000 empty
+// files in 100 directories: the cost of the tree and of writing it, per
+// entry.
+func BenchmarkBuildManyFiles(b *testing.B) {
+	const n = 100_000
+	entries := make([]imagetest.Entry, 0, n)
+	for i := range n {
+		entries = append(entries, imagetest.Entry{Name: fmt.Sprintf("d%02d/f%06d", i%100, i)})
+	}
+	dir := filepath.Join(b.TempDir(), "layout")
+	if err := imagetest.WriteOCILayout(dir, imagetest.Tar(entries...)); err != nil {
+		b.Fatal(err)
+	}
+	out := filepath.Join(b.TempDir(), "out.eif")
+	epoch := time.Unix(0, 0)
+	opts := Options{Init: []byte("init"), SourceDateEpoch: &epoch, TempDir: b.TempDir(),
+		Getenv: envFunc(map[string]string{"CLOISTER_BLOBS": filepath.Join(dir, "none")})}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := BuildFile(context.Background(), FromOCILayout(dir), out, opts); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/entry")
 }

@@ -37,8 +37,6 @@ func toolVersion() string {
 	return "(devel)"
 }
 
-func openFile(p string) (io.ReadCloser, error) { return os.Open(p) }
-
 // BuildFile builds the image into the file at path: it writes a temporary
 // file in the same directory and renames it into place on success.
 func BuildFile(ctx context.Context, src Source, path string, opts Options) (*Result, error) {
@@ -94,6 +92,10 @@ func Build(ctx context.Context, src Source, out io.WriteSeeker, opts Options) (*
 	if err != nil {
 		return nil, err
 	}
+	budget, err := newBudget(&opts)
+	if err != nil {
+		return nil, err
+	}
 	platform := v1.Platform{OS: "linux", Architecture: "amd64"}
 	if k.arm64 {
 		platform.Architecture = "arm64"
@@ -114,25 +116,28 @@ func Build(ctx context.Context, src Source, out io.WriteSeeker, opts Options) (*
 	}
 	defer os.RemoveAll(staging)
 
-	var rootfs []cpio.File
+	var (
+		rootfs []cpio.File // from a rootfs directory, or
+		t      *tree       // from image layers
+	)
 	if res.rootfs != "" {
-		rootfs, err = cpio.CollectTree(res.rootfs, cpio.TreeOptions{Prefix: "rootfs", KeepOwner: true})
+		rootfs, err = cpio.CollectTree(res.rootfs, cpio.TreeOptions{Prefix: rootfsDir, KeepOwner: true})
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrSource, err)
 		}
 		// The image root is / in the enclave: 0755 root:root whatever the
 		// directory's own mode (often 0700 for temporary directories).
 		for i := range rootfs {
-			if rootfs[i].Path == "rootfs" {
+			if rootfs[i].Path == rootfsDir {
 				rootfs[i].Mode, rootfs[i].UID, rootfs[i].GID = cpio.TypeDir|0o755, 0, 0
 			}
 		}
 	} else {
-		t := newTree(staging)
-		if err := applyLayers(ctx, t, res.image, &opts); err != nil {
+		t = newTree(staging, budget)
+		if err := applyLayers(ctx, t, res.layers, &opts); err != nil {
 			return nil, err
 		}
-		rootfs = t.files("rootfs")
+		t.addMountPoints()
 	}
 	cmd, err := command(res.config, opts.Cmd)
 	if err != nil {
@@ -149,7 +154,7 @@ func Build(ctx context.Context, src Source, out io.WriteSeeker, opts Options) (*
 	if opts.User != "" {
 		user = opts.User
 	}
-	customer := customerFiles(rootfs, cmd, env, workdir, user)
+	top := topFiles(cmd, env, workdir, user)
 
 	md := eif.Metadata{
 		ImageName:    res.name,
@@ -204,10 +209,18 @@ func Build(ctx context.Context, src Source, out io.WriteSeeker, opts Options) (*
 	if err := writeRamdisk(w, bootstrap, epoch, 1); err != nil {
 		return nil, fmt.Errorf("build: bootstrap ramdisk: %w", err)
 	}
-	opts.progressf("writing the customer ramdisk (%d entries)", len(customer))
-	if err := writeRamdisk(w, customer, epoch, uint32(len(bootstrap)+1)); err != nil {
+	var entries int
+	if t == nil {
+		customer := customerFiles(rootfs, top)
+		entries = len(customer)
+		err = writeRamdisk(w, customer, epoch, uint32(len(bootstrap)+1))
+	} else {
+		entries, err = writeTreeRamdisk(w, t, top, epoch, uint32(len(bootstrap)+1))
+	}
+	if err != nil {
 		return nil, fmt.Errorf("build: customer ramdisk: %w", err)
 	}
+	opts.progressf("wrote the customer ramdisk (%d entries)", entries)
 	if opts.SigningKey != nil {
 		if err := w.Sign(opts.SigningCert, opts.SigningKey); err != nil {
 			return nil, err
@@ -240,26 +253,80 @@ func writeRamdisk(w *eif.Writer, files []cpio.File, epoch time.Time, firstIno ui
 	return w.EndSection()
 }
 
-func applyLayers(ctx context.Context, t *tree, img v1.Image, opts *Options) error {
-	layers, err := img.Layers()
+// writeTreeRamdisk writes the customer ramdisk of an image built from
+// layers: the files top (regular files beside rootfs/) and the tree below
+// rootfs/, in path order, inodes numbered from firstIno. It returns the
+// number of entries.
+func writeTreeRamdisk(w *eif.Writer, t *tree, top []cpio.File, epoch time.Time, firstIno uint32) (int, error) {
+	mtime, err := cpio.MtimeSeconds(epoch)
 	if err != nil {
-		return fmt.Errorf("%w: layers: %w", ErrSource, err)
+		return 0, err
 	}
+	var before, after []cpio.File
+	for _, f := range top {
+		if f.Path < rootfsDir {
+			before = append(before, f)
+		} else {
+			after = append(after, f)
+		}
+	}
+	dst, err := w.BeginSection(eif.SectionRamdisk)
+	if err != nil {
+		return 0, err
+	}
+	cw := cpio.NewWriter(dst)
+	if err := cpio.WriteFiles(cw, before, cpio.FilesOptions{Mtime: epoch, FirstIno: firstIno}); err != nil {
+		return 0, err
+	}
+	ino, n, err := t.writeTree(cw, rootfsDir, mtime, firstIno+uint32(len(before)))
+	if err != nil {
+		return 0, err
+	}
+	if err := cpio.WriteFiles(cw, after, cpio.FilesOptions{Mtime: epoch, FirstIno: ino}); err != nil {
+		return 0, err
+	}
+	if err := cw.Close(); err != nil {
+		return 0, err
+	}
+	return len(top) + n, w.EndSection()
+}
+
+// applyLayers applies the layers in order. Each blob is decompressed
+// according to its magic number (see decompress), and the decompressed
+// bytes of all layers together are counted against Options.MaxImageSize.
+func applyLayers(ctx context.Context, t *tree, layers []layer, opts *Options) error {
 	for i, l := range layers {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		d, _ := l.DiffID()
-		opts.progressf("applying layer %d/%d %s", i+1, len(layers), d)
-		rc, err := l.Uncompressed()
-		if err != nil {
-			return fmt.Errorf("%w: layer %d: %w", ErrSource, i+1, err)
-		}
-		err = t.applyLayer(ctx, rc, i+1)
-		rc.Close()
-		if err != nil {
+		opts.progressf("applying layer %d/%d %s", i+1, len(layers), l.desc)
+		if err := applyLayer(ctx, t, l, i+1); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+func applyLayer(ctx context.Context, t *tree, l layer, n int) error {
+	blob, err := l.open()
+	if err != nil {
+		return fmt.Errorf("%w: layer %d: %w", ErrSource, n, err)
+	}
+	defer blob.Close()
+	r, done, err := decompress(blob)
+	if err != nil {
+		return fmt.Errorf("layer %d: %w", n, err)
+	}
+	defer done()
+	cr := &countingReader{r: r, b: t.budget}
+	if err := t.applyLayer(ctx, cr, n); err != nil {
+		return err
+	}
+	// Read the blob to its end, through the budget: the tar archive ends
+	// before the blob does (padding, compression trailers), and a
+	// registry blob's digest and size are only checked at its end.
+	if _, err := io.Copy(io.Discard, cr); err != nil {
+		return fmt.Errorf("%w: layer %d, after its tar archive: %w", ErrLayer, n, err)
 	}
 	return nil
 }
@@ -355,27 +422,10 @@ func bootstrapFiles(initBin []byte, modules []string) ([]cpio.File, error) {
 	return files, nil
 }
 
-// customerFiles returns ramdisk 1: rootfs/ (with the mount-point
-// directories nitro-cli adds), cmd, env and, when set, workdir and user.
-func customerFiles(rootfs []cpio.File, cmd, env []string, workdir, user string) []cpio.File {
-	files := append([]cpio.File(nil), rootfs...)
-	have := map[string]bool{}
-	for _, f := range rootfs {
-		have[f.Path] = true
-	}
-	if !have["rootfs"] {
-		files = append(files, cpio.File{Path: "rootfs", Mode: cpio.TypeDir | 0o755})
-	}
-	for _, d := range []string{"dev", "run", "sys", "var", "proc", "tmp"} {
-		if !have["rootfs/"+d] {
-			mode := uint32(0o755)
-			if d == "tmp" {
-				mode = 0o1777
-			}
-			files = append(files, cpio.File{Path: "rootfs/" + d, Mode: cpio.TypeDir | mode})
-		}
-	}
-	files = append(files, contentFile("cmd", 0o644, lines(cmd)), contentFile("env", 0o644, lines(env)))
+// topFiles returns the customer ramdisk's files beside rootfs/: cmd, env
+// and, when set, workdir and user.
+func topFiles(cmd, env []string, workdir, user string) []cpio.File {
+	files := []cpio.File{contentFile("cmd", 0o644, lines(cmd)), contentFile("env", 0o644, lines(env))}
 	if workdir != "" {
 		files = append(files, contentFile("workdir", 0o644, workdir+"\n"))
 	}
@@ -383,4 +433,23 @@ func customerFiles(rootfs []cpio.File, cmd, env []string, workdir, user string) 
 		files = append(files, contentFile("user", 0o644, user+"\n"))
 	}
 	return files
+}
+
+// customerFiles returns ramdisk 1 for a rootfs directory: rootfs/ with the
+// mountPoints it lacks, and top.
+func customerFiles(rootfs, top []cpio.File) []cpio.File {
+	files := append([]cpio.File(nil), rootfs...)
+	have := map[string]bool{}
+	for _, f := range rootfs {
+		have[f.Path] = true
+	}
+	if !have[rootfsDir] {
+		files = append(files, cpio.File{Path: rootfsDir, Mode: cpio.TypeDir | 0o755})
+	}
+	for _, m := range mountPoints {
+		if p := rootfsDir + "/" + m.name; !have[p] {
+			files = append(files, cpio.File{Path: p, Mode: cpio.TypeDir | m.mode})
+		}
+	}
+	return append(files, top...)
 }

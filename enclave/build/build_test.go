@@ -658,8 +658,10 @@ func TestLayerSafety(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tr := newTree(t.TempDir())
-			err := tr.applyLayer(context.Background(), bytes.NewReader(layerTar(t, tc.entries)), 1)
+			b, err := newBudget(&Options{})
+			must(t, err)
+			tr := newTree(t.TempDir(), b)
+			err = tr.applyLayer(context.Background(), bytes.NewReader(layerTar(t, tc.entries)), 1)
 			if tc.wantErr {
 				if !errors.Is(err, ErrLayer) {
 					t.Fatalf("got %v, want ErrLayer", err)

@@ -10,7 +10,20 @@
 // and symbolic links met in parent directories are resolved inside the
 // tree, never on the host. File contents are staged in a private temporary
 // directory under flat numeric names, so no layer path ever reaches the
-// host file system.
+// host file system, and the tree is written to the ramdisk straight from
+// its nodes, so memory grows with the number of entries and the lengths of
+// their names, not with file sizes or the depth of the tree.
+//
+// Layers are untrusted input. Each blob is decompressed according to its
+// magic number (gzip, or zstd with a window of at most MaxZstdWindow), and
+// every entry is checked before it is added: paths of at most MaxPathLen
+// bytes below the root, also through symbolic links; names of at most
+// MaxNameLen bytes; files of at most cpio.MaxFileSize bytes. Options.MaxImageSize
+// caps the layers' decompressed data and the ramdisk they create (sparse
+// files are expanded and count at their full size), Options.MaxEntries the
+// number of entries. Passing a cap fails the build with a *LimitError
+// (ErrTooLarge): a file that would pass it is refused before it is staged,
+// and decompression stops one byte past it.
 //
 // The EIF is written in nitro-cli's layout (see package eif):
 //

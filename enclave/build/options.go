@@ -91,6 +91,16 @@ type Options struct {
 	SigningKey  crypto.Signer
 	// TempDir is where file contents of image layers are staged; default os.TempDir().
 	TempDir string
+	// MaxImageSize caps, in bytes, both the layers' data after
+	// decompression (all layers together) and the files they create in the
+	// customer ramdisk (sparse files at their full size, plus each
+	// entry's header and name), counting files later replaced or deleted.
+	// Default DefaultMaxImageSize (4 GiB). It does not apply to FromRootFS.
+	MaxImageSize int64
+	// MaxEntries caps the number of layer entries, all layers together,
+	// plus the parent directories they create implicitly. Default
+	// DefaultMaxEntries (1,000,000). It does not apply to FromRootFS.
+	MaxEntries int64
 	// Getenv reads the environment ($CLOISTER_BLOBS, $SOURCE_DATE_EPOCH); default os.Getenv.
 	Getenv func(string) string
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -13,7 +14,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
 // Source is where the image's file system and configuration come from.
@@ -27,12 +27,18 @@ type Source interface {
 // resolved is a source turned into a file system and a configuration.
 type resolved struct {
 	rootfs  string    // a directory (FromRootFS), or
-	image   v1.Image  // an OCI image
+	layers  []layer   // the layers of an image, in order
 	config  v1.Config // Entrypoint, Cmd, Env, WorkingDir, User
 	created v1.Time
 	name    string          // default ImageName
 	id      string          // image ID "sha256:…" ("" for a rootfs)
 	docker  json.RawMessage // DockerInfo for the metadata
+}
+
+// layer is one image layer.
+type layer struct {
+	desc string                        // for progress: the diff ID or the blob digest
+	open func() (io.ReadCloser, error) // the blob as stored: gzip, zstd or plain tar
 }
 
 type rootfsSource struct{ dir string }
@@ -71,18 +77,20 @@ func (s archiveSource) resolve(_ context.Context, _ v1.Platform) (*resolved, err
 		tag = &t
 		imgName = t.Context().Name()
 	}
-	img, err := tarball.ImageFromPath(s.path, tag)
+	img, err := readDockerArchive(s.path, tag)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrSource, s.path, err)
 	}
-	if s.tag == "" {
-		if m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return openFile(s.path) }); err == nil && len(m) == 1 && len(m[0].RepoTags) == 1 {
-			if t, err := name.NewTag(m[0].RepoTags[0]); err == nil {
-				imgName = t.Context().Name()
-			}
+	if s.tag == "" && len(img.repoTags) == 1 {
+		if t, err := name.NewTag(img.repoTags[0]); err == nil {
+			imgName = t.Context().Name()
 		}
 	}
-	return fromImage(img, imgName, s.tag)
+	docker, err := dockerInfo(img.config, img.id, s.tag)
+	if err != nil {
+		return nil, err
+	}
+	return &resolved{layers: img.layers, config: img.config.Config, created: img.config.Created, name: imgName, id: img.id, docker: docker}, nil
 }
 
 type layoutSource struct{ dir string }
@@ -106,6 +114,16 @@ func (s layoutSource) resolve(_ context.Context, platform v1.Platform) (*resolve
 	img, err := pickImage(idx, platform, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrSource, s.dir, err)
+	}
+	// The layout reads the configuration blob whole, whatever the
+	// manifest says its size is: check the file first.
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrSource, s.dir, err)
+	}
+	blob := filepath.Join(s.dir, "blobs", m.Config.Digest.Algorithm, m.Config.Digest.Hex)
+	if fi, err := os.Stat(blob); err == nil && fi.Size() > MaxConfigSize {
+		return nil, fmt.Errorf("%w: %s: image configuration of %d bytes, more than %d (MaxConfigSize)", ErrSource, s.dir, fi.Size(), MaxConfigSize)
 	}
 	abs, _ := filepath.Abs(s.dir)
 	return fromImage(img, filepath.Base(abs), "")
@@ -170,8 +188,16 @@ func (s registrySource) resolve(ctx context.Context, platform v1.Platform) (*res
 	return fromImage(img, ref.Context().Name(), s.ref)
 }
 
-// fromImage reads the configuration of img.
+// fromImage reads the configuration (at most MaxConfigSize bytes, as the
+// manifest declares it) and the layer list of img.
 func fromImage(img v1.Image, imgName, ref string) (*resolved, error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, fmt.Errorf("%w: image manifest: %w", ErrSource, err)
+	}
+	if m.Config.Size > MaxConfigSize {
+		return nil, fmt.Errorf("%w: image configuration of %d bytes, more than %d (MaxConfigSize)", ErrSource, m.Config.Size, MaxConfigSize)
+	}
 	cf, err := img.ConfigFile()
 	if err != nil {
 		return nil, fmt.Errorf("%w: image configuration: %w", ErrSource, err)
@@ -180,8 +206,33 @@ func fromImage(img v1.Image, imgName, ref string) (*resolved, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: image ID: %w", ErrSource, err)
 	}
+	ls, err := img.Layers()
+	if err != nil {
+		return nil, fmt.Errorf("%w: layers: %w", ErrSource, err)
+	}
+	layers := make([]layer, len(ls))
+	for i, l := range ls {
+		// The diff ID from the configuration: asking the layer for it may
+		// decompress and hash the whole layer.
+		desc := ""
+		if len(cf.RootFS.DiffIDs) == len(ls) {
+			desc = cf.RootFS.DiffIDs[i].String()
+		} else if d, err := l.Digest(); err == nil {
+			desc = d.String()
+		}
+		layers[i] = layer{desc: desc, open: l.Compressed}
+	}
+	docker, err := dockerInfo(cf, id.String(), ref)
+	if err != nil {
+		return nil, err
+	}
+	return &resolved{layers: layers, config: cf.Config, created: cf.Created, name: imgName, id: id.String(), docker: docker}, nil
+}
+
+// dockerInfo returns the metadata's DockerInfo for an image.
+func dockerInfo(cf *v1.ConfigFile, id, ref string) (json.RawMessage, error) {
 	info := map[string]any{
-		"Id":           id.String(),
+		"Id":           id,
 		"Created":      cf.Created,
 		"Architecture": cf.Architecture,
 		"Os":           cf.OS,
@@ -194,5 +245,5 @@ func fromImage(img v1.Image, imgName, ref string) (*resolved, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSource, err)
 	}
-	return &resolved{image: img, config: cf.Config, created: cf.Created, name: imgName, id: id.String(), docker: docker}, nil
+	return docker, nil
 }

@@ -3,12 +3,12 @@ package build
 import (
 	"archive/tar"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -23,6 +23,13 @@ const maxSymlinkHops = 40
 type inode struct {
 	staged string // path of the staged content file
 	size   int64
+	// Set by writeTree's first pass (walk number gen): how many names the
+	// inode has, the walk position of the last one (which carries the
+	// data) and, once the first name is written, its inode number.
+	gen   int
+	names uint32
+	last  int
+	num   uint32
 }
 
 // node is one file of the image tree.
@@ -35,6 +42,8 @@ type node struct {
 	ino      *inode
 	children map[string]*node // directories only
 	layer    int              // index of the layer that created the node
+	opaque   int              // last layer whose opaque whiteout emptied this directory
+	plen     int              // length of the node's path below the root ("a/b" = 3)
 }
 
 func (n *node) isDir() bool { return n.mode&cpio.TypeMask == cpio.TypeDir }
@@ -44,15 +53,27 @@ type tree struct {
 	root    *node
 	staging string // directory holding staged contents
 	nstaged int
+	budget  *budget
+	writes  int // writeTree calls, for inode.gen
 }
 
-func newTree(staging string) *tree {
-	return &tree{root: &node{mode: cpio.TypeDir | 0o755, children: map[string]*node{}}, staging: staging}
+func newTree(staging string, b *budget) *tree {
+	return &tree{root: &node{mode: cpio.TypeDir | 0o755, children: map[string]*node{}}, staging: staging, budget: b}
 }
+
+// maxRawName is the longest entry name accepted before cleaning: a path of
+// MaxPathLen bytes with a leading "./" and a trailing "/".
+const maxRawName = MaxPathLen + 3
 
 // cleanEntryName turns a layer entry name into path components below the
-// root. It rejects names that climb above the root with "..".
+// root. It checks, before splitting the name, that it is at most
+// maxRawName bytes long; then that it has no NUL, that no component is
+// longer than MaxNameLen and that it does not climb above the root with "..".
 func cleanEntryName(n string) ([]string, error) {
+	if len(n) > maxRawName {
+		return nil, fmt.Errorf("%w: the path is %d bytes, longer than %d (MaxPathLen, the most a ramdisk entry holds)",
+			ErrLayer, len(n), MaxPathLen)
+	}
 	if strings.IndexByte(n, 0) >= 0 {
 		return nil, fmt.Errorf("%w: name %q contains NUL", ErrLayer, n)
 	}
@@ -75,18 +96,56 @@ func cleanEntryName(n string) ([]string, error) {
 	if c == "/" {
 		return nil, nil
 	}
-	return strings.Split(strings.TrimPrefix(c, "/"), "/"), nil
+	comps := strings.Split(strings.TrimPrefix(c, "/"), "/")
+	for _, e := range comps {
+		if len(e) > MaxNameLen {
+			return nil, fmt.Errorf("%w: file name %s is %d bytes, longer than %d (NAME_MAX)", ErrLayer, short(e), len(e), MaxNameLen)
+		}
+	}
+	return comps, nil
+}
+
+// childPathLen returns the path length of a child called name of dir,
+// checking it against MaxPathLen and MaxNameLen. Names reached through
+// symbolic links are checked here, when the node is created.
+func childPathLen(dir *node, name string) (int, error) {
+	if len(name) > MaxNameLen {
+		return 0, fmt.Errorf("%w: file name %s is %d bytes, longer than %d (NAME_MAX)", ErrLayer, short(name), len(name), MaxNameLen)
+	}
+	n := dir.plen + len(name)
+	if dir.plen > 0 {
+		n++ // the "/" between
+	}
+	if n > MaxPathLen {
+		return 0, fmt.Errorf("%w: %s would be %d bytes below the image root (through its parent directories and symbolic links), longer than %d (MaxPathLen, the most a ramdisk entry holds)",
+			ErrLayer, short(name), n, MaxPathLen)
+	}
+	return n, nil
+}
+
+// short quotes s for a message, cut to its first 40 bytes.
+func short(s string) string {
+	if len(s) <= 40 {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(s[:40]) + "…"
 }
 
 // resolveDir returns the directory node at comps (relative to the root),
 // following symbolic links inside the tree (absolute targets restart at
-// the image root; ".." stops at the root) and creating missing directories
-// (mode 0755, owner 0:0) as container runtimes do.
-func (t *tree) resolveDir(comps []string, layer int) (*node, error) {
+// the image root; ".." stops at the root). With create, missing
+// directories are created (mode 0755, owner 0:0) as container runtimes do,
+// each counted against the budget and checked against MaxPathLen and
+// MaxNameLen; without it a missing directory is an error. At most
+// maxResolveSteps components are walked, symbolic links included.
+func (t *tree) resolveDir(comps []string, layer int, create bool) (*node, error) {
 	stack := []*node{t.root}
 	queue := append([]string(nil), comps...)
-	hops := 0
+	hops, steps := 0, 0
 	for len(queue) > 0 {
+		if steps++; steps > maxResolveSteps {
+			return nil, fmt.Errorf("%w: resolving the parent of %s walks more than %d path components", ErrLayer, short(strings.Join(comps, "/")), maxResolveSteps)
+		}
 		c := queue[0]
 		queue = queue[1:]
 		cur := stack[len(stack)-1]
@@ -101,7 +160,20 @@ func (t *tree) resolveDir(comps []string, layer int) (*node, error) {
 		}
 		child := cur.children[c]
 		if child == nil {
-			child = &node{mode: cpio.TypeDir | 0o755, children: map[string]*node{}, layer: layer}
+			if !create {
+				return nil, fmt.Errorf("%w: %q: a parent directory does not exist", ErrLayer, strings.Join(comps, "/"))
+			}
+			plen, err := childPathLen(cur, c)
+			if err != nil {
+				return nil, err
+			}
+			if err := t.budget.entry(); err != nil {
+				return nil, err
+			}
+			if err := t.budget.ramdisk(plen, 0); err != nil {
+				return nil, err
+			}
+			child = &node{mode: cpio.TypeDir | 0o755, children: map[string]*node{}, layer: layer, plen: plen}
 			cur.children[c] = child
 		}
 		switch child.mode & cpio.TypeMask {
@@ -123,12 +195,13 @@ func (t *tree) resolveDir(comps []string, layer int) (*node, error) {
 	return stack[len(stack)-1], nil
 }
 
-// lookup returns the node at comps without following a final symbolic link.
+// lookup returns the node at comps without following a final symbolic
+// link or creating anything.
 func (t *tree) lookup(comps []string) (*node, error) {
 	if len(comps) == 0 {
 		return t.root, nil
 	}
-	dir, err := t.resolveDir(comps[:len(comps)-1], 0)
+	dir, err := t.resolveDir(comps[:len(comps)-1], 0, false)
 	if err != nil {
 		return nil, err
 	}
@@ -144,8 +217,10 @@ const (
 	whiteoutOpaque = ".wh..wh..opq"
 )
 
-// applyLayer applies one uncompressed layer tar stream.
+// applyLayer applies one uncompressed layer tar stream. Its errors wrap
+// ErrLayer, or ErrTooLarge (a *LimitError) when the layer passes a cap.
 func (t *tree) applyLayer(ctx context.Context, r io.Reader, layer int) error {
+	t.budget.layer = layer
 	tr := tar.NewReader(r)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -156,12 +231,33 @@ func (t *tree) applyLayer(ctx context.Context, r io.Reader, layer int) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("%w: layer %d: %w", ErrLayer, layer, err)
+			return layerError(layer, "", err, true)
+		}
+		if err := t.budget.entry(); err != nil {
+			return err
 		}
 		if err := t.applyEntry(hdr, tr, layer); err != nil {
-			return fmt.Errorf("layer %d: %s: %w", layer, hdr.Name, err)
+			return layerError(layer, hdr.Name, err, false)
 		}
 	}
+}
+
+// layerError places err at layer (and entry name) unless it already
+// carries its own place (*LimitError). With bad, an error without a class
+// of its own (one reading the layer) is wrapped with ErrLayer.
+func layerError(layer int, name string, err error, bad bool) error {
+	var le *LimitError
+	if errors.As(err, &le) {
+		return err
+	}
+	where := fmt.Sprintf("layer %d", layer)
+	if name != "" {
+		where += ": " + short(name)
+	}
+	if !bad || errors.Is(err, ErrLayer) {
+		return fmt.Errorf("%s: %w", where, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrLayer, where, err)
 }
 
 func (t *tree) applyEntry(hdr *tar.Header, r io.Reader, layer int) error {
@@ -177,16 +273,22 @@ func (t *tree) applyEntry(hdr *tar.Header, r io.Reader, layer int) error {
 		return nil // the root directory itself: keep 0755 root:root
 	}
 	base := comps[len(comps)-1]
-	dir, err := t.resolveDir(comps[:len(comps)-1], layer)
+	dir, err := t.resolveDir(comps[:len(comps)-1], layer, true)
 	if err != nil {
 		return err
 	}
 	if base == whiteoutOpaque {
+		// Entries of earlier layers go; once done, a second marker in the
+		// same layer has nothing left to remove.
+		if dir.opaque == layer {
+			return nil
+		}
 		for name, c := range dir.children {
 			if c.layer < layer {
 				delete(dir.children, name)
 			}
 		}
+		dir.opaque = layer
 		return nil
 	}
 	if strings.HasPrefix(base, whiteoutPrefix) {
@@ -196,7 +298,12 @@ func (t *tree) applyEntry(hdr *tar.Header, r io.Reader, layer int) error {
 	if hdr.Uid < 0 || hdr.Gid < 0 || int64(hdr.Uid) > 1<<32-1 || int64(hdr.Gid) > 1<<32-1 {
 		return fmt.Errorf("%w: uid/gid out of range", ErrLayer)
 	}
-	n := &node{mode: uint32(hdr.Mode) & 0o7777, uid: uint32(hdr.Uid), gid: uint32(hdr.Gid), layer: layer}
+	plen, err := childPathLen(dir, base)
+	if err != nil {
+		return err
+	}
+	n := &node{mode: uint32(hdr.Mode) & 0o7777, uid: uint32(hdr.Uid), gid: uint32(hdr.Gid), layer: layer, plen: plen}
+	var data int64 // ramdisk data bytes of the new entry
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		if old := dir.children[base]; old != nil && old.isDir() {
@@ -206,6 +313,14 @@ func (t *tree) applyEntry(hdr *tar.Header, r io.Reader, layer int) error {
 		n.mode |= cpio.TypeDir
 		n.children = map[string]*node{}
 	case tar.TypeReg: // archive/tar already turns the old TypeRegA into TypeReg
+		if hdr.Size < 0 || hdr.Size > cpio.MaxFileSize {
+			return fmt.Errorf("%w: file of %d bytes; a ramdisk entry holds at most %d", ErrLayer, hdr.Size, int64(cpio.MaxFileSize))
+		}
+		// Counted before staging: for a sparse file hdr.Size is the
+		// expanded size, which staging writes out in full.
+		if err := t.budget.ramdisk(plen, hdr.Size); err != nil {
+			return err
+		}
 		n.mode |= cpio.TypeReg
 		ino, err := t.stage(r, hdr.Size)
 		if err != nil {
@@ -230,10 +345,11 @@ func (t *tree) applyEntry(hdr *tar.Header, r io.Reader, layer int) error {
 		n.mode, n.uid, n.gid, n.ino = target.mode, target.uid, target.gid, target.ino
 	case tar.TypeSymlink:
 		if hdr.Linkname == "" || strings.IndexByte(hdr.Linkname, 0) >= 0 || len(hdr.Linkname) > 4095 {
-			return fmt.Errorf("%w: bad symbolic link target %q", ErrLayer, hdr.Linkname)
+			return fmt.Errorf("%w: bad symbolic link target %s", ErrLayer, short(hdr.Linkname))
 		}
 		n.mode |= cpio.TypeSymlink
 		n.target = hdr.Linkname
+		data = int64(len(hdr.Linkname))
 	case tar.TypeChar, tar.TypeBlock:
 		if hdr.Typeflag == tar.TypeChar {
 			n.mode |= cpio.TypeChar
@@ -249,15 +365,18 @@ func (t *tree) applyEntry(hdr *tar.Header, r io.Reader, layer int) error {
 	default:
 		return fmt.Errorf("%w: unsupported tar entry type %q", ErrLayer, hdr.Typeflag)
 	}
+	if hdr.Typeflag != tar.TypeReg {
+		if err := t.budget.ramdisk(plen, data); err != nil {
+			return err
+		}
+	}
 	dir.children[base] = n
 	return nil
 }
 
-// stage copies a regular file's content to the staging directory.
+// stage copies a regular file's content (size bytes, already counted
+// against the budget) to the staging directory.
 func (t *tree) stage(r io.Reader, size int64) (*inode, error) {
-	if size < 0 {
-		return nil, fmt.Errorf("%w: negative size", ErrLayer)
-	}
 	if size == 0 {
 		return &inode{}, nil
 	}
@@ -267,7 +386,7 @@ func (t *tree) stage(r io.Reader, size int64) (*inode, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := io.Copy(f, io.LimitReader(r, size))
+	n, err := io.Copy(f, layerReader{io.LimitReader(r, size)})
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -280,39 +399,15 @@ func (t *tree) stage(r io.Reader, size int64) (*inode, error) {
 	return &inode{staged: p, size: size}, nil
 }
 
-// files returns the tree as cpio files below prefix. Hard links of one
-// inode are expressed as links to the first one visited; cpio.WriteFiles
-// then orders the entries and puts the data on the last link.
-func (t *tree) files(prefix string) []cpio.File {
-	var out []cpio.File
-	holders := map[*inode]string{}
-	var walk func(n *node, p string)
-	walk = func(n *node, p string) {
-		f := cpio.File{Path: p, Mode: n.mode, UID: n.uid, GID: n.gid, Target: n.target, RDevMajor: n.rdevMaj, RDevMinor: n.rdevMin}
-		if n.mode&cpio.TypeMask == cpio.TypeReg && n.ino != nil {
-			if h, ok := holders[n.ino]; ok && n.ino.size > 0 {
-				f.Link = h
-			} else {
-				holders[n.ino] = p
-				f.Size = n.ino.size
-				if n.ino.size > 0 {
-					staged := n.ino.staged
-					f.Open = func() (io.ReadCloser, error) { return os.Open(staged) }
-				}
-			}
-		}
-		out = append(out, f)
-		if n.isDir() {
-			names := make([]string, 0, len(n.children))
-			for name := range n.children {
-				names = append(names, name)
-			}
-			sort.Strings(names) // deterministic choice of hard-link holders
-			for _, name := range names {
-				walk(n.children[name], p+"/"+name)
-			}
-		}
+// layerReader classes the errors of reading a layer (a truncated or
+// corrupt stream) as ErrLayer, apart from those that have a class already.
+type layerReader struct{ r io.Reader }
+
+func (l layerReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	var le *LimitError
+	if err != nil && err != io.EOF && !errors.As(err, &le) && !errors.Is(err, ErrLayer) {
+		err = fmt.Errorf("%w: reading the layer: %w", ErrLayer, err)
 	}
-	walk(t.root, prefix)
-	return out
+	return n, err
 }

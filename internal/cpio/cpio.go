@@ -16,6 +16,22 @@ const TrailerName = "TRAILER!!!"
 // headerLen is the size of a newc header before the name.
 const headerLen = 110
 
+// MaxNameLen is the longest entry name [Writer.WriteHeader] accepts, in
+// bytes: PATH_MAX (4096) less the terminating NUL the header counts.
+const MaxNameLen = 4095
+
+// MaxFileSize is the largest entry data size newc can record (its size
+// field has 32 bits).
+const MaxFileSize = 1<<32 - 1
+
+// EntrySize returns the bytes an entry takes in an archive: the header, a
+// name of nameLen bytes with its NUL, size bytes of data, and the padding
+// after each to a multiple of 4.
+func EntrySize(nameLen int, size int64) int64 {
+	n := int64(headerLen + nameLen + 1)
+	return n + pad4(n) + size + pad4(size)
+}
+
 // File type bits of Header.Mode (the S_IF* values of stat(2)).
 const (
 	TypeMask    = 0o170000 // mask selecting the file type bits

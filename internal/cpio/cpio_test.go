@@ -430,3 +430,35 @@ func BenchmarkWriteFiles(b *testing.B) {
 		_ = w.Close()
 	}
 }
+
+// TestEntrySize checks EntrySize against what the Writer writes, and the
+// name-length and size limits at their edges.
+func TestEntrySize(t *testing.T) {
+	for _, nameLen := range []int{1, 2, 3, 4, 5, 100, MaxNameLen} {
+		for _, size := range []int64{0, 1, 2, 3, 4, 5, 1000} {
+			var buf bytes.Buffer
+			w := NewWriter(&buf)
+			if err := w.WriteHeader(&Header{Name: strings.Repeat("n", nameLen), Mode: TypeReg | 0o644, Size: size}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(make([]byte, size)); err != nil {
+				t.Fatal(err)
+			}
+			before := w.Written()
+			if err := w.Close(); err != nil { // pads the entry, then writes the trailer
+				t.Fatal(err)
+			}
+			padded := before + (4-size%4)%4
+			if got := EntrySize(nameLen, size); got != padded {
+				t.Errorf("EntrySize(%d, %d) = %d, the writer wrote %d", nameLen, size, got, padded)
+			}
+		}
+	}
+	w := NewWriter(io.Discard)
+	if err := w.WriteHeader(&Header{Name: strings.Repeat("n", MaxNameLen+1), Mode: TypeReg}); !errors.Is(err, ErrInvalidHeader) {
+		t.Errorf("name of MaxNameLen+1 bytes: %v, want ErrInvalidHeader", err)
+	}
+	if err := w.WriteHeader(&Header{Name: "big", Mode: TypeReg, Size: MaxFileSize + 1}); !errors.Is(err, ErrInvalidHeader) {
+		t.Errorf("size MaxFileSize+1: %v, want ErrInvalidHeader", err)
+	}
+}

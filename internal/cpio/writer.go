@@ -3,7 +3,6 @@ package cpio
 import (
 	"fmt"
 	"io"
-	"math"
 )
 
 // Writer writes a newc archive to an underlying io.Writer. Call
@@ -45,7 +44,7 @@ var zeros [4]byte
 
 // WriteHeader finishes the previous entry (its data must be complete) and
 // writes hdr. It checks that the name is non-empty, has no NUL byte and is
-// at most 4095 bytes, and that Size fits in 32 bits.
+// at most MaxNameLen bytes, and that Size fits in 32 bits (MaxFileSize).
 func (w *Writer) WriteHeader(hdr *Header) error {
 	if w.closed {
 		return ErrClosed
@@ -53,7 +52,7 @@ func (w *Writer) WriteHeader(hdr *Header) error {
 	if err := w.finishEntry(); err != nil {
 		return err
 	}
-	if hdr.Name == "" || len(hdr.Name) >= 4096 {
+	if hdr.Name == "" || len(hdr.Name) > MaxNameLen {
 		return fmt.Errorf("%w: name length %d", ErrInvalidHeader, len(hdr.Name))
 	}
 	for i := 0; i < len(hdr.Name); i++ {
@@ -61,7 +60,7 @@ func (w *Writer) WriteHeader(hdr *Header) error {
 			return fmt.Errorf("%w: name %q contains NUL", ErrInvalidHeader, hdr.Name)
 		}
 	}
-	if hdr.Size < 0 || hdr.Size > math.MaxUint32 {
+	if hdr.Size < 0 || hdr.Size > MaxFileSize {
 		return fmt.Errorf("%w: %s: size %d does not fit in 32 bits", ErrInvalidHeader, hdr.Name, hdr.Size)
 	}
 	return w.writeHeader(hdr)
