@@ -46,9 +46,9 @@ type Spec struct {
 	// boots"). A backend reads the image only from here (ReadAt, or
 	// copy_file_range from it), never from EIFPath, and does not close it.
 	Image *os.File `json:"-"`
-	// Dir is the enclave's private directory. Its layout is fixed by the
-	// daemon (see docs/ARCHITECTURE.md): vsock.sock, host/, guest/.
-	Dir string
+	// Dir is the enclave's private directory; [Dir]'s methods name every
+	// path in it.
+	Dir Dir
 	// Console receives the enclave's console output (serial console or the
 	// sandbox's stdout/stderr).
 	Console io.Writer `json:"-"`

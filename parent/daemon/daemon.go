@@ -81,7 +81,7 @@ type Daemon struct {
 // enclave is the daemon's view of one enclave.
 type enclave struct {
 	rec   record
-	dir   string
+	dir   backend.Dir
 	state string
 	exit  *parent.ExitStatus
 	done  chan struct{} // closed when the enclave has ended
@@ -259,7 +259,7 @@ func (d *Daemon) Run(ctx context.Context, req parent.RunRequest) (parent.RunResu
 		d.mu.Unlock()
 		return parent.RunResult{}, err
 	}
-	dir := filepath.Join(d.cfg.StateDir, "enclaves", slot)
+	dir := backend.Dir(filepath.Join(d.cfg.StateDir, "enclaves", slot))
 	e := &enclave{
 		rec: record{
 			ID: id, Slot: slot, Name: name, CID: cid, CPUs: cpus, MemoryMiB: req.MemoryMiB,
@@ -354,7 +354,7 @@ func (d *Daemon) forget(e *enclave) {
 	d.mu.Lock()
 	delete(d.enclaves, e.rec.ID)
 	d.mu.Unlock()
-	if err := os.RemoveAll(e.dir); err != nil {
+	if err := os.RemoveAll(e.dir.Path()); err != nil {
 		d.log.Warn("removing enclave directory", "dir", e.dir, "err", err)
 	}
 }
@@ -428,8 +428,10 @@ func (e *enclave) describeLocked() parent.EnclaveDescription {
 		ImageName: e.rec.ImageName, ImageVersion: e.rec.ImageVersion, Metadata: e.rec.Metadata,
 		Backend: e.rec.Backend, EIFPath: e.rec.EIFPath, StartTime: e.rec.StartTime,
 	}
+	desc.ConsoleLog = e.dir.Console()
 	if e.state != parent.StateExited {
-		desc.VsockSocket = filepath.Join(e.dir, vsockSock)
+		desc.VsockSocket = e.dir.VsockSock()
+		desc.HostListenerBase = e.dir.HostListenerBase()
 	}
 	if e.exit != nil {
 		x := *e.exit
@@ -499,7 +501,7 @@ func (d *Daemon) remove(e *enclave) {
 	d.mu.Lock()
 	delete(d.enclaves, e.rec.ID)
 	d.mu.Unlock()
-	if err := os.RemoveAll(e.dir); err != nil {
+	if err := os.RemoveAll(e.dir.Path()); err != nil {
 		d.log.Warn("removing enclave directory", "dir", e.dir, "err", err)
 	}
 }
@@ -517,7 +519,7 @@ func (d *Daemon) Dial(ctx context.Context, idOrName string, port uint32) (net.Co
 	if st != parent.StateRunning {
 		return nil, newErr("", parent.ErrConflict, "enclave %s is %s, not RUNNING", e.rec.ID, st)
 	}
-	c, err := hybrid.Dial(ctx, filepath.Join(e.dir, vsockSock), port, nil)
+	c, err := hybrid.Dial(ctx, e.dir.VsockSock(), port, nil)
 	if err != nil {
 		return nil, fmt.Errorf("daemon: connect to port %d of enclave %s: %w", port, e.rec.ID, err)
 	}
@@ -535,11 +537,10 @@ func (d *Daemon) ended(e *enclave, x parent.ExitStatus) {
 	e.exit = &x
 	d.mu.Unlock()
 	d.pool.release(e.rec.ID)
-	for _, p := range []string{monitorSock, vsockSock} {
-		_ = os.Remove(filepath.Join(e.dir, p))
-	}
-	_ = os.RemoveAll(filepath.Join(e.dir, hostSubdir))
-	_ = os.RemoveAll(filepath.Join(e.dir, guestSubdir))
+	_ = os.Remove(e.dir.MonitorSock())
+	_ = os.Remove(e.dir.VsockSock())
+	_ = os.RemoveAll(e.dir.HostDir())
+	_ = os.RemoveAll(e.dir.GuestDir())
 	close(e.done)
 	d.log.Info("enclave ended", "enclave", e.rec.ID, "reason", x.Reason, "code", x.Code)
 	d.pruneExited()

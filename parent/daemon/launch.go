@@ -18,7 +18,7 @@ import (
 // the enclave runs (heartbeat received) or the launch fails.
 func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	launchBegan := time.Now()
-	if err := os.MkdirAll(e.dir, 0o700); err != nil {
+	if err := os.MkdirAll(e.dir.Path(), 0o700); err != nil {
 		return fmt.Errorf("daemon: create enclave directory: %w", err)
 	}
 	spec := backend.Spec{
@@ -33,7 +33,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	if d.issuer != nil {
 		ms.IssuerFile = d.issuerPath()
 	}
-	if err := writeJSONAtomic(filepath.Join(e.dir, specFile), ms); err != nil {
+	if err := writeJSONAtomic(e.dir.MonitorSpec(), ms); err != nil {
 		return fmt.Errorf("daemon: write monitor spec: %w", err)
 	}
 
@@ -45,11 +45,11 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 		defer func() { go d.spawnSpare() }()
 	}
 	if proc == nil {
-		logf, err := os.OpenFile(filepath.Join(e.dir, monitorLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		logf, err := os.OpenFile(e.dir.MonitorLog(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if err != nil {
 			return fmt.Errorf("daemon: monitor log: %w", err)
 		}
-		cmd := d.opts.MonitorCommand(e.dir)
+		cmd := d.opts.MonitorCommand(e.dir.Path())
 		cmd.Stdout, cmd.Stderr = logf, logf
 		// The image goes to the monitor as descriptor ImageFD (3).
 		cmd.ExtraFiles = []*os.File{img.file}
@@ -65,7 +65,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	}
 	monitorStarted := time.Now()
 	e.rec.MonitorPID = proc.Pid
-	if err := writeJSONAtomic(filepath.Join(e.dir, recordFile), e.rec); err != nil {
+	if err := writeJSONAtomic(e.dir.Record(), e.rec); err != nil {
 		_ = proc.Kill()
 		return fmt.Errorf("daemon: write enclave record: %w", err)
 	}
@@ -78,7 +78,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	if err != nil {
 		_ = proc.Kill()
 		_ = monitorTerminate(context.Background(), e.dir)
-		return newErr("E39", parent.ErrBoot, "enclave monitor did not report: %v (see %s)", err, filepath.Join(e.dir, monitorLog))
+		return newErr("E39", parent.ErrBoot, "enclave monitor did not report: %v (see %s)", err, e.dir.MonitorLog())
 	}
 	if st.State != parent.StateRunning && !st.Booted {
 		msg := st.Error
@@ -96,7 +96,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	e.state = parent.StateRunning
 	rec := e.rec
 	d.mu.Unlock()
-	if err := writeJSONAtomic(filepath.Join(e.dir, recordFile), rec); err != nil {
+	if err := writeJSONAtomic(e.dir.Record(), rec); err != nil {
 		d.log.Warn("updating enclave record", "err", err)
 	}
 	d.log.Debug("launch timing", "enclave", e.rec.ID, "monitor_exec", monitorStarted.Sub(launchBegan), "until_running", time.Since(monitorStarted))
@@ -106,8 +106,8 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 
 // consoleHint returns the last lines of the enclave's console for error
 // messages about failed launches.
-func consoleHint(dir string) string {
-	b, err := os.ReadFile(filepath.Join(dir, consoleFile))
+func consoleHint(dir backend.Dir) string {
+	b, err := os.ReadFile(dir.Console())
 	if err != nil || len(b) == 0 {
 		return ""
 	}
@@ -119,7 +119,7 @@ func consoleHint(dir string) string {
 }
 
 // awaitMonitorState polls the monitor until it leaves STARTING.
-func (d *Daemon) awaitMonitorState(ctx context.Context, dir string, pid int) (monitorStatus, error) {
+func (d *Daemon) awaitMonitorState(ctx context.Context, dir backend.Dir, pid int) (monitorStatus, error) {
 	// The monitor's socket appears a few milliseconds after it starts:
 	// poll quickly at first, then back off.
 	delay := time.Millisecond
@@ -130,7 +130,7 @@ func (d *Daemon) awaitMonitorState(ctx context.Context, dir string, pid int) (mo
 		}
 		// Not up yet, or gone: a recorded exit is authoritative.
 		var x monitorStatus
-		if rerr := readJSON(filepath.Join(dir, exitFile), &x); rerr == nil {
+		if rerr := readJSON(dir.Exit(), &x); rerr == nil {
 			return x, nil
 		}
 		if pid > 0 && !processAlive(pid) {
@@ -169,7 +169,7 @@ func (d *Daemon) watch(e *enclave) {
 				return
 			}
 			var x monitorStatus
-			if rerr := readJSON(filepath.Join(e.dir, exitFile), &x); rerr == nil && x.Exit != nil {
+			if rerr := readJSON(e.dir.Exit(), &x); rerr == nil && x.Exit != nil {
 				d.ended(e, *x.Exit)
 				return
 			}
@@ -203,14 +203,14 @@ func (d *Daemon) reapLost(ctx context.Context, e *enclave, reason string) {
 		}
 	}
 	x := parent.ExitStatus{Code: -1, Reason: reason, Time: d.now().UTC()}
-	_ = writeJSONAtomic(filepath.Join(e.dir, exitFile), monitorStatus{State: parent.StateExited, EnclavePID: e.rec.EnclavePID, Exit: &x})
+	_ = writeJSONAtomic(e.dir.Exit(), monitorStatus{State: parent.StateExited, EnclavePID: e.rec.EnclavePID, Exit: &x})
 	d.ended(e, x)
 }
 
 // isMonitorOf reports whether process pid is a monitor for dir: a
 // "__monitor" process with dir on its command line, or (a spare that took
 // the job) as its working directory.
-func isMonitorOf(pid int, dir string) bool {
+func isMonitorOf(pid int, dir backend.Dir) bool {
 	if pid <= 0 {
 		return false
 	}
@@ -223,12 +223,12 @@ func isMonitorOf(pid int, dir string) bool {
 		return false
 	}
 	for _, arg := range args {
-		if string(arg) == dir {
+		if string(arg) == dir.Path() {
 			return true
 		}
 	}
 	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
-	return err == nil && cwd == dir
+	return err == nil && cwd == dir.Path()
 }
 
 // recover finds the enclaves of a previous daemon: running ones are adopted,
@@ -243,11 +243,11 @@ func (d *Daemon) recover(ctx context.Context) error {
 		if !de.IsDir() {
 			continue
 		}
-		dir := filepath.Join(root, de.Name())
+		dir := backend.Dir(filepath.Join(root, de.Name()))
 		var rec record
-		if err := readJSON(filepath.Join(dir, recordFile), &rec); err != nil {
+		if err := readJSON(dir.Record(), &rec); err != nil {
 			d.log.Warn("removing enclave directory without a readable record", "dir", dir, "err", err)
-			_ = os.RemoveAll(dir)
+			_ = os.RemoveAll(dir.Path())
 			continue
 		}
 		e := &enclave{rec: rec, dir: dir, state: parent.StateRunning, done: make(chan struct{})}
@@ -255,7 +255,7 @@ func (d *Daemon) recover(ctx context.Context) error {
 		d.enclaves[rec.ID] = e
 		d.mu.Unlock()
 		var x monitorStatus
-		if err := readJSON(filepath.Join(dir, exitFile), &x); err == nil && x.Exit != nil {
+		if err := readJSON(dir.Exit(), &x); err == nil && x.Exit != nil {
 			e.state = parent.StateExited
 			e.exit = x.Exit
 			close(e.done)

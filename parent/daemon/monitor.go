@@ -58,14 +58,15 @@ type BackendFactory func(cfg Config) (backend.Backend, error)
 // of the image (the bytes it measured), serves the enclave's services and
 // records its exit. It returns when the enclave has ended and its exit is
 // recorded. RunMonitor closes img once the enclave is launched.
-func RunMonitor(ctx context.Context, dir string, img *os.File, newBackend BackendFactory, logger *slog.Logger) error {
+func RunMonitor(ctx context.Context, path string, img *os.File, newBackend BackendFactory, logger *slog.Logger) error {
+	dir := backend.Dir(path)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	start := time.Now()
 	var ms monitorSpec
-	if err := readJSON(filepath.Join(dir, specFile), &ms); err != nil {
-		return fmt.Errorf("monitor: read %s: %w", specFile, err)
+	if err := readJSON(dir.MonitorSpec(), &ms); err != nil {
+		return fmt.Errorf("monitor: read %s: %w", dir.MonitorSpec(), err)
 	}
 	defer img.Close()
 	be, err := newBackend(ms.Config)
@@ -83,7 +84,7 @@ func RunMonitor(ctx context.Context, dir string, img *os.File, newBackend Backen
 
 type monitor struct {
 	start time.Time // when the monitor began
-	dir   string
+	dir   backend.Dir
 	spec  monitorSpec
 	be    backend.Backend
 	log   *slog.Logger
@@ -117,11 +118,11 @@ func (m *monitor) requestTerminate() { m.termOnce.Do(func() { close(m.terminate)
 func (m *monitor) run(ctx context.Context) error {
 	m.terminate = make(chan struct{})
 	spec := m.spec.Spec
-	if err := os.MkdirAll(filepath.Join(m.dir, hostSubdir), 0o700); err != nil {
-		return m.fail("", fmt.Errorf("create %s: %w", hostSubdir, err))
+	if err := os.MkdirAll(m.dir.HostDir(), 0o700); err != nil {
+		return m.fail("", fmt.Errorf("create %s: %w", m.dir.HostDir(), err))
 	}
 	// The enclave's output goes to a capped, rotating log (consolelog.go).
-	console, err := openConsoleLog(filepath.Join(m.dir, consoleFile), m.spec.Config.consoleMaxBytes())
+	console, err := openConsoleLog(m.dir.Console(), m.spec.Config.consoleMaxBytes())
 	if err != nil {
 		return m.fail("", err)
 	}
@@ -129,7 +130,7 @@ func (m *monitor) run(ctx context.Context) error {
 	spec.Console = console
 
 	// The control socket comes first so the daemon can watch the launch.
-	ctl, err := listenUnix(filepath.Join(m.dir, monitorSock))
+	ctl, err := listenUnix(m.dir.MonitorSock())
 	if err != nil {
 		return m.fail("", err)
 	}
@@ -175,7 +176,7 @@ func (m *monitor) run(ctx context.Context) error {
 	m.setStatus(func(s *monitorStatus) { s.EnclavePID = inst.Pid() })
 
 	// Host → enclave connections through the hybrid socket.
-	vs, err := listenUnix(filepath.Join(m.dir, vsockSock))
+	vs, err := listenUnix(m.dir.VsockSock())
 	if err != nil {
 		_ = inst.Terminate(context.Background())
 		return m.fail("E11", err)
@@ -356,7 +357,7 @@ func (m *monitor) finish(x parent.ExitStatus, errMsg, code string) error {
 	m.mu.Lock()
 	st.EnclavePID, st.Booted = m.status.EnclavePID, m.status.Booted
 	m.mu.Unlock()
-	werr := writeJSONAtomic(filepath.Join(m.dir, exitFile), st)
+	werr := writeJSONAtomic(m.dir.Exit(), st)
 	m.setStatus(func(s *monitorStatus) { *s = st })
 	if werr != nil {
 		return fmt.Errorf("monitor: record exit: %w", werr)
@@ -442,8 +443,8 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // monitorClient talks to a monitor's control socket.
-func monitorClient(dir string) *http.Client {
-	sock := filepath.Join(dir, monitorSock)
+func monitorClient(dir backend.Dir) *http.Client {
+	sock := dir.MonitorSock()
 	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -453,7 +454,7 @@ func monitorClient(dir string) *http.Client {
 	}}
 }
 
-func monitorCall(ctx context.Context, dir, method, path string) (monitorStatus, error) {
+func monitorCall(ctx context.Context, dir backend.Dir, method, path string) (monitorStatus, error) {
 	req, err := http.NewRequestWithContext(ctx, method, "http://monitor"+path, nil)
 	if err != nil {
 		return monitorStatus{}, err
@@ -477,7 +478,7 @@ func monitorCall(ctx context.Context, dir, method, path string) (monitorStatus, 
 	return st, nil
 }
 
-func monitorTerminate(ctx context.Context, dir string) error {
+func monitorTerminate(ctx context.Context, dir backend.Dir) error {
 	_, err := monitorCall(ctx, dir, http.MethodPost, "/terminate")
 	return err
 }

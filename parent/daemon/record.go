@@ -36,20 +36,6 @@ type record struct {
 	EnclavePID   int                 `json:"enclave_pid"`
 }
 
-// Files in an enclave's private directory.
-const (
-	recordFile   = "record.json"
-	specFile     = "monitor.json"
-	exitFile     = "exit.json"
-	consoleFile  = "console.log"
-	monitorSock  = "monitor.sock"
-	vsockSock    = "vsock.sock"
-	monitorLog   = "monitor.log"
-	hostSubdir   = "host"
-	guestSubdir  = "guest"
-	hostListener = "vsock" // host/vsock_<port>
-)
-
 // newSlot returns a random 64-bit slot id in hex, used for the EnclaveID
 // suffix and the private directory name.
 func newSlot() (string, error) {
