@@ -33,7 +33,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	if d.issuer != nil {
 		ms.IssuerFile = d.issuerPath()
 	}
-	if err := writeJSONAtomic(e.dir.MonitorSpec(), ms); err != nil {
+	if err := writeMonitorSpec(e.dir, ms); err != nil {
 		return fmt.Errorf("daemon: write monitor spec: %w", err)
 	}
 
@@ -65,7 +65,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	}
 	monitorStarted := time.Now()
 	e.rec.MonitorPID = proc.Pid
-	if err := writeJSONAtomic(e.dir.Record(), e.rec); err != nil {
+	if err := writeRecord(e.dir, e.rec); err != nil {
 		_ = proc.Kill()
 		return fmt.Errorf("daemon: write enclave record: %w", err)
 	}
@@ -96,7 +96,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	e.state = parent.StateRunning
 	rec := e.rec
 	d.mu.Unlock()
-	if err := writeJSONAtomic(e.dir.Record(), rec); err != nil {
+	if err := writeRecord(e.dir, rec); err != nil {
 		d.log.Warn("updating enclave record", "err", err)
 	}
 	d.log.Debug("launch timing", "enclave", e.rec.ID, "monitor_exec", monitorStarted.Sub(launchBegan), "until_running", time.Since(monitorStarted))
@@ -129,8 +129,7 @@ func (d *Daemon) awaitMonitorState(ctx context.Context, dir backend.Dir, pid int
 			return st, nil
 		}
 		// Not up yet, or gone: a recorded exit is authoritative.
-		var x monitorStatus
-		if rerr := readJSON(dir.Exit(), &x); rerr == nil {
+		if x, rerr := readExit(dir); rerr == nil {
 			return x, nil
 		}
 		if pid > 0 && !processAlive(pid) {
@@ -168,8 +167,7 @@ func (d *Daemon) watch(e *enclave) {
 				d.ended(e, *st.Exit)
 				return
 			}
-			var x monitorStatus
-			if rerr := readJSON(e.dir.Exit(), &x); rerr == nil && x.Exit != nil {
+			if x, rerr := readExit(e.dir); rerr == nil && x.Exit != nil {
 				d.ended(e, *x.Exit)
 				return
 			}
@@ -203,7 +201,7 @@ func (d *Daemon) reapLost(ctx context.Context, e *enclave, reason string) {
 		}
 	}
 	x := parent.ExitStatus{Code: -1, Reason: reason, Time: d.now().UTC()}
-	_ = writeJSONAtomic(e.dir.Exit(), monitorStatus{State: parent.StateExited, EnclavePID: e.rec.EnclavePID, Exit: &x})
+	_ = writeExit(e.dir, monitorStatus{State: parent.StateExited, EnclavePID: e.rec.EnclavePID, Exit: &x})
 	d.ended(e, x)
 }
 
@@ -239,23 +237,37 @@ func (d *Daemon) recover(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("daemon: read %s: %w", root, err)
 	}
+	// Every record is read before anything is adopted: a record of a newer
+	// daemon stops the start, as it may hold resources this daemon would
+	// otherwise hand out again.
+	type found struct {
+		dir backend.Dir
+		rec record
+	}
+	var all []found
 	for _, de := range ents {
 		if !de.IsDir() {
 			continue
 		}
 		dir := backend.Dir(filepath.Join(root, de.Name()))
-		var rec record
-		if err := readJSON(dir.Record(), &rec); err != nil {
+		rec, err := readRecord(dir)
+		if errors.Is(err, errStateVersion) {
+			return err
+		}
+		if err != nil {
 			d.log.Warn("removing enclave directory without a readable record", "dir", dir, "err", err)
 			_ = os.RemoveAll(dir.Path())
 			continue
 		}
+		all = append(all, found{dir, rec})
+	}
+	for _, f := range all {
+		dir, rec := f.dir, f.rec
 		e := &enclave{rec: rec, dir: dir, state: parent.StateRunning, done: make(chan struct{})}
 		d.mu.Lock()
 		d.enclaves[rec.ID] = e
 		d.mu.Unlock()
-		var x monitorStatus
-		if err := readJSON(dir.Exit(), &x); err == nil && x.Exit != nil {
+		if x, err := readExit(dir); err == nil && x.Exit != nil {
 			e.state = parent.StateExited
 			e.exit = x.Exit
 			close(e.done)

@@ -28,6 +28,7 @@ import (
 
 // monitorSpec is what the daemon hands a monitor in <dir>/monitor.json.
 type monitorSpec struct {
+	FormatVersion    int            `json:"format_version"` // see record.FormatVersion
 	Spec             backend.Spec   `json:"spec"`
 	Config           Config         `json:"config"`
 	HeartbeatTimeout time.Duration  `json:"heartbeat_timeout"`
@@ -38,6 +39,9 @@ type monitorSpec struct {
 // monitorStatus is the monitor's answer to GET /status, /wait and
 // POST /terminate.
 type monitorStatus struct {
+	// FormatVersion is set in exit.json (see record.FormatVersion); the
+	// control socket's answers leave it out.
+	FormatVersion int `json:"format_version,omitempty"`
 	State      string `json:"state"` // STARTING, RUNNING, EXITED
 	EnclavePID int    `json:"enclave_pid"`
 	// Booted is set once the boot heartbeat arrived; an enclave can boot
@@ -64,8 +68,8 @@ func RunMonitor(ctx context.Context, path string, img *os.File, newBackend Backe
 		logger = slog.New(slog.DiscardHandler)
 	}
 	start := time.Now()
-	var ms monitorSpec
-	if err := readJSON(dir.MonitorSpec(), &ms); err != nil {
+	ms, err := readMonitorSpec(dir)
+	if err != nil {
 		return fmt.Errorf("monitor: read %s: %w", dir.MonitorSpec(), err)
 	}
 	defer img.Close()
@@ -357,7 +361,7 @@ func (m *monitor) finish(x parent.ExitStatus, errMsg, code string) error {
 	m.mu.Lock()
 	st.EnclavePID, st.Booted = m.status.EnclavePID, m.status.Booted
 	m.mu.Unlock()
-	werr := writeJSONAtomic(m.dir.Exit(), st)
+	werr := writeExit(m.dir, st)
 	m.setStatus(func(s *monitorStatus) { *s = st })
 	if werr != nil {
 		return fmt.Errorf("monitor: record exit: %w", werr)

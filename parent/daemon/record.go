@@ -17,6 +17,9 @@ import (
 // <state>/enclaves/<slot>/record.json. It is enough to find the enclave again
 // after a daemon restart.
 type record struct {
+	// FormatVersion is the layout of this file (formatVersion when
+	// written; 0, today's layout without the field, is read too).
+	FormatVersion int                 `json:"format_version"`
 	ID           string              `json:"id"`
 	Slot         string              `json:"slot"`
 	Name         string              `json:"name"`
@@ -82,12 +85,4 @@ func writeJSONAtomic(path string, v any) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
-}
-
-func readJSON(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(b, v)
 }
