@@ -41,9 +41,9 @@ type monitorSpec struct {
 type monitorStatus struct {
 	// FormatVersion is set in exit.json (see record.FormatVersion); the
 	// control socket's answers leave it out.
-	FormatVersion int `json:"format_version,omitempty"`
-	State      string `json:"state"` // STARTING, RUNNING, EXITED
-	EnclavePID int    `json:"enclave_pid"`
+	FormatVersion int    `json:"format_version,omitempty"`
+	State         string `json:"state"` // STARTING, RUNNING, EXITED
+	EnclavePID    int    `json:"enclave_pid"`
 	// Booted is set once the boot heartbeat arrived; an enclave can boot
 	// and end before the daemon sees it RUNNING.
 	Booted bool               `json:"booted,omitempty"`

@@ -20,23 +20,23 @@ type record struct {
 	// FormatVersion is the layout of this file (formatVersion when
 	// written; 0, today's layout without the field, is read too).
 	FormatVersion int                 `json:"format_version"`
-	ID           string              `json:"id"`
-	Slot         string              `json:"slot"`
-	Name         string              `json:"name"`
-	CID          uint64              `json:"cid"`
-	CPUs         []int               `json:"cpus"`
-	MemoryMiB    int                 `json:"memory_mib"`
-	Debug        bool                `json:"debug"`
-	EIFPath      string              `json:"eif_path"`
-	EIFSize      int64               `json:"eif_size"`
-	Measurements parent.Measurements `json:"measurements"`
-	ImageName    string              `json:"image_name,omitempty"`
-	ImageVersion string              `json:"image_version,omitempty"`
-	Metadata     json.RawMessage     `json:"metadata,omitempty"`
-	Backend      string              `json:"backend"`
-	StartTime    time.Time           `json:"start_time"`
-	MonitorPID   int                 `json:"monitor_pid"`
-	EnclavePID   int                 `json:"enclave_pid"`
+	ID            string              `json:"id"`
+	Slot          string              `json:"slot"`
+	Name          string              `json:"name"`
+	CID           uint64              `json:"cid"`
+	CPUs          []int               `json:"cpus"`
+	MemoryMiB     int                 `json:"memory_mib"`
+	Debug         bool                `json:"debug"`
+	EIFPath       string              `json:"eif_path"`
+	EIFSize       int64               `json:"eif_size"`
+	Measurements  parent.Measurements `json:"measurements"`
+	ImageName     string              `json:"image_name,omitempty"`
+	ImageVersion  string              `json:"image_version,omitempty"`
+	Metadata      json.RawMessage     `json:"metadata,omitempty"`
+	Backend       string              `json:"backend"`
+	StartTime     time.Time           `json:"start_time"`
+	MonitorPID    int                 `json:"monitor_pid"`
+	EnclavePID    int                 `json:"enclave_pid"`
 }
 
 // newSlot returns a random 64-bit slot id in hex, used for the EnclaveID
