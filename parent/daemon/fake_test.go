@@ -27,7 +27,10 @@ import (
 //	anything   heartbeat, then serve an echo service on port 5000 until terminated
 type fakeBackend struct{}
 
-func (fakeBackend) Name() string                    { return "sandbox" }
+func (fakeBackend) Kind() backend.Kind { return backend.KindSandbox }
+func (fakeBackend) Capabilities() backend.Capabilities {
+	return backend.Capabilities{NoKernel: true, EmulatedNSM: true, HostSockets: true}
+}
 func (fakeBackend) Check(ctx context.Context) error { return nil }
 
 func (fakeBackend) HostListen(ctx context.Context, spec backend.Spec, port uint32) (net.Listener, error) {

@@ -21,18 +21,17 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	if err := os.MkdirAll(e.dir.Path(), 0o700); err != nil {
 		return fmt.Errorf("daemon: create enclave directory: %w", err)
 	}
-	spec := backend.Spec{
-		ID: e.rec.ID, Name: e.rec.Name, CID: uint32(e.rec.CID), CPUs: e.rec.CPUs, MemoryMiB: e.rec.MemoryMiB,
-		Debug: e.rec.Debug, EIFPath: e.rec.EIFPath, Image: img.file, Dir: e.dir,
-	}
+	// The one check of the Spec: backends rely on it.
+	spec := e.rec.spec(e.dir, img.file)
 	if err := backend.ValidateSpec(spec); err != nil {
 		return newErr("E03", parent.ErrInvalidArgument, "%v", err)
 	}
 	hbTimeout := d.heartbeatTimeout(e.rec.EIFSize, e.rec.MemoryMiB)
-	ms := monitorSpec{Spec: spec, Config: d.cfg, HeartbeatTimeout: hbTimeout, PCRs: img.info.pcrs}
+	var issuerFile string
 	if d.issuer != nil {
-		ms.IssuerFile = d.issuerPath()
+		issuerFile = d.issuerPath()
 	}
+	ms := newMonitorSpec(spec, d.cfg, hbTimeout, img.info.pcrs, issuerFile)
 	if err := writeMonitorSpec(e.dir, ms); err != nil {
 		return fmt.Errorf("daemon: write monitor spec: %w", err)
 	}
@@ -80,7 +79,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 		_ = monitorTerminate(context.Background(), e.dir)
 		return newErr("E39", parent.ErrBoot, "enclave monitor did not report: %v (see %s)", err, e.dir.MonitorLog())
 	}
-	if st.State != parent.StateRunning && !st.Booted {
+	if st.State != StateRunning && !st.Booted {
 		msg := st.Error
 		if msg == "" && st.Exit != nil {
 			msg = st.Exit.Reason
@@ -93,7 +92,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	}
 	d.mu.Lock()
 	e.rec.EnclavePID = st.EnclavePID
-	e.state = parent.StateRunning
+	e.state = StateRunning
 	rec := e.rec
 	d.mu.Unlock()
 	if err := writeRecord(e.dir, rec); err != nil {
@@ -124,8 +123,8 @@ func (d *Daemon) awaitMonitorState(ctx context.Context, dir backend.Dir, pid int
 	// poll quickly at first, then back off.
 	delay := time.Millisecond
 	for {
-		st, err := monitorCall(ctx, dir, "GET", "/wait?state="+parent.StateStarting)
-		if err == nil && st.State != parent.StateStarting {
+		st, err := monitorCall(ctx, dir, "GET", "/wait?state="+StateStarting.String())
+		if err == nil && st.State != StateStarting {
 			return st, nil
 		}
 		// Not up yet, or gone: a recorded exit is authoritative.
@@ -163,7 +162,7 @@ func (d *Daemon) watch(e *enclave) {
 			if ctx.Err() != nil {
 				return // daemon shutting down; the monitor carries on
 			}
-			if err == nil && st.State == parent.StateExited && st.Exit != nil {
+			if err == nil && st.State == StateExited && st.Exit != nil {
 				d.ended(e, *st.Exit)
 				return
 			}
@@ -195,13 +194,12 @@ func (d *Daemon) reapLost(ctx context.Context, e *enclave, reason string) {
 		_ = syscall.Kill(e.rec.MonitorPID, syscall.SIGKILL)
 	}
 	if c, ok := d.opts.Backend.(backend.Cleaner); ok {
-		spec := backend.Spec{ID: e.rec.ID, Name: e.rec.Name, CID: uint32(e.rec.CID), CPUs: e.rec.CPUs, MemoryMiB: e.rec.MemoryMiB, EIFPath: e.rec.EIFPath, Dir: e.dir}
-		if err := c.Cleanup(ctx, spec); err != nil {
+		if err := c.Cleanup(ctx, e.rec.spec(e.dir, nil)); err != nil {
 			d.log.Warn("backend cleanup", "enclave", e.rec.ID, "err", err)
 		}
 	}
 	x := parent.ExitStatus{Code: -1, Reason: reason, Time: d.now().UTC()}
-	_ = writeExit(e.dir, monitorStatus{State: parent.StateExited, EnclavePID: e.rec.EnclavePID, Exit: &x})
+	_ = writeExit(e.dir, monitorStatus{State: StateExited, EnclavePID: e.rec.EnclavePID, Exit: &x})
 	d.ended(e, x)
 }
 
@@ -263,12 +261,12 @@ func (d *Daemon) recover(ctx context.Context) error {
 	}
 	for _, f := range all {
 		dir, rec := f.dir, f.rec
-		e := &enclave{rec: rec, dir: dir, state: parent.StateRunning, done: make(chan struct{})}
+		e := &enclave{rec: rec, dir: dir, state: StateRunning, done: make(chan struct{})}
 		d.mu.Lock()
 		d.enclaves[rec.ID] = e
 		d.mu.Unlock()
 		if x, err := readExit(dir); err == nil && x.Exit != nil {
-			e.state = parent.StateExited
+			e.state = StateExited
 			e.exit = x.Exit
 			close(e.done)
 			continue
@@ -278,20 +276,20 @@ func (d *Daemon) recover(ctx context.Context) error {
 		st, err := monitorCall(cctx, dir, "GET", "/status")
 		cancel()
 		switch {
-		case err == nil && st.State == parent.StateRunning:
+		case err == nil && st.State == StateRunning:
 			d.log.Info("found running enclave", "enclave", rec.ID, "name", rec.Name)
 			d.watch(e)
-		case err == nil && st.State == parent.StateStarting:
+		case err == nil && st.State == StateStarting:
 			// A launch that was under way when the daemon stopped: its
 			// client is gone, so stop it.
 			d.log.Warn("terminating an enclave whose launch was interrupted", "enclave", rec.ID)
-			e.state = parent.StateTerminating
+			e.state = StateTerminating
 			if terr := monitorTerminate(ctx, dir); terr != nil {
 				d.reapLost(ctx, e, "launch interrupted by a daemon restart")
 			} else {
 				d.watch(e)
 			}
-		case err == nil && st.State == parent.StateExited && st.Exit != nil:
+		case err == nil && st.State == StateExited && st.Exit != nil:
 			d.ended(e, *st.Exit)
 		default:
 			d.log.Warn("cleaning up an enclave whose monitor is gone", "enclave", rec.ID, "err", err)

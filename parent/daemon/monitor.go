@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,12 +27,12 @@ import (
 
 // monitorSpec is what the daemon hands a monitor in <dir>/monitor.json.
 type monitorSpec struct {
-	FormatVersion    int            `json:"format_version"` // see record.FormatVersion
-	Spec             backend.Spec   `json:"spec"`
-	Config           Config         `json:"config"`
-	HeartbeatTimeout time.Duration  `json:"heartbeat_timeout"`
-	IssuerFile       string         `json:"issuer_file,omitempty"`
-	PCRs             map[int]string `json:"pcrs,omitempty"` // measured PCRs for the emulated NSM, hex
+	FormatVersion    int           `json:"format_version"` // see record.FormatVersion
+	Spec             backend.Spec  `json:"spec"`
+	Config           Config        `json:"config"`
+	HeartbeatTimeout time.Duration `json:"heartbeat_timeout"`
+	IssuerFile       string        `json:"issuer_file,omitempty"`
+	PCRs             pcrSet        `json:"pcrs,omitempty"` // measured PCRs for the emulated NSM (hex in JSON)
 }
 
 // monitorStatus is the monitor's answer to GET /status, /wait and
@@ -41,9 +40,9 @@ type monitorSpec struct {
 type monitorStatus struct {
 	// FormatVersion is set in exit.json (see record.FormatVersion); the
 	// control socket's answers leave it out.
-	FormatVersion int    `json:"format_version,omitempty"`
-	State         string `json:"state"` // STARTING, RUNNING, EXITED
-	EnclavePID    int    `json:"enclave_pid"`
+	FormatVersion int   `json:"format_version,omitempty"`
+	State         State `json:"state"` // STARTING, RUNNING, EXITED
+	EnclavePID    int   `json:"enclave_pid"`
 	// Booted is set once the boot heartbeat arrived; an enclave can boot
 	// and end before the daemon sees it RUNNING.
 	Booted bool               `json:"booted,omitempty"`
@@ -78,7 +77,7 @@ func RunMonitor(ctx context.Context, path string, img *os.File, newBackend Backe
 		return fmt.Errorf("monitor: backend: %w", err)
 	}
 	ms.Spec.Image = img
-	m := &monitor{start: start, dir: dir, spec: ms, be: be, log: logger.With("enclave", ms.Spec.ID), status: monitorStatus{State: parent.StateStarting}}
+	m := &monitor{start: start, dir: dir, spec: ms, be: be, log: logger.With("enclave", ms.Spec.ID), status: monitorStatus{State: StateStarting}}
 	m.changed = make(chan struct{})
 	if err := checkSealed(img); err != nil {
 		return m.fail("E36", err)
@@ -196,7 +195,7 @@ func (m *monitor) run(ctx context.Context) error {
 	}
 	_ = hb.Close()
 	m.log.Info("heartbeat received; enclave running", "setup", launchStart.Sub(m.start), "launch", launched.Sub(launchStart), "boot", time.Since(launched))
-	m.setStatus(func(s *monitorStatus) { s.State, s.Booted = parent.StateRunning, true })
+	m.setStatus(func(s *monitorStatus) { s.State, s.Booted = StateRunning, true })
 
 	select {
 	case <-inst.Done():
@@ -217,7 +216,7 @@ func (m *monitor) run(ctx context.Context) error {
 		x.Reason = "terminated"
 	default:
 	}
-	return m.finish(parent.ExitStatus{Code: x.Code, Signal: x.Signal, Reason: x.Reason, Time: time.Now().UTC()}, "", "")
+	return m.finish(exitStatus(x, time.Now()), "", "")
 }
 
 // awaitHeartbeat accepts the boot heartbeat: one 0xB7 byte, echoed back.
@@ -282,14 +281,6 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 		if err != nil {
 			return fmt.Errorf("load development root: %w", err)
 		}
-		pcrs := map[int][]byte{}
-		for i, h := range m.spec.PCRs {
-			b, err := hex.DecodeString(h)
-			if err != nil {
-				return fmt.Errorf("PCR%d: %w", i, err)
-			}
-			pcrs[i] = b
-		}
 		// Per-enclave limits: the emulator works in this process, outside
 		// the enclave's cgroup (monitor_limits.go).
 		nc := m.spec.Config.NSM.withDefaults()
@@ -298,7 +289,7 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 			return fmt.Errorf("security module emulator: %w", err)
 		}
 		emu, err := nsmemu.New(nsmemu.Config{
-			ModuleID: spec.ID, Issuer: iss, PCRs: pcrs, Debug: spec.Debug,
+			ModuleID: spec.ID, Issuer: iss, PCRs: m.spec.PCRs, Debug: spec.Debug,
 			Logger:      m.log.With("service", "nsm"),
 			IdleTimeout: nc.IdleTimeout, Attestations: bucket,
 		})
@@ -357,7 +348,7 @@ func (m *monitor) fail(code string, err error) error {
 
 // finish writes exit.json and publishes the final status.
 func (m *monitor) finish(x parent.ExitStatus, errMsg, code string) error {
-	st := monitorStatus{State: parent.StateExited, Exit: &x, Error: errMsg, Code: code}
+	st := monitorStatus{State: StateExited, Exit: &x, Error: errMsg, Code: code}
 	m.mu.Lock()
 	st.EnclavePID, st.Booted = m.status.EnclavePID, m.status.Booted
 	m.mu.Unlock()
@@ -380,7 +371,7 @@ func (m *monitor) handler() http.Handler {
 		from := r.URL.Query().Get("state")
 		for {
 			st, changed := m.snapshot()
-			if st.State == parent.StateExited || (from != "" && st.State != from) {
+			if st.State == StateExited || (from != "" && st.State.String() != from) {
 				writeJSON(w, http.StatusOK, st)
 				return
 			}
@@ -396,7 +387,7 @@ func (m *monitor) handler() http.Handler {
 		m.requestTerminate()
 		for {
 			st, changed := m.snapshot()
-			if st.State == parent.StateExited {
+			if st.State == StateExited {
 				writeJSON(w, http.StatusOK, st)
 				return
 			}

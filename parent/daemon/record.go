@@ -23,7 +23,7 @@ type record struct {
 	ID            string              `json:"id"`
 	Slot          string              `json:"slot"`
 	Name          string              `json:"name"`
-	CID           uint64              `json:"cid"`
+	CID           uint32              `json:"cid"`
 	CPUs          []int               `json:"cpus"`
 	MemoryMiB     int                 `json:"memory_mib"`
 	Debug         bool                `json:"debug"`

@@ -51,7 +51,7 @@ func TestStateFilesReadVersions(t *testing.T) {
 		Measurements: parent.Measurements{HashAlgorithm: parent.HashAlgorithm, PCR0: "aa", PCR1: "bb", PCR2: "cc"},
 		Backend:      "sandbox", StartTime: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), MonitorPID: 42, EnclavePID: 43,
 	}
-	wantExit := monitorStatus{State: parent.StateExited, EnclavePID: 43, Booted: true,
+	wantExit := monitorStatus{State: StateExited, EnclavePID: 43, Booted: true,
 		Exit: &parent.ExitStatus{Code: 3, Reason: "exited with status 3", Time: time.Date(2025, 1, 2, 3, 4, 6, 0, time.UTC)}}
 
 	// Version 0 (no field) is read as is.

@@ -378,8 +378,8 @@ func TestCheck(t *testing.T) {
 			t.Errorf("Check error %q does not mention %q", err, s)
 		}
 	}
-	if b.Name() != "nitro" {
-		t.Errorf("Name = %q", b.Name())
+	if b.Kind() != backend.KindNitro {
+		t.Errorf("Kind = %q", b.Kind())
 	}
 }
 

@@ -33,8 +33,14 @@ var (
 	_ backend.Cleaner = (*Backend)(nil)
 )
 
-// Name returns "sandbox".
-func (*Backend) Name() string { return "sandbox" }
+// Kind returns backend.KindSandbox.
+func (*Backend) Kind() backend.Kind { return backend.KindSandbox }
+
+// Capabilities: the sandbox runs no-kernel images, its security module is
+// the daemon's emulator and its host listeners are Unix sockets.
+func (*Backend) Capabilities() backend.Capabilities {
+	return backend.Capabilities{NoKernel: true, EmulatedNSM: true, HostSockets: true}
+}
 
 // Check reports whether this host can run sandboxes: root, user namespaces
 // and the cgroup controllers the sandbox needs.
@@ -76,9 +82,6 @@ func (*Backend) HostListen(ctx context.Context, spec backend.Spec, port uint32) 
 
 // Launch extracts the image's ramdisks and starts the sandbox.
 func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
-	if err := backend.ValidateSpec(spec); err != nil {
-		return nil, err
-	}
 	// The image is checked (layout and CRC) and its ramdisks copied out
 	// inside the kernel: no copy of the image passes through this
 	// process's memory.
