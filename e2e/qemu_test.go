@@ -19,6 +19,7 @@ import (
 
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/internal/testenv"
+	"github.com/cloister/cloister/parent/backend"
 	"github.com/cloister/cloister/parent/parenttest"
 )
 
@@ -164,7 +165,7 @@ func TestMicroVMTerminateCleansUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vmDir := filepath.Join(filepath.Dir(desc.VsockSocket), "vm")
+	vmDir := backend.Dir(filepath.Dir(desc.VsockSocket)).VM()
 	if _, err := os.Stat(vmDir); err != nil {
 		t.Fatalf("no VM directory while running: %v", err)
 	}

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -288,8 +287,8 @@ func (c *Client) Listen(ctx context.Context, idOrName string, port uint32) (net.
 	if d.Backend == "nitro" {
 		return vsock.Listen(port, nil)
 	}
-	if d.VsockSocket == "" {
+	if d.HostListenerBase == "" {
 		return nil, fmt.Errorf("parent: enclave %s is %s, not running", d.EnclaveID, d.State)
 	}
-	return hybrid.Listen(filepath.Join(filepath.Dir(d.VsockSocket), "host", "vsock"), port)
+	return hybrid.Listen(d.HostListenerBase, port)
 }

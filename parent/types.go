@@ -91,6 +91,13 @@ type EnclaveDescription struct {
 	// VsockSocket is the hybrid-vsock socket on the parent through which
 	// host programs reach the enclave's ports ("CONNECT <port>\n").
 	VsockSocket string `json:"VsockSocket,omitempty"`
+	// HostListenerBase is where a host program listens for the enclave's
+	// connections to the parent's port P: the Unix socket
+	// "<HostListenerBase>_<P>" (sandbox and microVM worlds, while the
+	// enclave runs; root only).
+	HostListenerBase string `json:"HostListenerBase,omitempty"`
+	// ConsoleLog is the enclave's kept console log on the parent (root only).
+	ConsoleLog string `json:"ConsoleLog,omitempty"`
 }
 
 // TerminateResult is terminate-enclave's output.

@@ -150,7 +150,8 @@ func newDescribeEnclavesCmd() *cobra.Command {
 		Short: "List enclaves as a JSON array (nitro-cli compatible)",
 		Long: `describe-enclaves prints the running enclaves as nitro-cli does (EnclaveName,
 EnclaveID, ProcessID, EnclaveCID, NumberOfCPUs, CPUIDs, MemoryMiB, State, Flags,
-Measurements), plus Cloister's Backend, EIFPath, StartTime and VsockSocket.
+Measurements), plus Cloister's Backend, EIFPath, StartTime, VsockSocket,
+HostListenerBase and ConsoleLog.
 With --all, exited enclaves are listed too (State EXITED) with their ExitStatus.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -7,10 +7,10 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
 	"syscall"
 	"time"
 
+	"github.com/cloister/cloister/internal/wellknown"
 	"github.com/mdlayher/vsock"
 )
 
@@ -53,9 +53,7 @@ type Handoff interface {
 var _ Handoff = UnixConnector{}
 
 // guestName is the name of the enclave's listener socket for port.
-func guestName(port uint32) string {
-	return "vsock_" + strconv.FormatUint(uint64(port), 10)
-}
+func guestName(port uint32) string { return wellknown.VsockSocketName(port) }
 
 // errNotSocket is the cause of a refused connection to an enclave listener
 // name that is not a socket of the listener directory; it is of class

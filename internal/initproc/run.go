@@ -8,8 +8,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 
+	"github.com/cloister/cloister/internal/wellknown"
 	"golang.org/x/sys/unix"
 )
 
@@ -198,7 +198,7 @@ func prepareSandbox(ctx context.Context, cfg *Config, log logFunc) (Launch, erro
 	}
 	dial := cfg.Dial
 	if dial == nil {
-		sock := filepath.Join(vsockDir, "host", "vsock_"+strconv.Itoa(HeartbeatPort))
+		sock := filepath.Join(vsockDir, wellknown.VsockHostDir, wellknown.VsockSocketName(HeartbeatPort))
 		dial = func(ctx context.Context) (Conn, error) { return DialUnix(ctx, sock) }
 	}
 	if err := Heartbeat(ctx, dial, cfg.Heartbeat); err != nil {

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/cloister/cloister/internal/hybrid"
+	"github.com/cloister/cloister/internal/wellknown"
 	"github.com/mdlayher/vsock"
 )
 
@@ -87,13 +88,13 @@ func (c *Config) ownCID() uint32 {
 // GuestPath returns the sandbox world's listener socket for port:
 // "<dir>/guest/vsock_<port>".
 func GuestPath(dir string, port uint32) string {
-	return filepath.Join(dir, "guest", "vsock_"+strconv.FormatUint(uint64(port), 10))
+	return filepath.Join(dir, wellknown.VsockGuestDir, wellknown.VsockSocketName(port))
 }
 
 // HostPath returns the sandbox world's socket for connections to the
 // parent's port: "<dir>/host/vsock_<port>".
 func HostPath(dir string, port uint32) string {
-	return hybrid.HostPath(filepath.Join(dir, "host", "vsock"), port)
+	return filepath.Join(dir, wellknown.VsockHostDir, wellknown.VsockSocketName(port))
 }
 
 // Listen listens for connections from the parent on port.

@@ -3,6 +3,8 @@
 // heartbeat byte. See docs/ARCHITECTURE.md ("Worlds and addresses").
 package wellknown
 
+import "strconv"
+
 const (
 	// ParentCID is the parent instance's vsock CID as seen from an enclave
 	// (VMADDR_CID_PARENT on Nitro).
@@ -33,3 +35,25 @@ const (
 // fork bomb exhausts the application's share, never the threads init needs
 // to report the exit.
 const InitTaskReserve = 32
+
+// Names in an enclave's vsock directory, shared by the parent (which owns
+// the per-enclave directory, parent/backend.Dir) and the enclave side
+// (internal/transport, internal/initproc), which sees the same names under
+// its mount point. See docs/ARCHITECTURE.md ("Per-enclave directory").
+const (
+	// VsockHostDir holds the host listeners, "<VsockHostDir>/vsock_<port>":
+	// connections the enclave opens to the parent.
+	VsockHostDir = "host"
+	// VsockGuestDir holds the enclave's own listeners, "vsock_<port>"
+	// (sandbox world only).
+	VsockGuestDir = "guest"
+	// VsockSocketPrefix starts every per-port socket name: "vsock_<port>"
+	// (Firecracker's "<uds>_<port>" naming).
+	VsockSocketPrefix = "vsock"
+)
+
+// VsockSocketName is the name of the socket for port in a host or guest
+// listener directory: "vsock_<port>".
+func VsockSocketName(port uint32) string {
+	return VsockSocketPrefix + "_" + strconv.FormatUint(uint64(port), 10)
+}

@@ -31,6 +31,8 @@ var (
 
 // Spec describes one enclave to launch. All resources are already carved
 // out by the daemon: the backend must confine the enclave to exactly them.
+// The daemon builds a Spec once and checks it once, with [ValidateSpec];
+// backends rely on that check.
 type Spec struct {
 	ID        string // EnclaveID, e.g. i-0123456789abcdef0-enc0123456789abcdef
 	Name      string
@@ -46,9 +48,9 @@ type Spec struct {
 	// boots"). A backend reads the image only from here (ReadAt, or
 	// copy_file_range from it), never from EIFPath, and does not close it.
 	Image *os.File `json:"-"`
-	// Dir is the enclave's private directory. Its layout is fixed by the
-	// daemon (see docs/ARCHITECTURE.md): vsock.sock, host/, guest/.
-	Dir string
+	// Dir is the enclave's private directory; [Dir]'s methods name every
+	// path in it.
+	Dir Dir
 	// Console receives the enclave's console output (serial console or the
 	// sandbox's stdout/stderr).
 	Console io.Writer `json:"-"`
@@ -85,8 +87,8 @@ type Instance interface {
 
 // Backend launches enclaves of one kind.
 type Backend interface {
-	// Name is "sandbox", "qemu" or "nitro".
-	Name() string
+	// Kind says which backend this is.
+	Kind() Kind
 	// Check reports whether the backend can run on this host, with an error
 	// that says what is missing and how to fix it.
 	Check(ctx context.Context) error
@@ -94,9 +96,52 @@ type Backend interface {
 	// opens to the parent (CID 3) on port. The daemon calls it before
 	// Launch for the heartbeat and its other services.
 	HostListen(ctx context.Context, spec Spec, port uint32) (net.Listener, error)
-	// Launch starts the enclave. It returns once the enclave's first process
-	// runs; the daemon then waits for the heartbeat.
+	// Launch starts the enclave from a Spec that passed [ValidateSpec]. It
+	// returns once the enclave's first process runs; the daemon then waits
+	// for the heartbeat.
 	Launch(ctx context.Context, spec Spec) (Instance, error)
+}
+
+// Kind names a backend. It is the value of the daemon configuration's
+// "backend" and of describe-enclaves' Backend.
+type Kind string
+
+// The backends.
+const (
+	KindSandbox Kind = "sandbox"
+	KindQEMU    Kind = "qemu"
+	KindNitro   Kind = "nitro"
+)
+
+func (k Kind) String() string { return string(k) }
+
+// Capabilities are what a backend offers beyond [Backend]; the daemon
+// decides by them, never by a backend's [Kind].
+type Capabilities struct {
+	// NoKernel: the backend runs images built without a kernel
+	// (eif.IsNoKernel), which share the host's kernel.
+	NoKernel bool
+	// EmulatedNSM: the enclave's security module is the daemon's emulator
+	// (parent/nsmemu), whose documents the development root signs; without
+	// it the enclave has a real one.
+	EmulatedNSM bool
+	// HostSockets: the enclave's connections to the parent arrive on Unix
+	// sockets at [Dir.HostListener] (hybrid vsock), which host programs may
+	// listen on; without it they arrive on AF_VSOCK.
+	HostSockets bool
+}
+
+// Capable is implemented by backends that offer [Capabilities].
+type Capable interface {
+	Capabilities() Capabilities
+}
+
+// CapabilitiesOf returns b's capabilities: none unless b is [Capable].
+func CapabilitiesOf(b Backend) Capabilities {
+	if c, ok := b.(Capable); ok {
+		return c.Capabilities()
+	}
+	return Capabilities{}
 }
 
 // ValidateSpec checks the parts of a Spec every backend relies on.

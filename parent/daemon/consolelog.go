@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
-)
 
-// consoleRotated is the kept console's previous file (console.log.1).
-const consoleRotated = consoleFile + ".1"
+	"github.com/cloister/cloister/parent/backend"
+)
 
 // consoleLog is an enclave's kept console: D/console.log, capped at max
 // bytes. A write that would take it over max first renames it to
@@ -112,8 +110,8 @@ const consolePoll = 50 * time.Millisecond
 // parts of the current one), until done is closed — it then writes what is
 // left and returns — or ctx ends. flush, when not nil, runs after each
 // write. It returns the error of w, or nil.
-func copyConsole(ctx context.Context, w io.Writer, flush func(), dir string, follow bool, done <-chan struct{}) error {
-	path := filepath.Join(dir, consoleFile)
+func copyConsole(ctx context.Context, w io.Writer, flush func(), dir backend.Dir, follow bool, done <-chan struct{}) error {
+	path := dir.Console()
 	cur, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -139,7 +137,7 @@ func copyConsole(ctx context.Context, w io.Writer, flush func(), dir string, fol
 			}
 		}
 	}
-	if old, err := os.Open(filepath.Join(dir, consoleRotated)); err == nil {
+	if old, err := os.Open(dir.ConsoleRotated()); err == nil {
 		// If console.log was rotated between the two opens, old is the
 		// file cur already reads: skip it.
 		if !sameFile(old, cur) {

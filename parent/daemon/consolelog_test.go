@@ -5,12 +5,12 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/cloister/cloister/parent/backend"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -30,8 +30,8 @@ func readOr(t *testing.T, path string) string {
 // does not fit moves it to console.log.1; a write larger than the cap
 // keeps its end.
 func TestConsoleLogRotates(t *testing.T) {
-	dir := t.TempDir()
-	c, err := openConsoleLog(filepath.Join(dir, consoleFile), 100)
+	dir := backend.Dir(t.TempDir())
+	c, err := openConsoleLog(dir.Console(), 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestConsoleLogRotates(t *testing.T) {
 		if err != nil || n != len(s.write) {
 			t.Fatalf("step %d: Write = %d, %v", i, n, err)
 		}
-		got := files{readOr(t, filepath.Join(dir, consoleFile)), readOr(t, filepath.Join(dir, consoleRotated))}
+		got := files{readOr(t, dir.Console()), readOr(t, dir.ConsoleRotated())}
 		if diff := cmp.Diff(s.want, got); diff != "" {
 			t.Errorf("step %d (-want +got):\n%s", i, diff)
 		}
@@ -61,7 +61,7 @@ func TestConsoleLogRotates(t *testing.T) {
 	if _, err := c.Write([]byte("x")); err == nil {
 		t.Error("Write after Close succeeded")
 	}
-	c2, err := openConsoleLog(filepath.Join(dir, consoleFile), 100)
+	c2, err := openConsoleLog(dir.Console(), 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func TestConsoleLogRotates(t *testing.T) {
 	if _, err := c2.Write([]byte("f")); err != nil {
 		t.Fatal(err)
 	}
-	if got := readOr(t, filepath.Join(dir, consoleRotated)); got != strings.Repeat("e", 100) {
+	if got := readOr(t, dir.ConsoleRotated()); got != strings.Repeat("e", 100) {
 		t.Errorf("after reopening, a write over the cap did not rotate: console.log.1 = %q", got)
 	}
 }
@@ -96,8 +96,8 @@ func (s *syncBuf) String() string {
 // line, in order, across rotations, then the last lines once the enclave
 // has ended; a replay shows console.log.1 then console.log.
 func TestCopyConsoleFollowsRotations(t *testing.T) {
-	dir := t.TempDir()
-	c, err := openConsoleLog(filepath.Join(dir, consoleFile), 64)
+	dir := backend.Dir(t.TempDir())
+	c, err := openConsoleLog(dir.Console(), 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestCopyConsoleFollowsRotations(t *testing.T) {
 	if err := copyConsole(context.Background(), &replay, nil, dir, false, nil); err != nil {
 		t.Fatal(err)
 	}
-	wantReplay := readOr(t, filepath.Join(dir, consoleRotated)) + readOr(t, filepath.Join(dir, consoleFile))
+	wantReplay := readOr(t, dir.ConsoleRotated()) + readOr(t, dir.Console())
 	if replay.String() != wantReplay || !strings.HasSuffix(replay.String(), last) {
 		t.Errorf("replay = %q, want %q", replay.String(), wantReplay)
 	}
@@ -148,7 +148,7 @@ func TestCopyConsoleFollowsRotations(t *testing.T) {
 // BenchmarkConsoleLogWrite measures the kept console's write path (one
 // 4 KiB write, rotating every 4 MiB).
 func BenchmarkConsoleLogWrite(b *testing.B) {
-	c, err := openConsoleLog(filepath.Join(b.TempDir(), consoleFile), 4<<20)
+	c, err := openConsoleLog(backend.Dir(b.TempDir()).Console(), 4<<20)
 	if err != nil {
 		b.Fatal(err)
 	}

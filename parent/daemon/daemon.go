@@ -68,6 +68,7 @@ type Daemon struct {
 	issuer  *attest.Issuer
 	devRoot []byte
 	hostID  string
+	caps    backend.Capabilities // of opts.Backend
 
 	spares bool  // keep a spare monitor ready (the default monitor command)
 	spare  spare // the waiting spare monitor
@@ -81,8 +82,8 @@ type Daemon struct {
 // enclave is the daemon's view of one enclave.
 type enclave struct {
 	rec   record
-	dir   string
-	state string
+	dir   backend.Dir
+	state State
 	exit  *parent.ExitStatus
 	done  chan struct{} // closed when the enclave has ended
 }
@@ -98,8 +99,8 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 	if opts.Backend == nil {
 		return nil, errors.New("daemon: no backend")
 	}
-	if opts.Backend.Name() != cfg.Backend {
-		return nil, fmt.Errorf("daemon: backend %q does not match config backend %q", opts.Backend.Name(), cfg.Backend)
+	if opts.Backend.Kind() != backend.Kind(cfg.Backend) {
+		return nil, fmt.Errorf("daemon: backend %q does not match config backend %q", opts.Backend.Kind(), cfg.Backend)
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -114,7 +115,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 		}
 	}
 	if err := opts.Backend.Check(ctx); err != nil {
-		return nil, fmt.Errorf("daemon: backend %s cannot run on this host: %w", opts.Backend.Name(), err)
+		return nil, fmt.Errorf("daemon: backend %s cannot run on this host: %w", opts.Backend.Kind(), err)
 	}
 	cpus := opts.CPUs
 	if cpus == nil {
@@ -133,11 +134,12 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 		now:      opts.Clock,
 		pool:     newPool(cpus, cfg.MemoryMiB).withCores(opts.Cores),
 		hostID:   instanceID(),
+		caps:     backend.CapabilitiesOf(opts.Backend),
 		enclaves: map[string]*enclave{},
 		closed:   make(chan struct{}),
 		spares:   useSpares,
 	}
-	if cfg.Backend != "nitro" {
+	if d.caps.EmulatedNSM {
 		var err error
 		if d.issuer, err = loadOrCreateIssuer(d.issuerPath(), opts.Clock); err != nil {
 			return nil, err
@@ -231,7 +233,7 @@ func (d *Daemon) Run(ctx context.Context, req parent.RunRequest) (parent.RunResu
 	if min := minMemoryMiB(img.size); req.MemoryMiB < min {
 		return parent.RunResult{}, newErr("E26", parent.ErrInvalidArgument, "at least %d MiB must be allocated to run %s (4 × its %d-byte size, and no less than 64 MiB); raise --memory", min, filepath.Base(eifPath), img.size)
 	}
-	if img.noKernel && d.cfg.Backend != "sandbox" {
+	if img.noKernel && !d.caps.NoKernel {
 		return parent.RunResult{}, newErr("E35", parent.ErrInvalidArgument, "%s was built without a kernel and can only run on the sandbox backend; rebuild it with --kernel (see docs/images.md)", eifPath)
 	}
 
@@ -249,7 +251,8 @@ func (d *Daemon) Run(ctx context.Context, req parent.RunRequest) (parent.RunResu
 		d.mu.Unlock()
 		return parent.RunResult{}, err
 	}
-	cid, err := d.pickCIDLocked(req.EnclaveCID)
+	// In range (checked above): the CID is 32 bits from here on.
+	cid, err := d.pickCIDLocked(uint32(req.EnclaveCID))
 	if err != nil {
 		d.mu.Unlock()
 		return parent.RunResult{}, err
@@ -259,16 +262,11 @@ func (d *Daemon) Run(ctx context.Context, req parent.RunRequest) (parent.RunResu
 		d.mu.Unlock()
 		return parent.RunResult{}, err
 	}
-	dir := filepath.Join(d.cfg.StateDir, "enclaves", slot)
+	dir := backend.Dir(filepath.Join(d.cfg.StateDir, "enclaves", slot))
 	e := &enclave{
-		rec: record{
-			ID: id, Slot: slot, Name: name, CID: cid, CPUs: cpus, MemoryMiB: req.MemoryMiB,
-			Debug: req.DebugMode || req.AttachConsole, EIFPath: eifPath, EIFSize: img.size,
-			Measurements: img.measurements, ImageName: img.name, ImageVersion: img.version, Metadata: img.metadata,
-			Backend: d.cfg.Backend, StartTime: d.now().UTC(),
-		},
+		rec:   newRecord(req, id, slot, name, cid, cpus, eifPath, img, d.opts.Backend.Kind(), d.now()),
 		dir:   dir,
-		state: parent.StateStarting,
+		state: StateStarting,
 		done:  make(chan struct{}),
 	}
 	d.enclaves[id] = e
@@ -282,10 +280,7 @@ func (d *Daemon) Run(ctx context.Context, req parent.RunRequest) (parent.RunResu
 		return parent.RunResult{}, err
 	}
 	log.Info("enclave running", "pid", e.rec.EnclavePID)
-	return parent.RunResult{
-		EnclaveName: name, EnclaveID: id, ProcessID: e.rec.EnclavePID, EnclaveCID: cid,
-		NumberOfCPUs: len(cpus), CPUIDs: cpus, MemoryMiB: req.MemoryMiB,
-	}, nil
+	return e.rec.runResult(), nil
 }
 
 // minMemoryMiB is nitro-cli's rule: at least 4 × the EIF size, and the
@@ -298,7 +293,7 @@ func minMemoryMiB(eifSize int64) int {
 func (d *Daemon) pickNameLocked(requested, eifPath string) (string, error) {
 	taken := func(n string) bool {
 		for _, e := range d.enclaves {
-			if e.state != parent.StateExited && e.rec.Name == n {
+			if e.state != StateExited && e.rec.Name == n {
 				return true
 			}
 		}
@@ -327,10 +322,10 @@ func (d *Daemon) pickNameLocked(requested, eifPath string) (string, error) {
 // firstAutoCID is where automatic CIDs start, as on Nitro hosts.
 const firstAutoCID = 16
 
-func (d *Daemon) pickCIDLocked(requested uint64) (uint64, error) {
-	used := map[uint64]bool{}
+func (d *Daemon) pickCIDLocked(requested uint32) (uint32, error) {
+	used := map[uint32]bool{}
 	for _, e := range d.enclaves {
-		if e.state != parent.StateExited {
+		if e.state != StateExited {
 			used[e.rec.CID] = true
 		}
 	}
@@ -340,7 +335,7 @@ func (d *Daemon) pickCIDLocked(requested uint64) (uint64, error) {
 		}
 		return requested, nil
 	}
-	for c := uint64(firstAutoCID); c <= wellknown.MaxEnclaveCID; c++ {
+	for c := uint32(firstAutoCID); c <= wellknown.MaxEnclaveCID; c++ {
 		if !used[c] {
 			return c, nil
 		}
@@ -354,7 +349,7 @@ func (d *Daemon) forget(e *enclave) {
 	d.mu.Lock()
 	delete(d.enclaves, e.rec.ID)
 	d.mu.Unlock()
-	if err := os.RemoveAll(e.dir); err != nil {
+	if err := os.RemoveAll(e.dir.Path()); err != nil {
 		d.log.Warn("removing enclave directory", "dir", e.dir, "err", err)
 	}
 }
@@ -374,8 +369,8 @@ func (d *Daemon) lookup(idOrName string) (*enclave, error) {
 		}
 		switch {
 		case best == nil,
-			best.state == parent.StateExited && e.state != parent.StateExited,
-			best.state == parent.StateExited && e.state == parent.StateExited && e.rec.StartTime.After(best.rec.StartTime):
+			best.state == StateExited && e.state != StateExited,
+			best.state == StateExited && e.state == StateExited && e.rec.StartTime.After(best.rec.StartTime):
 			best = e
 		}
 	}
@@ -391,10 +386,10 @@ func (d *Daemon) Describe(all bool) []parent.EnclaveDescription {
 	defer d.mu.Unlock()
 	out := []parent.EnclaveDescription{}
 	for _, e := range d.enclaves {
-		if e.state == parent.StateExited && !all {
+		if e.state == StateExited && !all {
 			continue
 		}
-		out = append(out, e.describeLocked())
+		out = append(out, e.describeLocked(d.caps))
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if !out[i].StartTime.Equal(out[j].StartTime) {
@@ -413,29 +408,11 @@ func (d *Daemon) DescribeOne(idOrName string) (parent.EnclaveDescription, error)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return e.describeLocked(), nil
+	return e.describeLocked(d.caps), nil
 }
 
-func (e *enclave) describeLocked() parent.EnclaveDescription {
-	flags := parent.FlagsNone
-	if e.rec.Debug {
-		flags = parent.FlagsDebug
-	}
-	desc := parent.EnclaveDescription{
-		EnclaveName: e.rec.Name, EnclaveID: e.rec.ID, ProcessID: e.rec.EnclavePID, EnclaveCID: e.rec.CID,
-		NumberOfCPUs: len(e.rec.CPUs), CPUIDs: append([]int(nil), e.rec.CPUs...), MemoryMiB: e.rec.MemoryMiB,
-		State: e.state, Flags: flags, Measurements: e.rec.Measurements,
-		ImageName: e.rec.ImageName, ImageVersion: e.rec.ImageVersion, Metadata: e.rec.Metadata,
-		Backend: e.rec.Backend, EIFPath: e.rec.EIFPath, StartTime: e.rec.StartTime,
-	}
-	if e.state != parent.StateExited {
-		desc.VsockSocket = filepath.Join(e.dir, vsockSock)
-	}
-	if e.exit != nil {
-		x := *e.exit
-		desc.ExitStatus = &x
-	}
-	return desc
+func (e *enclave) describeLocked(caps backend.Capabilities) parent.EnclaveDescription {
+	return e.rec.describe(e.dir, e.state, e.exit, caps)
 }
 
 // Terminate stops an enclave by ID or name. Terminating an exited enclave
@@ -448,11 +425,11 @@ func (d *Daemon) Terminate(ctx context.Context, idOrName string) (parent.Termina
 	res := parent.TerminateResult{EnclaveName: e.rec.Name, EnclaveID: e.rec.ID, Terminated: true}
 	d.mu.Lock()
 	st := e.state
-	if st == parent.StateRunning || st == parent.StateStarting {
-		e.state = parent.StateTerminating
+	if st == StateRunning || st == StateStarting {
+		e.state = StateTerminating
 	}
 	d.mu.Unlock()
-	if st == parent.StateExited {
+	if st == StateExited {
 		d.remove(e)
 		return res, nil
 	}
@@ -475,7 +452,7 @@ func (d *Daemon) TerminateAll(ctx context.Context) ([]parent.TerminateResult, er
 	d.mu.Lock()
 	var ids []string
 	for id, e := range d.enclaves {
-		if e.state != parent.StateExited {
+		if e.state != StateExited {
 			ids = append(ids, id)
 		}
 	}
@@ -499,7 +476,7 @@ func (d *Daemon) remove(e *enclave) {
 	d.mu.Lock()
 	delete(d.enclaves, e.rec.ID)
 	d.mu.Unlock()
-	if err := os.RemoveAll(e.dir); err != nil {
+	if err := os.RemoveAll(e.dir.Path()); err != nil {
 		d.log.Warn("removing enclave directory", "dir", e.dir, "err", err)
 	}
 }
@@ -514,10 +491,10 @@ func (d *Daemon) Dial(ctx context.Context, idOrName string, port uint32) (net.Co
 	d.mu.Lock()
 	st := e.state
 	d.mu.Unlock()
-	if st != parent.StateRunning {
+	if st != StateRunning {
 		return nil, newErr("", parent.ErrConflict, "enclave %s is %s, not RUNNING", e.rec.ID, st)
 	}
-	c, err := hybrid.Dial(ctx, filepath.Join(e.dir, vsockSock), port, nil)
+	c, err := hybrid.Dial(ctx, e.dir.VsockSock(), port, nil)
 	if err != nil {
 		return nil, fmt.Errorf("daemon: connect to port %d of enclave %s: %w", port, e.rec.ID, err)
 	}
@@ -527,19 +504,18 @@ func (d *Daemon) Dial(ctx context.Context, idOrName string, port uint32) (net.Co
 // ended records how an enclave ended and gives its resources back.
 func (d *Daemon) ended(e *enclave, x parent.ExitStatus) {
 	d.mu.Lock()
-	if e.state == parent.StateExited {
+	if e.state == StateExited {
 		d.mu.Unlock()
 		return
 	}
-	e.state = parent.StateExited
+	e.state = StateExited
 	e.exit = &x
 	d.mu.Unlock()
 	d.pool.release(e.rec.ID)
-	for _, p := range []string{monitorSock, vsockSock} {
-		_ = os.Remove(filepath.Join(e.dir, p))
-	}
-	_ = os.RemoveAll(filepath.Join(e.dir, hostSubdir))
-	_ = os.RemoveAll(filepath.Join(e.dir, guestSubdir))
+	_ = os.Remove(e.dir.MonitorSock())
+	_ = os.Remove(e.dir.VsockSock())
+	_ = os.RemoveAll(e.dir.HostDir())
+	_ = os.RemoveAll(e.dir.GuestDir())
 	close(e.done)
 	d.log.Info("enclave ended", "enclave", e.rec.ID, "reason", x.Reason, "code", x.Code)
 	d.pruneExited()
@@ -550,7 +526,7 @@ func (d *Daemon) pruneExited() {
 	d.mu.Lock()
 	var exited []*enclave
 	for _, e := range d.enclaves {
-		if e.state == parent.StateExited {
+		if e.state == StateExited {
 			exited = append(exited, e)
 		}
 	}

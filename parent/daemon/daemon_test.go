@@ -180,7 +180,7 @@ func TestRunDescribeTerminate(t *testing.T) {
 		t.Error("no free CPU after terminate")
 	}
 	// The kept console log survives the enclave.
-	b, err := os.ReadFile(filepath.Join(state, "enclaves", strings.SplitN(res.EnclaveID, "-enc", 2)[1], consoleFile))
+	b, err := os.ReadFile(backend.Dir(filepath.Join(state, "enclaves", strings.SplitN(res.EnclaveID, "-enc", 2)[1])).Console())
 	if err != nil || !strings.Contains(string(b), "echo service ready") {
 		t.Errorf("console log %q, %v", b, err)
 	}

@@ -27,16 +27,19 @@ import (
 //	anything   heartbeat, then serve an echo service on port 5000 until terminated
 type fakeBackend struct{}
 
-func (fakeBackend) Name() string                    { return "sandbox" }
+func (fakeBackend) Kind() backend.Kind { return backend.KindSandbox }
+func (fakeBackend) Capabilities() backend.Capabilities {
+	return backend.Capabilities{NoKernel: true, EmulatedNSM: true, HostSockets: true}
+}
 func (fakeBackend) Check(ctx context.Context) error { return nil }
 
 func (fakeBackend) HostListen(ctx context.Context, spec backend.Spec, port uint32) (net.Listener, error) {
-	return hybrid.Listen(filepath.Join(spec.Dir, hostSubdir, hostListener), port)
+	return hybrid.Listen(spec.Dir.HostListenerBase(), port)
 }
 
 func (fakeBackend) Launch(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
 	// The fake enclave's listeners go in D/guest, as the sandbox's once did.
-	if err := os.MkdirAll(filepath.Join(spec.Dir, guestSubdir), 0o700); err != nil {
+	if err := os.MkdirAll(spec.Dir.GuestDir(), 0o700); err != nil {
 		return nil, err
 	}
 	f := &fakeInstance{spec: spec, done: make(chan struct{}), stop: make(chan struct{})}
@@ -68,7 +71,7 @@ func (f *fakeInstance) Terminate(ctx context.Context) error {
 
 func (f *fakeInstance) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 	var d net.Dialer
-	return d.DialContext(ctx, "unix", filepath.Join(f.spec.Dir, guestSubdir, fmt.Sprintf("vsock_%d", port)))
+	return d.DialContext(ctx, "unix", filepath.Join(f.spec.Dir.GuestDir(), wellknown.VsockSocketName(port)))
 }
 
 func (f *fakeInstance) console(format string, args ...any) {
@@ -96,7 +99,7 @@ func (f *fakeInstance) run() {
 		f.exit = backend.Exit{Code: code, Reason: fmt.Sprintf("exited with status %d", code)}
 		return
 	}
-	l, err := net.Listen("unix", filepath.Join(f.spec.Dir, guestSubdir, "vsock_5000"))
+	l, err := net.Listen("unix", filepath.Join(f.spec.Dir.GuestDir(), wellknown.VsockSocketName(5000)))
 	if err != nil {
 		f.exit = backend.Exit{Code: 1, Reason: err.Error()}
 		return
@@ -120,7 +123,7 @@ func (f *fakeInstance) run() {
 }
 
 func (f *fakeInstance) heartbeat() error {
-	path := hybrid.HostPath(filepath.Join(f.spec.Dir, hostSubdir, hostListener), wellknown.HeartbeatPort)
+	path := f.spec.Dir.HostListener(wellknown.HeartbeatPort)
 	c, err := net.DialTimeout("unix", path, 5*time.Second)
 	if err != nil {
 		return err

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,7 +40,7 @@ type imageInfo struct {
 	size         int64
 	noKernel     bool
 	measurements parent.Measurements
-	pcrs         map[int]string // measured boot PCRs for the emulated NSM
+	pcrs         pcrSet // measured boot PCRs for the emulated NSM
 	name         string
 	version      string
 	metadata     json.RawMessage
@@ -194,25 +193,8 @@ func measureImage(f *os.File, name string, size int64, now time.Time) (imageInfo
 			return imageInfo{}, newErr("E59", parent.ErrInvalidArgument, "signature of %s does not verify: %v", name, err)
 		}
 	}
-	info := imageInfo{
-		size:     size,
-		noKernel: eif.IsNoKernel(img),
-		measurements: parent.Measurements{
-			HashAlgorithm: parent.HashAlgorithm,
-			PCR0:          hex.EncodeToString(m.PCR0[:]),
-			PCR1:          hex.EncodeToString(m.PCR1[:]),
-			PCR2:          hex.EncodeToString(m.PCR2[:]),
-		},
-		pcrs: map[int]string{
-			0: hex.EncodeToString(m.PCR0[:]),
-			1: hex.EncodeToString(m.PCR1[:]),
-			2: hex.EncodeToString(m.PCR2[:]),
-		},
-	}
-	if m.PCR8 != nil {
-		info.measurements.PCR8 = hex.EncodeToString(m.PCR8[:])
-		info.pcrs[8] = info.measurements.PCR8
-	}
+	pcrs := pcrsOf(m)
+	info := imageInfo{size: size, noKernel: eif.IsNoKernel(img), pcrs: pcrs, measurements: measurementsOf(pcrs)}
 	if sec := img.Section(eif.SectionMetadata); sec != nil {
 		md, err := eif.ParseMetadata(sec.Data)
 		if err != nil {

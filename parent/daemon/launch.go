@@ -18,22 +18,21 @@ import (
 // the enclave runs (heartbeat received) or the launch fails.
 func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	launchBegan := time.Now()
-	if err := os.MkdirAll(e.dir, 0o700); err != nil {
+	if err := os.MkdirAll(e.dir.Path(), 0o700); err != nil {
 		return fmt.Errorf("daemon: create enclave directory: %w", err)
 	}
-	spec := backend.Spec{
-		ID: e.rec.ID, Name: e.rec.Name, CID: uint32(e.rec.CID), CPUs: e.rec.CPUs, MemoryMiB: e.rec.MemoryMiB,
-		Debug: e.rec.Debug, EIFPath: e.rec.EIFPath, Image: img.file, Dir: e.dir,
-	}
+	// The one check of the Spec: backends rely on it.
+	spec := e.rec.spec(e.dir, img.file)
 	if err := backend.ValidateSpec(spec); err != nil {
 		return newErr("E03", parent.ErrInvalidArgument, "%v", err)
 	}
 	hbTimeout := d.heartbeatTimeout(e.rec.EIFSize, e.rec.MemoryMiB)
-	ms := monitorSpec{Spec: spec, Config: d.cfg, HeartbeatTimeout: hbTimeout, PCRs: img.info.pcrs}
+	var issuerFile string
 	if d.issuer != nil {
-		ms.IssuerFile = d.issuerPath()
+		issuerFile = d.issuerPath()
 	}
-	if err := writeJSONAtomic(filepath.Join(e.dir, specFile), ms); err != nil {
+	ms := newMonitorSpec(spec, d.cfg, hbTimeout, img.info.pcrs, issuerFile)
+	if err := writeMonitorSpec(e.dir, ms); err != nil {
 		return fmt.Errorf("daemon: write monitor spec: %w", err)
 	}
 
@@ -45,11 +44,11 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 		defer func() { go d.spawnSpare() }()
 	}
 	if proc == nil {
-		logf, err := os.OpenFile(filepath.Join(e.dir, monitorLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		logf, err := os.OpenFile(e.dir.MonitorLog(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if err != nil {
 			return fmt.Errorf("daemon: monitor log: %w", err)
 		}
-		cmd := d.opts.MonitorCommand(e.dir)
+		cmd := d.opts.MonitorCommand(e.dir.Path())
 		cmd.Stdout, cmd.Stderr = logf, logf
 		// The image goes to the monitor as descriptor ImageFD (3).
 		cmd.ExtraFiles = []*os.File{img.file}
@@ -65,7 +64,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	}
 	monitorStarted := time.Now()
 	e.rec.MonitorPID = proc.Pid
-	if err := writeJSONAtomic(filepath.Join(e.dir, recordFile), e.rec); err != nil {
+	if err := writeRecord(e.dir, e.rec); err != nil {
 		_ = proc.Kill()
 		return fmt.Errorf("daemon: write enclave record: %w", err)
 	}
@@ -78,9 +77,9 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	if err != nil {
 		_ = proc.Kill()
 		_ = monitorTerminate(context.Background(), e.dir)
-		return newErr("E39", parent.ErrBoot, "enclave monitor did not report: %v (see %s)", err, filepath.Join(e.dir, monitorLog))
+		return newErr("E39", parent.ErrBoot, "enclave monitor did not report: %v (see %s)", err, e.dir.MonitorLog())
 	}
-	if st.State != parent.StateRunning && !st.Booted {
+	if st.State != StateRunning && !st.Booted {
 		msg := st.Error
 		if msg == "" && st.Exit != nil {
 			msg = st.Exit.Reason
@@ -93,10 +92,10 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	}
 	d.mu.Lock()
 	e.rec.EnclavePID = st.EnclavePID
-	e.state = parent.StateRunning
+	e.state = StateRunning
 	rec := e.rec
 	d.mu.Unlock()
-	if err := writeJSONAtomic(filepath.Join(e.dir, recordFile), rec); err != nil {
+	if err := writeRecord(e.dir, rec); err != nil {
 		d.log.Warn("updating enclave record", "err", err)
 	}
 	d.log.Debug("launch timing", "enclave", e.rec.ID, "monitor_exec", monitorStarted.Sub(launchBegan), "until_running", time.Since(monitorStarted))
@@ -106,8 +105,8 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 
 // consoleHint returns the last lines of the enclave's console for error
 // messages about failed launches.
-func consoleHint(dir string) string {
-	b, err := os.ReadFile(filepath.Join(dir, consoleFile))
+func consoleHint(dir backend.Dir) string {
+	b, err := os.ReadFile(dir.Console())
 	if err != nil || len(b) == 0 {
 		return ""
 	}
@@ -119,18 +118,17 @@ func consoleHint(dir string) string {
 }
 
 // awaitMonitorState polls the monitor until it leaves STARTING.
-func (d *Daemon) awaitMonitorState(ctx context.Context, dir string, pid int) (monitorStatus, error) {
+func (d *Daemon) awaitMonitorState(ctx context.Context, dir backend.Dir, pid int) (monitorStatus, error) {
 	// The monitor's socket appears a few milliseconds after it starts:
 	// poll quickly at first, then back off.
 	delay := time.Millisecond
 	for {
-		st, err := monitorCall(ctx, dir, "GET", "/wait?state="+parent.StateStarting)
-		if err == nil && st.State != parent.StateStarting {
+		st, err := monitorCall(ctx, dir, "GET", "/wait?state="+StateStarting.String())
+		if err == nil && st.State != StateStarting {
 			return st, nil
 		}
 		// Not up yet, or gone: a recorded exit is authoritative.
-		var x monitorStatus
-		if rerr := readJSON(filepath.Join(dir, exitFile), &x); rerr == nil {
+		if x, rerr := readExit(dir); rerr == nil {
 			return x, nil
 		}
 		if pid > 0 && !processAlive(pid) {
@@ -164,12 +162,11 @@ func (d *Daemon) watch(e *enclave) {
 			if ctx.Err() != nil {
 				return // daemon shutting down; the monitor carries on
 			}
-			if err == nil && st.State == parent.StateExited && st.Exit != nil {
+			if err == nil && st.State == StateExited && st.Exit != nil {
 				d.ended(e, *st.Exit)
 				return
 			}
-			var x monitorStatus
-			if rerr := readJSON(filepath.Join(e.dir, exitFile), &x); rerr == nil && x.Exit != nil {
+			if x, rerr := readExit(e.dir); rerr == nil && x.Exit != nil {
 				d.ended(e, *x.Exit)
 				return
 			}
@@ -197,20 +194,19 @@ func (d *Daemon) reapLost(ctx context.Context, e *enclave, reason string) {
 		_ = syscall.Kill(e.rec.MonitorPID, syscall.SIGKILL)
 	}
 	if c, ok := d.opts.Backend.(backend.Cleaner); ok {
-		spec := backend.Spec{ID: e.rec.ID, Name: e.rec.Name, CID: uint32(e.rec.CID), CPUs: e.rec.CPUs, MemoryMiB: e.rec.MemoryMiB, EIFPath: e.rec.EIFPath, Dir: e.dir}
-		if err := c.Cleanup(ctx, spec); err != nil {
+		if err := c.Cleanup(ctx, e.rec.spec(e.dir, nil)); err != nil {
 			d.log.Warn("backend cleanup", "enclave", e.rec.ID, "err", err)
 		}
 	}
 	x := parent.ExitStatus{Code: -1, Reason: reason, Time: d.now().UTC()}
-	_ = writeJSONAtomic(filepath.Join(e.dir, exitFile), monitorStatus{State: parent.StateExited, EnclavePID: e.rec.EnclavePID, Exit: &x})
+	_ = writeExit(e.dir, monitorStatus{State: StateExited, EnclavePID: e.rec.EnclavePID, Exit: &x})
 	d.ended(e, x)
 }
 
 // isMonitorOf reports whether process pid is a monitor for dir: a
 // "__monitor" process with dir on its command line, or (a spare that took
 // the job) as its working directory.
-func isMonitorOf(pid int, dir string) bool {
+func isMonitorOf(pid int, dir backend.Dir) bool {
 	if pid <= 0 {
 		return false
 	}
@@ -223,12 +219,12 @@ func isMonitorOf(pid int, dir string) bool {
 		return false
 	}
 	for _, arg := range args {
-		if string(arg) == dir {
+		if string(arg) == dir.Path() {
 			return true
 		}
 	}
 	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
-	return err == nil && cwd == dir
+	return err == nil && cwd == dir.Path()
 }
 
 // recover finds the enclaves of a previous daemon: running ones are adopted,
@@ -239,24 +235,38 @@ func (d *Daemon) recover(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("daemon: read %s: %w", root, err)
 	}
+	// Every record is read before anything is adopted: a record of a newer
+	// daemon stops the start, as it may hold resources this daemon would
+	// otherwise hand out again.
+	type found struct {
+		dir backend.Dir
+		rec record
+	}
+	var all []found
 	for _, de := range ents {
 		if !de.IsDir() {
 			continue
 		}
-		dir := filepath.Join(root, de.Name())
-		var rec record
-		if err := readJSON(filepath.Join(dir, recordFile), &rec); err != nil {
+		dir := backend.Dir(filepath.Join(root, de.Name()))
+		rec, err := readRecord(dir)
+		if errors.Is(err, errStateVersion) {
+			return err
+		}
+		if err != nil {
 			d.log.Warn("removing enclave directory without a readable record", "dir", dir, "err", err)
-			_ = os.RemoveAll(dir)
+			_ = os.RemoveAll(dir.Path())
 			continue
 		}
-		e := &enclave{rec: rec, dir: dir, state: parent.StateRunning, done: make(chan struct{})}
+		all = append(all, found{dir, rec})
+	}
+	for _, f := range all {
+		dir, rec := f.dir, f.rec
+		e := &enclave{rec: rec, dir: dir, state: StateRunning, done: make(chan struct{})}
 		d.mu.Lock()
 		d.enclaves[rec.ID] = e
 		d.mu.Unlock()
-		var x monitorStatus
-		if err := readJSON(filepath.Join(dir, exitFile), &x); err == nil && x.Exit != nil {
-			e.state = parent.StateExited
+		if x, err := readExit(dir); err == nil && x.Exit != nil {
+			e.state = StateExited
 			e.exit = x.Exit
 			close(e.done)
 			continue
@@ -266,20 +276,20 @@ func (d *Daemon) recover(ctx context.Context) error {
 		st, err := monitorCall(cctx, dir, "GET", "/status")
 		cancel()
 		switch {
-		case err == nil && st.State == parent.StateRunning:
+		case err == nil && st.State == StateRunning:
 			d.log.Info("found running enclave", "enclave", rec.ID, "name", rec.Name)
 			d.watch(e)
-		case err == nil && st.State == parent.StateStarting:
+		case err == nil && st.State == StateStarting:
 			// A launch that was under way when the daemon stopped: its
 			// client is gone, so stop it.
 			d.log.Warn("terminating an enclave whose launch was interrupted", "enclave", rec.ID)
-			e.state = parent.StateTerminating
+			e.state = StateTerminating
 			if terr := monitorTerminate(ctx, dir); terr != nil {
 				d.reapLost(ctx, e, "launch interrupted by a daemon restart")
 			} else {
 				d.watch(e)
 			}
-		case err == nil && st.State == parent.StateExited && st.Exit != nil:
+		case err == nil && st.State == StateExited && st.Exit != nil:
 			d.ended(e, *st.Exit)
 		default:
 			d.log.Warn("cleaning up an enclave whose monitor is gone", "enclave", rec.ID, "err", err)

@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,18 +27,22 @@ import (
 
 // monitorSpec is what the daemon hands a monitor in <dir>/monitor.json.
 type monitorSpec struct {
-	Spec             backend.Spec   `json:"spec"`
-	Config           Config         `json:"config"`
-	HeartbeatTimeout time.Duration  `json:"heartbeat_timeout"`
-	IssuerFile       string         `json:"issuer_file,omitempty"`
-	PCRs             map[int]string `json:"pcrs,omitempty"` // measured PCRs for the emulated NSM, hex
+	FormatVersion    int           `json:"format_version"` // see record.FormatVersion
+	Spec             backend.Spec  `json:"spec"`
+	Config           Config        `json:"config"`
+	HeartbeatTimeout time.Duration `json:"heartbeat_timeout"`
+	IssuerFile       string        `json:"issuer_file,omitempty"`
+	PCRs             pcrSet        `json:"pcrs,omitempty"` // measured PCRs for the emulated NSM (hex in JSON)
 }
 
 // monitorStatus is the monitor's answer to GET /status, /wait and
 // POST /terminate.
 type monitorStatus struct {
-	State      string `json:"state"` // STARTING, RUNNING, EXITED
-	EnclavePID int    `json:"enclave_pid"`
+	// FormatVersion is set in exit.json (see record.FormatVersion); the
+	// control socket's answers leave it out.
+	FormatVersion int   `json:"format_version,omitempty"`
+	State         State `json:"state"` // STARTING, RUNNING, EXITED
+	EnclavePID    int   `json:"enclave_pid"`
 	// Booted is set once the boot heartbeat arrived; an enclave can boot
 	// and end before the daemon sees it RUNNING.
 	Booted bool               `json:"booted,omitempty"`
@@ -58,14 +61,15 @@ type BackendFactory func(cfg Config) (backend.Backend, error)
 // of the image (the bytes it measured), serves the enclave's services and
 // records its exit. It returns when the enclave has ended and its exit is
 // recorded. RunMonitor closes img once the enclave is launched.
-func RunMonitor(ctx context.Context, dir string, img *os.File, newBackend BackendFactory, logger *slog.Logger) error {
+func RunMonitor(ctx context.Context, path string, img *os.File, newBackend BackendFactory, logger *slog.Logger) error {
+	dir := backend.Dir(path)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	start := time.Now()
-	var ms monitorSpec
-	if err := readJSON(filepath.Join(dir, specFile), &ms); err != nil {
-		return fmt.Errorf("monitor: read %s: %w", specFile, err)
+	ms, err := readMonitorSpec(dir)
+	if err != nil {
+		return fmt.Errorf("monitor: read %s: %w", dir.MonitorSpec(), err)
 	}
 	defer img.Close()
 	be, err := newBackend(ms.Config)
@@ -73,7 +77,7 @@ func RunMonitor(ctx context.Context, dir string, img *os.File, newBackend Backen
 		return fmt.Errorf("monitor: backend: %w", err)
 	}
 	ms.Spec.Image = img
-	m := &monitor{start: start, dir: dir, spec: ms, be: be, log: logger.With("enclave", ms.Spec.ID), status: monitorStatus{State: parent.StateStarting}}
+	m := &monitor{start: start, dir: dir, spec: ms, be: be, log: logger.With("enclave", ms.Spec.ID), status: monitorStatus{State: StateStarting}}
 	m.changed = make(chan struct{})
 	if err := checkSealed(img); err != nil {
 		return m.fail("E36", err)
@@ -83,7 +87,7 @@ func RunMonitor(ctx context.Context, dir string, img *os.File, newBackend Backen
 
 type monitor struct {
 	start time.Time // when the monitor began
-	dir   string
+	dir   backend.Dir
 	spec  monitorSpec
 	be    backend.Backend
 	log   *slog.Logger
@@ -117,11 +121,11 @@ func (m *monitor) requestTerminate() { m.termOnce.Do(func() { close(m.terminate)
 func (m *monitor) run(ctx context.Context) error {
 	m.terminate = make(chan struct{})
 	spec := m.spec.Spec
-	if err := os.MkdirAll(filepath.Join(m.dir, hostSubdir), 0o700); err != nil {
-		return m.fail("", fmt.Errorf("create %s: %w", hostSubdir, err))
+	if err := os.MkdirAll(m.dir.HostDir(), 0o700); err != nil {
+		return m.fail("", fmt.Errorf("create %s: %w", m.dir.HostDir(), err))
 	}
 	// The enclave's output goes to a capped, rotating log (consolelog.go).
-	console, err := openConsoleLog(filepath.Join(m.dir, consoleFile), m.spec.Config.consoleMaxBytes())
+	console, err := openConsoleLog(m.dir.Console(), m.spec.Config.consoleMaxBytes())
 	if err != nil {
 		return m.fail("", err)
 	}
@@ -129,7 +133,7 @@ func (m *monitor) run(ctx context.Context) error {
 	spec.Console = console
 
 	// The control socket comes first so the daemon can watch the launch.
-	ctl, err := listenUnix(filepath.Join(m.dir, monitorSock))
+	ctl, err := listenUnix(m.dir.MonitorSock())
 	if err != nil {
 		return m.fail("", err)
 	}
@@ -175,7 +179,7 @@ func (m *monitor) run(ctx context.Context) error {
 	m.setStatus(func(s *monitorStatus) { s.EnclavePID = inst.Pid() })
 
 	// Host → enclave connections through the hybrid socket.
-	vs, err := listenUnix(filepath.Join(m.dir, vsockSock))
+	vs, err := listenUnix(m.dir.VsockSock())
 	if err != nil {
 		_ = inst.Terminate(context.Background())
 		return m.fail("E11", err)
@@ -191,7 +195,7 @@ func (m *monitor) run(ctx context.Context) error {
 	}
 	_ = hb.Close()
 	m.log.Info("heartbeat received; enclave running", "setup", launchStart.Sub(m.start), "launch", launched.Sub(launchStart), "boot", time.Since(launched))
-	m.setStatus(func(s *monitorStatus) { s.State, s.Booted = parent.StateRunning, true })
+	m.setStatus(func(s *monitorStatus) { s.State, s.Booted = StateRunning, true })
 
 	select {
 	case <-inst.Done():
@@ -212,7 +216,7 @@ func (m *monitor) run(ctx context.Context) error {
 		x.Reason = "terminated"
 	default:
 	}
-	return m.finish(parent.ExitStatus{Code: x.Code, Signal: x.Signal, Reason: x.Reason, Time: time.Now().UTC()}, "", "")
+	return m.finish(exitStatus(x, time.Now()), "", "")
 }
 
 // awaitHeartbeat accepts the boot heartbeat: one 0xB7 byte, echoed back.
@@ -277,14 +281,6 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 		if err != nil {
 			return fmt.Errorf("load development root: %w", err)
 		}
-		pcrs := map[int][]byte{}
-		for i, h := range m.spec.PCRs {
-			b, err := hex.DecodeString(h)
-			if err != nil {
-				return fmt.Errorf("PCR%d: %w", i, err)
-			}
-			pcrs[i] = b
-		}
 		// Per-enclave limits: the emulator works in this process, outside
 		// the enclave's cgroup (monitor_limits.go).
 		nc := m.spec.Config.NSM.withDefaults()
@@ -293,7 +289,7 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 			return fmt.Errorf("security module emulator: %w", err)
 		}
 		emu, err := nsmemu.New(nsmemu.Config{
-			ModuleID: spec.ID, Issuer: iss, PCRs: pcrs, Debug: spec.Debug,
+			ModuleID: spec.ID, Issuer: iss, PCRs: m.spec.PCRs, Debug: spec.Debug,
 			Logger:      m.log.With("service", "nsm"),
 			IdleTimeout: nc.IdleTimeout, Attestations: bucket,
 		})
@@ -352,11 +348,11 @@ func (m *monitor) fail(code string, err error) error {
 
 // finish writes exit.json and publishes the final status.
 func (m *monitor) finish(x parent.ExitStatus, errMsg, code string) error {
-	st := monitorStatus{State: parent.StateExited, Exit: &x, Error: errMsg, Code: code}
+	st := monitorStatus{State: StateExited, Exit: &x, Error: errMsg, Code: code}
 	m.mu.Lock()
 	st.EnclavePID, st.Booted = m.status.EnclavePID, m.status.Booted
 	m.mu.Unlock()
-	werr := writeJSONAtomic(filepath.Join(m.dir, exitFile), st)
+	werr := writeExit(m.dir, st)
 	m.setStatus(func(s *monitorStatus) { *s = st })
 	if werr != nil {
 		return fmt.Errorf("monitor: record exit: %w", werr)
@@ -375,7 +371,7 @@ func (m *monitor) handler() http.Handler {
 		from := r.URL.Query().Get("state")
 		for {
 			st, changed := m.snapshot()
-			if st.State == parent.StateExited || (from != "" && st.State != from) {
+			if st.State == StateExited || (from != "" && st.State.String() != from) {
 				writeJSON(w, http.StatusOK, st)
 				return
 			}
@@ -391,7 +387,7 @@ func (m *monitor) handler() http.Handler {
 		m.requestTerminate()
 		for {
 			st, changed := m.snapshot()
-			if st.State == parent.StateExited {
+			if st.State == StateExited {
 				writeJSON(w, http.StatusOK, st)
 				return
 			}
@@ -442,8 +438,8 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // monitorClient talks to a monitor's control socket.
-func monitorClient(dir string) *http.Client {
-	sock := filepath.Join(dir, monitorSock)
+func monitorClient(dir backend.Dir) *http.Client {
+	sock := dir.MonitorSock()
 	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -453,7 +449,7 @@ func monitorClient(dir string) *http.Client {
 	}}
 }
 
-func monitorCall(ctx context.Context, dir, method, path string) (monitorStatus, error) {
+func monitorCall(ctx context.Context, dir backend.Dir, method, path string) (monitorStatus, error) {
 	req, err := http.NewRequestWithContext(ctx, method, "http://monitor"+path, nil)
 	if err != nil {
 		return monitorStatus{}, err
@@ -477,7 +473,7 @@ func monitorCall(ctx context.Context, dir, method, path string) (monitorStatus, 
 	return st, nil
 }
 
-func monitorTerminate(ctx context.Context, dir string) error {
+func monitorTerminate(ctx context.Context, dir backend.Dir) error {
 	_, err := monitorCall(ctx, dir, http.MethodPost, "/terminate")
 	return err
 }

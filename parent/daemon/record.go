@@ -17,38 +17,27 @@ import (
 // <state>/enclaves/<slot>/record.json. It is enough to find the enclave again
 // after a daemon restart.
 type record struct {
-	ID           string              `json:"id"`
-	Slot         string              `json:"slot"`
-	Name         string              `json:"name"`
-	CID          uint64              `json:"cid"`
-	CPUs         []int               `json:"cpus"`
-	MemoryMiB    int                 `json:"memory_mib"`
-	Debug        bool                `json:"debug"`
-	EIFPath      string              `json:"eif_path"`
-	EIFSize      int64               `json:"eif_size"`
-	Measurements parent.Measurements `json:"measurements"`
-	ImageName    string              `json:"image_name,omitempty"`
-	ImageVersion string              `json:"image_version,omitempty"`
-	Metadata     json.RawMessage     `json:"metadata,omitempty"`
-	Backend      string              `json:"backend"`
-	StartTime    time.Time           `json:"start_time"`
-	MonitorPID   int                 `json:"monitor_pid"`
-	EnclavePID   int                 `json:"enclave_pid"`
+	// FormatVersion is the layout of this file (formatVersion when
+	// written; 0, today's layout without the field, is read too).
+	FormatVersion int                 `json:"format_version"`
+	ID            string              `json:"id"`
+	Slot          string              `json:"slot"`
+	Name          string              `json:"name"`
+	CID           uint32              `json:"cid"`
+	CPUs          []int               `json:"cpus"`
+	MemoryMiB     int                 `json:"memory_mib"`
+	Debug         bool                `json:"debug"`
+	EIFPath       string              `json:"eif_path"`
+	EIFSize       int64               `json:"eif_size"`
+	Measurements  parent.Measurements `json:"measurements"`
+	ImageName     string              `json:"image_name,omitempty"`
+	ImageVersion  string              `json:"image_version,omitempty"`
+	Metadata      json.RawMessage     `json:"metadata,omitempty"`
+	Backend       string              `json:"backend"`
+	StartTime     time.Time           `json:"start_time"`
+	MonitorPID    int                 `json:"monitor_pid"`
+	EnclavePID    int                 `json:"enclave_pid"`
 }
-
-// Files in an enclave's private directory.
-const (
-	recordFile   = "record.json"
-	specFile     = "monitor.json"
-	exitFile     = "exit.json"
-	consoleFile  = "console.log"
-	monitorSock  = "monitor.sock"
-	vsockSock    = "vsock.sock"
-	monitorLog   = "monitor.log"
-	hostSubdir   = "host"
-	guestSubdir  = "guest"
-	hostListener = "vsock" // host/vsock_<port>
-)
 
 // newSlot returns a random 64-bit slot id in hex, used for the EnclaveID
 // suffix and the private directory name.
@@ -96,12 +85,4 @@ func writeJSONAtomic(path string, v any) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
-}
-
-func readJSON(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(b, v)
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/cloister/cloister/parent/backend"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,7 +64,7 @@ func (d *Daemon) spawnSpare() {
 // its process, or nil when there is none (the caller then starts a monitor
 // itself). The caller starts the next spare once its launch is over, so the
 // two do not compete for the CPU.
-func (d *Daemon) takeSpare(dir string, img *os.File) *os.Process {
+func (d *Daemon) takeSpare(dir backend.Dir, img *os.File) *os.Process {
 	d.spare.mu.Lock()
 	cmd, sock := d.spare.cmd, d.spare.sock
 	d.spare.cmd, d.spare.sock = nil, nil
@@ -71,7 +72,7 @@ func (d *Daemon) takeSpare(dir string, img *os.File) *os.Process {
 	if cmd == nil {
 		return nil
 	}
-	err := unix.Sendmsg(int(sock.Fd()), []byte(dir), unix.UnixRights(int(img.Fd())), nil, 0)
+	err := unix.Sendmsg(int(sock.Fd()), []byte(dir.Path()), unix.UnixRights(int(img.Fd())), nil, 0)
 	sock.Close()
 	if err != nil || !processAlive(cmd.Process.Pid) {
 		_ = cmd.Process.Kill()
@@ -128,7 +129,7 @@ func AwaitMonitorJob(root string, in *os.File) (string, *os.File, error) {
 	if err := os.Chdir(dir); err != nil {
 		return fail(fmt.Errorf("monitor: %w", err))
 	}
-	log, err := os.OpenFile(filepath.Join(dir, monitorLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	log, err := os.OpenFile(backend.Dir(dir).MonitorLog(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return fail(fmt.Errorf("monitor: open log: %w", err))
 	}

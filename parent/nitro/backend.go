@@ -105,8 +105,9 @@ func New(cfg Config) *Backend {
 	return &Backend{cfg: cfg}
 }
 
-// Name returns "nitro".
-func (b *Backend) Name() string { return "nitro" }
+// Kind returns backend.KindNitro. A Nitro enclave has a real security
+// module and AF_VSOCK, and needs a kernel: it has no [backend.Capabilities].
+func (b *Backend) Kind() backend.Kind { return backend.KindNitro }
 
 // Check runs the nitro checks of `cloister doctor` (device present and
 // openable, non-empty ne_cpus pool, hugepages reserved, /dev/vsock, root)

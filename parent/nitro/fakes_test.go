@@ -198,7 +198,7 @@ func newRig(t *testing.T, simCfg nedevtest.SimConfig, free map[uint64]int) *rig 
 	r.b = New(Config{OpenDevice: sim.Open, Mapper: mem, Vsock: vs, PageSizes: []uint64{1 << 30, 2 << 20}})
 	r.spec = backend.Spec{
 		ID: "i-0123456789abcdef0-enc0123456789abcdef", Name: "app", CID: 20, CPUs: []int{1, 5}, MemoryMiB: 64,
-		EIFPath: testEIF(t, dir, []byte("bzImage-bytes"), 0), Dir: dir, Console: r.console,
+		EIFPath: testEIF(t, dir, []byte("bzImage-bytes"), 0), Dir: backend.Dir(dir), Console: r.console,
 	}
 	r.openImage(t)
 	return r

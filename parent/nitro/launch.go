@@ -38,9 +38,6 @@ const consoleConnectTimeout = 20 * time.Second
 // returns a [*StepError] naming the step. The returned instance watches the
 // enclave fd for EPOLLHUP.
 func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
-	if err := backend.ValidateSpec(spec); err != nil {
-		return nil, err
-	}
 	res := &resources{}
 	inst, err := b.launch(ctx, spec, res)
 	if err != nil {

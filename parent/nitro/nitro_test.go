@@ -206,10 +206,10 @@ func TestLaunchFailures(t *testing.T) {
 			r.b.cfg.WrapImage = func(f *os.File) ImageFile { return &failingFile{File: f, n: calls} }
 		}, hugepage.ErrCopy, "copy image"},
 		{"no-kernel image", nedevtest.SimConfig{}, nil, func(r *rig) {
-			r.spec.EIFPath = testEIF(r.testingT, r.spec.Dir, []byte(eif.NoKernelMarker), 0)
+			r.spec.EIFPath = testEIF(r.testingT, r.spec.Dir.Path(), []byte(eif.NoKernelMarker), 0)
 		}, backend.ErrUnsupportedImage, "read image"},
 		{"memory below 4 x EIF", nedevtest.SimConfig{}, nil, func(r *rig) {
-			r.spec.EIFPath = testEIF(r.testingT, r.spec.Dir, []byte("bzImage"), 16<<20)
+			r.spec.EIFPath = testEIF(r.testingT, r.spec.Dir.Path(), []byte("bzImage"), 16<<20)
 		}, ErrInsufficientMemory, "read image"},
 		{"corrupt EIF", nedevtest.SimConfig{}, nil, func(r *rig) {
 			os.WriteFile(r.spec.EIFPath, []byte("not an eif at all"), 0o644)
@@ -378,8 +378,8 @@ func TestCheck(t *testing.T) {
 			t.Errorf("Check error %q does not mention %q", err, s)
 		}
 	}
-	if b.Name() != "nitro" {
-		t.Errorf("Name = %q", b.Name())
+	if b.Kind() != backend.KindNitro {
+		t.Errorf("Kind = %q", b.Kind())
 	}
 }
 
@@ -388,7 +388,7 @@ func BenchmarkLaunchTerminate(b *testing.B) {
 	mem := hugepagetest.NewFake(map[uint64]int{2 << 20: 64})
 	sim := nedevtest.NewSim(nedevtest.SimConfig{Memory: mem})
 	be := New(Config{OpenDevice: sim.Open, Mapper: mem, Vsock: &fakeVsock{dir: dir}})
-	spec := backend.Spec{ID: "bench", CID: 20, CPUs: []int{1, 5}, MemoryMiB: 64, EIFPath: testEIF(b, dir, []byte("k"), 1<<20), Dir: dir}
+	spec := backend.Spec{ID: "bench", CID: 20, CPUs: []int{1, 5}, MemoryMiB: 64, EIFPath: testEIF(b, dir, []byte("k"), 1<<20), Dir: backend.Dir(dir)}
 	img, err := os.Open(spec.EIFPath)
 	if err != nil {
 		b.Fatal(err)

@@ -174,6 +174,7 @@ type Daemon struct {
 	Socket   string
 	config   string
 	backend  string
+	bin      string // the cloister binary Start runs
 	cmd      *exec.Cmd
 	log      *syncBuffer
 	Client   *parent.Client
@@ -206,11 +207,20 @@ func (d *Daemon) Log() string { return d.log.String() }
 // (terminating its enclaves) when the test ends.
 func StartDaemon(t testing.TB, backend, configYAML string) *Daemon {
 	t.Helper()
+	buildBinaries(t)
+	return StartDaemonFrom(t, bins.cloister, backend, configYAML)
+}
+
+// StartDaemonFrom is [StartDaemon] with the cloister binary at path (for
+// example one built by [BuildCloisterAt]); [Daemon.UseBinary] changes the
+// binary later starts run.
+func StartDaemonFrom(t testing.TB, binary, backend, configYAML string) *Daemon {
+	t.Helper()
 	testenv.RequireRoot(t)
 	buildBinaries(t)
 	dir := ShortTemp(t)
 	d := &Daemon{t: t, State: filepath.Join(dir, "state"), Socket: filepath.Join(dir, "d.sock"),
-		config: filepath.Join(dir, "daemon.yaml"), backend: backend}
+		config: filepath.Join(dir, "daemon.yaml"), backend: backend, bin: binary}
 	if err := os.WriteFile(d.config, []byte(configYAML), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +254,7 @@ func StartDaemon(t testing.TB, backend, configYAML string) *Daemon {
 func (d *Daemon) Start() {
 	d.t.Helper()
 	d.log = &syncBuffer{}
-	d.cmd = exec.Command(bins.cloister, "daemon", "--backend", d.backend, "--config", d.config,
+	d.cmd = exec.Command(d.bin, "daemon", "--backend", d.backend, "--config", d.config,
 		"--state-dir", d.State, "--socket", d.Socket)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
@@ -268,6 +278,39 @@ func (d *Daemon) Start() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// UseBinary makes the next [Daemon.Start] run the cloister binary at path
+// on the same state directory, socket and configuration (an upgrade).
+func (d *Daemon) UseBinary(path string) { d.bin = path }
+
+// BuildCloisterAt builds cmd/cloister as it is at commit of the
+// repository holding the module (extracted with git archive into a
+// temporary directory) and returns the binary's path. It needs git and go.
+func BuildCloisterAt(t testing.TB, commit string) string {
+	t.Helper()
+	git := testenv.LookPath(t, "git", "apt-get install -y git")
+	tar := testenv.LookPath(t, "tar", "apt-get install -y tar")
+	gobin := testenv.LookPath(t, "go", "install Go from https://go.dev/dl/")
+	src := ShortTemp(t)
+	archive := filepath.Join(src, "src.tar")
+	run := func(dir, name string, args ...string) {
+		t.Helper()
+		cmd := exec.Command(name, args...)
+		cmd.Dir = dir
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s %s: %v\n%s", filepath.Base(name), strings.Join(args, " "), err, b)
+		}
+	}
+	run(RepoRoot(), git, "archive", "--format=tar", "-o", archive, commit)
+	tree := filepath.Join(src, "tree")
+	if err := os.Mkdir(tree, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run(tree, tar, "-xf", archive)
+	out := filepath.Join(src, "cloister")
+	run(tree, gobin, "build", "-o", out, "./cmd/cloister")
+	return out
 }
 
 // Stop sends sig to the daemon and waits for it to exit (enclaves keep

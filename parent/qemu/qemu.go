@@ -90,8 +90,15 @@ var (
 	_ backend.Cleaner = (*Backend)(nil)
 )
 
-// Name returns "qemu".
-func (*Backend) Name() string { return "qemu" }
+// Kind returns backend.KindQEMU.
+func (*Backend) Kind() backend.Kind { return backend.KindQEMU }
+
+// Capabilities: the microVM's security module is the daemon's emulator
+// and its host listeners are Unix sockets (the vsock device dials them);
+// it needs a kernel.
+func (*Backend) Capabilities() backend.Capabilities {
+	return backend.Capabilities{EmulatedNSM: true, HostSockets: true}
+}
 
 func (b *Backend) binary() (string, error) {
 	name := b.Binary
@@ -208,11 +215,10 @@ func (b *Backend) Check(ctx context.Context) error {
 // HostListen listens on the enclave's host-side socket for port; the
 // vsock device dials it when the guest connects to (3, port).
 func (*Backend) HostListen(ctx context.Context, spec backend.Spec, port uint32) (net.Listener, error) {
-	dir := filepath.Join(spec.Dir, "host")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(spec.Dir.HostDir(), 0o700); err != nil {
 		return nil, err
 	}
-	return hybrid.Listen(filepath.Join(dir, "vsock"), port)
+	return hybrid.Listen(spec.Dir.HostListenerBase(), port)
 }
 
 // memOverheadMiB is what QEMU itself needs on top of guest memory in its
@@ -225,9 +231,6 @@ const runtimeCmdline = "console=ttyS0 reboot=t panic=-1"
 
 // Launch boots the EIF in a microVM.
 func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
-	if err := backend.ValidateSpec(spec); err != nil {
-		return nil, err
-	}
 	bin, err := b.binary()
 	if err != nil {
 		return nil, err
@@ -282,8 +285,8 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	if err := os.Chmod(vmDir, 0o711); err != nil {
 		return nil, err
 	}
-	_ = os.Remove(filepath.Join(spec.Dir, "vm"))
-	if err := os.Symlink(vmDir, filepath.Join(spec.Dir, "vm")); err != nil {
+	_ = os.Remove(spec.Dir.VM())
+	if err := os.Symlink(vmDir, spec.Dir.VM()); err != nil {
 		os.RemoveAll(vmDir)
 		return nil, err
 	}
@@ -291,7 +294,7 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	defer func() {
 		if !launched {
 			os.RemoveAll(vmDir)
-			os.Remove(filepath.Join(spec.Dir, "vm"))
+			os.Remove(spec.Dir.VM())
 		}
 	}()
 	kernel := filepath.Join(vmDir, "kernel")
@@ -327,7 +330,7 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	vhostSock := filepath.Join(vmDir, "vhost.sock")
 	dev, err := vsockdev.New(vsockdev.Config{
 		GuestCID: spec.CID, SocketPath: vhostSock,
-		HostListenerBase: filepath.Join(spec.Dir, "host", "vsock"),
+		HostListenerBase: spec.Dir.HostListenerBase(),
 		Logger:           logger.With("enclave", spec.ID, "component", "vsock"),
 	})
 	if err != nil {
@@ -367,7 +370,7 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	}
 
 	launched = true
-	inst := &instance{cmd: cmd, dev: dev, stopDev: stopDev, devDone: devDone, vmDir: vmDir, link: filepath.Join(spec.Dir, "vm"), done: make(chan struct{})}
+	inst := &instance{cmd: cmd, dev: dev, stopDev: stopDev, devDone: devDone, vmDir: vmDir, link: spec.Dir.VM(), done: make(chan struct{})}
 	// Confine QEMU: the enclave's CPUs, its memory plus QEMU's overhead,
 	// and a bounded number of threads.
 	if mgr, err := cgroups.New(cgroups.Config{Parent: b.CgroupParent}); err == nil {
@@ -622,7 +625,7 @@ func (b *Backend) Cleanup(ctx context.Context, spec backend.Spec) error {
 		return err
 	}
 	_, err = mgr.Cleanup(ctx, spec.ID)
-	link := filepath.Join(spec.Dir, "vm")
+	link := spec.Dir.VM()
 	if target, lerr := os.Readlink(link); lerr == nil && strings.HasPrefix(filepath.Base(target), "cloister-vm-") {
 		_ = os.RemoveAll(target)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -34,8 +33,14 @@ var (
 	_ backend.Cleaner = (*Backend)(nil)
 )
 
-// Name returns "sandbox".
-func (*Backend) Name() string { return "sandbox" }
+// Kind returns backend.KindSandbox.
+func (*Backend) Kind() backend.Kind { return backend.KindSandbox }
+
+// Capabilities: the sandbox runs no-kernel images, its security module is
+// the daemon's emulator and its host listeners are Unix sockets.
+func (*Backend) Capabilities() backend.Capabilities {
+	return backend.Capabilities{NoKernel: true, EmulatedNSM: true, HostSockets: true}
+}
 
 // Check reports whether this host can run sandboxes: root, user namespaces
 // and the cgroup controllers the sandbox needs.
@@ -57,18 +62,18 @@ func (b *Backend) Check(ctx context.Context) error {
 // because the sandbox runs under unprivileged host uids; only the sandbox
 // it is bind-mounted into can reach it.
 func (*Backend) HostListen(ctx context.Context, spec backend.Spec, port uint32) (net.Listener, error) {
-	dir := filepath.Join(spec.Dir, "host")
+	dir := spec.Dir.HostDir()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
-	l, err := hybrid.Listen(filepath.Join(dir, "vsock"), port)
+	l, err := hybrid.Listen(spec.Dir.HostListenerBase(), port)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(hybrid.HostPath(filepath.Join(dir, "vsock"), port), 0o666); err != nil {
+	if err := os.Chmod(spec.Dir.HostListener(port), 0o666); err != nil {
 		l.Close()
 		return nil, err
 	}
@@ -77,9 +82,6 @@ func (*Backend) HostListen(ctx context.Context, spec backend.Spec, port uint32) 
 
 // Launch extracts the image's ramdisks and starts the sandbox.
 func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
-	if err := backend.ValidateSpec(spec); err != nil {
-		return nil, err
-	}
 	// The image is checked (layout and CRC) and its ramdisks copied out
 	// inside the kernel: no copy of the image passes through this
 	// process's memory.
@@ -119,17 +121,17 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 		}
 		paths = append(paths, fmt.Sprintf("/proc/self/fd/%d", fd))
 	}
-	if err := os.MkdirAll(filepath.Join(spec.Dir, "host"), 0o755); err != nil {
+	if err := os.MkdirAll(spec.Dir.HostDir(), 0o755); err != nil {
 		return nil, err
 	}
 	p, err := Start(ctx, Spec{
 		ID: spec.ID, CID: spec.CID, Ramdisks: paths, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
-		PidsMax: b.PidsMax, VsockDir: spec.Dir, Console: spec.Console, Debug: spec.Debug, CgroupParent: b.CgroupParent,
+		PidsMax: b.PidsMax, VsockDir: spec.Dir.Path(), Console: spec.Console, Debug: spec.Debug, CgroupParent: b.CgroupParent,
 	})
 	if err != nil {
 		return nil, err
 	}
-	inst := &instance{p: p, dir: spec.Dir, done: make(chan struct{})}
+	inst := &instance{p: p, done: make(chan struct{})}
 	go inst.wait()
 	return inst, nil
 }
@@ -147,7 +149,6 @@ func (b *Backend) Cleanup(ctx context.Context, spec backend.Spec) error {
 
 type instance struct {
 	p    *Process
-	dir  string
 	done chan struct{}
 
 	mu   sync.Mutex

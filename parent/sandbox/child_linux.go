@@ -245,7 +245,7 @@ func buildRoot(cfg childConfig) error {
 		name string
 		fd   int
 		ro   bool
-	}{{"host", fdHostDir, true}, {"guest", fdGuestDir, false}} {
+	}{{wellknown.VsockHostDir, fdHostDir, true}, {wellknown.VsockGuestDir, fdGuestDir, false}} {
 		rel := "run/cloister/vsock/" + v.name
 		if err := ensureDir(root, rel, 0o755); err != nil {
 			return step("mkdir /"+rel, err)

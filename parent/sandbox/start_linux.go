@@ -20,6 +20,7 @@ import (
 
 	"github.com/cloister/cloister/internal/cgroups"
 	"github.com/cloister/cloister/internal/wellknown"
+	"github.com/cloister/cloister/parent/backend"
 )
 
 // uid ranges: slot s maps ids 0–65535 inside to uidBase+s*65536… outside.
@@ -215,7 +216,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 
 	// Everything the child needs from the host is opened here, by root:
 	// the child's ids cannot traverse the daemon's private directories.
-	hostDir, err := openDir(filepath.Join(spec.VsockDir, "host"))
+	hostDir, err := openDir(backend.Dir(spec.VsockDir).HostDir())
 	if err != nil {
 		return nil, err
 	}

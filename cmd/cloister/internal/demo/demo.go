@@ -456,10 +456,10 @@ func parseCert(pemBytes []byte) (*x509.Certificate, error) {
 // consoleTail returns the end of the enclave's console for error messages.
 func consoleTail(ctx context.Context, d *daemon.Daemon, id string) string {
 	desc, err := d.DescribeOne(id)
-	if err != nil || desc.VsockSocket == "" {
+	if err != nil || desc.ConsoleLog == "" {
 		return ""
 	}
-	b, err := os.ReadFile(filepath.Join(filepath.Dir(desc.VsockSocket), "console.log"))
+	b, err := os.ReadFile(desc.ConsoleLog)
 	if err != nil || len(b) == 0 {
 		return ""
 	}
