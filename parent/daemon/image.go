@@ -1,8 +1,8 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,26 +46,42 @@ type imageInfo struct {
 	metadata     json.RawMessage
 }
 
-// imageCache remembers the measurements of recently launched images by the
-// SHA-256 of their content (computed while copying them), so that launching
-// the same bytes again does not parse and measure them again. Nothing about
-// the file (path, size, times, inode) is part of the key: only the bytes
-// that boot.
+// imageCache keeps the sealed copies of recently launched (unsigned) images
+// with their measurements. A launch of the same path looks up the copy kept
+// for it, but reuses it only after comparing, byte for byte, what it reads
+// from the caller's file now with the copy: the path is a hint, the proof is
+// the bytes. Nothing about the file's metadata (size aside, as a first
+// filter) is trusted. A hit costs two reads and a comparison instead of a
+// new copy (page allocation), a parse and a measurement.
 var imageCache = struct {
 	sync.Mutex
-	m map[[sha256.Size]byte]imageInfo
-}{m: map[[sha256.Size]byte]imageInfo{}}
+	m     map[string]*cachedImage // by path
+	bytes int64
+	tick  uint64
+}{m: map[string]*cachedImage{}}
 
-const imageCacheSize = 64
+type cachedImage struct {
+	file *os.File // the sealed copy; each launch gets its own descriptor
+	info imageInfo
+	used uint64 // imageCache.tick at the last use
+}
+
+// The cache holds at most this many copies, and this many bytes of them.
+const (
+	imageCacheEntries = 16
+	imageCacheBytes   = 1 << 30
+)
 
 // maxImageSize bounds the EIFs the daemon accepts (they are copied into
 // memory): far above any enclave's memory today.
 const maxImageSize = 64 << 30
 
 // loadImage copies the EIF open in src into a sealed memfd, validates it and
-// measures it. A signed image's signature is checked as nitro-cli does
-// before launch (E59), at every launch since certificates expire. The
-// caller owns the returned image and must Close it.
+// measures it, or reuses the sealed copy of a previous launch of name when
+// src holds exactly its bytes. A signed image's signature is checked as
+// nitro-cli does before launch (E59), at every launch since certificates
+// expire (signed images are not cached). The caller owns the returned image
+// and must Close it.
 func loadImage(ctx context.Context, src *os.File, name string, now time.Time) (*image, error) {
 	fi, err := src.Stat()
 	if err != nil {
@@ -74,76 +90,169 @@ func loadImage(ctx context.Context, src *os.File, name string, now time.Time) (*
 	if !fi.Mode().IsRegular() {
 		return nil, newErr("E19", parent.ErrInvalidArgument, "EIF %s is not a regular file", name)
 	}
-	if fi.Size() > maxImageSize {
-		return nil, newErr("E19", parent.ErrInvalidArgument, "EIF %s has %d bytes, more than the %d the daemon accepts", name, fi.Size(), int64(maxImageSize))
+	size := fi.Size()
+	if size > maxImageSize {
+		return nil, newErr("E19", parent.ErrInvalidArgument, "EIF %s has %d bytes, more than the %d the daemon accepts", name, size, int64(maxImageSize))
 	}
-	f, sum, err := sealedCopy(ctx, src, fi.Size())
+	if f, info := cachedCopy(name, size); f != nil {
+		same, err := sameBytes(ctx, src, f, size)
+		if err != nil {
+			f.Close()
+			return nil, newErr("E19", parent.ErrInvalidArgument, "cannot read EIF %s: %v", name, err)
+		}
+		if same {
+			return &image{file: f, info: info}, nil
+		}
+		f.Close()
+	}
+	f, err := sealedCopy(ctx, src, size)
 	if err != nil {
 		return nil, newErr("E19", parent.ErrInvalidArgument, "cannot read EIF %s: %v", name, err)
 	}
-	imageCache.Lock()
-	info, ok := imageCache.m[sum]
-	imageCache.Unlock()
-	if ok && info.measurements.PCR8 == "" {
-		return &image{file: f, info: info}, nil
-	}
-	info, err = measureImage(f, name, fi.Size(), now)
+	info, err := measureImage(f, name, size, now)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	imageCache.Lock()
-	if len(imageCache.m) >= imageCacheSize {
-		clear(imageCache.m)
+	if info.measurements.PCR8 == "" {
+		keepCopy(name, f, info)
 	}
-	imageCache.m[sum] = info
-	imageCache.Unlock()
 	return &image{file: f, info: info}, nil
+}
+
+// cachedCopy returns a new descriptor of the copy kept for name if it has
+// size bytes, and its measurements.
+func cachedCopy(name string, size int64) (*os.File, imageInfo) {
+	imageCache.Lock()
+	defer imageCache.Unlock()
+	c := imageCache.m[name]
+	if c == nil || c.info.size != size {
+		return nil, imageInfo{}
+	}
+	fd, err := unix.FcntlInt(c.file.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, imageInfo{}
+	}
+	imageCache.tick++
+	c.used = imageCache.tick
+	return os.NewFile(uintptr(fd), c.file.Name()), c.info
+}
+
+// keepCopy remembers f (through a descriptor of its own) as the copy of
+// name, evicting the least recently used copies beyond the cache's bounds.
+func keepCopy(name string, f *os.File, info imageInfo) {
+	if info.size > imageCacheBytes {
+		return
+	}
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	imageCache.Lock()
+	defer imageCache.Unlock()
+	if old := imageCache.m[name]; old != nil {
+		imageCache.bytes -= old.info.size
+		old.file.Close()
+	}
+	imageCache.tick++
+	imageCache.m[name] = &cachedImage{file: os.NewFile(uintptr(fd), f.Name()), info: info, used: imageCache.tick}
+	imageCache.bytes += info.size
+	for len(imageCache.m) > imageCacheEntries || imageCache.bytes > imageCacheBytes {
+		var oldest string
+		for k, c := range imageCache.m {
+			if oldest == "" || c.used < imageCache.m[oldest].used {
+				oldest = k
+			}
+		}
+		imageCache.bytes -= imageCache.m[oldest].info.size
+		imageCache.m[oldest].file.Close()
+		delete(imageCache.m, oldest)
+	}
+}
+
+// sameBytes reports whether the first size bytes of src are exactly those
+// of the sealed copy kept. Large images are compared in two halves at once.
+func sameBytes(ctx context.Context, src, kept *os.File, size int64) (bool, error) {
+	if size < 4<<20 {
+		return sameRange(ctx, src, kept, 0, size)
+	}
+	half := size / 2 &^ (1<<20 - 1)
+	type result struct {
+		same bool
+		err  error
+	}
+	second := make(chan result, 1)
+	go func() {
+		same, err := sameRange(ctx, src, kept, half, size)
+		second <- result{same, err}
+	}()
+	same, err := sameRange(ctx, src, kept, 0, half)
+	r := <-second
+	if err != nil {
+		return false, err
+	}
+	if r.err != nil {
+		return false, r.err
+	}
+	return same && r.same, nil
+}
+
+// sameRange compares the bytes [off, end) of src and kept.
+func sameRange(ctx context.Context, src, kept *os.File, off, end int64) (bool, error) {
+	const chunk = 1 << 20
+	a, b := make([]byte, chunk), make([]byte, chunk)
+	for off < end {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		n := min(int64(chunk), end-off)
+		if _, err := src.ReadAt(a[:n], off); err != nil {
+			if errors.Is(err, io.EOF) {
+				return false, nil // it shrank: not the same, and the copy says so
+			}
+			return false, err
+		}
+		if _, err := kept.ReadAt(b[:n], off); err != nil {
+			return false, fmt.Errorf("read the kept copy: %w", err)
+		}
+		if !bytes.Equal(a[:n], b[:n]) {
+			return false, nil
+		}
+		off += n
+	}
+	return true, nil
 }
 
 // imageSeals are the seals that make a memfd immutable.
 const imageSeals = unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
 
-// sealedCopy copies exactly size bytes of src into a new memfd, seals it
-// against any change and returns it with the SHA-256 of what it holds. A
-// file that shrinks while it is copied is an error; bytes beyond size are
-// not read.
-func sealedCopy(ctx context.Context, src *os.File, size int64) (*os.File, [sha256.Size]byte, error) {
-	var sum [sha256.Size]byte
+// sealedCopy copies exactly size bytes of src into a new memfd and seals it
+// against any change. A file that shrinks while it is copied is an error;
+// bytes beyond size are not read.
+func sealedCopy(ctx context.Context, src *os.File, size int64) (*os.File, error) {
 	fd, err := unix.MemfdCreate("cloister-eif", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
-		return nil, sum, fmt.Errorf("memfd_create: %w", err)
+		return nil, fmt.Errorf("memfd_create: %w", err)
 	}
 	f := os.NewFile(uintptr(fd), "cloister-eif")
+	fail := func(err error) (*os.File, error) {
+		f.Close()
+		return nil, err
+	}
 	if err := f.Truncate(size); err != nil {
-		f.Close()
-		return nil, sum, fmt.Errorf("size the in-memory copy (%d bytes): %w", size, err)
+		return fail(fmt.Errorf("size the in-memory copy (%d bytes): %w", size, err))
 	}
-	// Hashing runs beside the copy, one chunk behind it.
-	const chunk = 1 << 20
-	h := sha256.New()
-	bufs := [2][]byte{make([]byte, chunk), make([]byte, chunk)}
-	hashed := make(chan struct{}, 1)
-	hashed <- struct{}{}
-	var off int64
-	fail := func(err error) (*os.File, [sha256.Size]byte, error) {
-		<-hashed
-		f.Close()
-		return nil, sum, err
-	}
-	for i := 0; off < size; i++ {
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; {
 		if err := ctx.Err(); err != nil {
 			return fail(err)
 		}
-		buf := bufs[i%2]
-		n, err := src.ReadAt(buf[:min(int64(chunk), size-off)], off)
+		n, err := src.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
 		if n > 0 {
 			if _, werr := f.WriteAt(buf[:n], off); werr != nil {
 				return fail(fmt.Errorf("copy into memory: %w", werr))
 			}
 			off += int64(n)
-			<-hashed // the previous chunk is hashed: its buffer is free
-			go func(b []byte) { h.Write(b); hashed <- struct{}{} }(buf[:n])
 		}
 		if err != nil && !(errors.Is(err, io.EOF) && off == size) {
 			if errors.Is(err, io.EOF) {
@@ -152,13 +261,10 @@ func sealedCopy(ctx context.Context, src *os.File, size int64) (*os.File, [sha25
 			return fail(err)
 		}
 	}
-	<-hashed
 	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, imageSeals); err != nil {
-		f.Close()
-		return nil, sum, fmt.Errorf("seal the in-memory copy: %w", err)
+		return fail(fmt.Errorf("seal the in-memory copy: %w", err))
 	}
-	copy(sum[:], h.Sum(nil))
-	return f, sum, nil
+	return f, nil
 }
 
 // ImageFD is the descriptor on which a monitor started for one enclave
