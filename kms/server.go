@@ -78,6 +78,8 @@ type call struct {
 	cred  sigv4.Credential
 	body  []byte
 	audit *auditRecord
+	// grant is the grant that allowed the request, if one did.
+	grant *store.Grant
 }
 
 type opFunc func(s *Server, c *call) (any, error)
@@ -144,6 +146,29 @@ func NewServer(cfg Config) (*Server, error) {
 		"ScheduleKeyDeletion":             (*Server).scheduleKeyDeletion,
 		"CancelKeyDeletion":               (*Server).cancelKeyDeletion,
 		"CloisterExplain":                 (*Server).explain,
+		// Asymmetric and HMAC keys.
+		"Sign":                                (*Server).sign,
+		"Verify":                              (*Server).verify,
+		"GetPublicKey":                        (*Server).getPublicKey,
+		"GenerateMac":                         (*Server).generateMac,
+		"VerifyMac":                           (*Server).verifyMac,
+		"GenerateDataKeyPair":                 (*Server).generateDataKeyPair,
+		"GenerateDataKeyPairWithoutPlaintext": (*Server).generateDataKeyPairWithoutPlaintext,
+		"DeriveSharedSecret":                  (*Server).deriveSharedSecret,
+		// Tags, aliases, descriptions, lists.
+		"TagResource":          (*Server).tagResource,
+		"UntagResource":        (*Server).untagResource,
+		"ListResourceTags":     (*Server).listResourceTags,
+		"UpdateAlias":          (*Server).updateAlias,
+		"UpdateKeyDescription": (*Server).updateKeyDescription,
+		"ListKeyPolicies":      (*Server).listKeyPolicies,
+		"ListKeyRotations":     (*Server).listKeyRotations,
+		// Grants.
+		"CreateGrant":         (*Server).createGrant,
+		"ListGrants":          (*Server).listGrants,
+		"ListRetirableGrants": (*Server).listRetirableGrants,
+		"RetireGrant":         (*Server).retireGrant,
+		"RevokeGrant":         (*Server).revokeGrant,
 	}
 	return s, nil
 }
@@ -224,16 +249,28 @@ func (s *Server) writeError(w http.ResponseWriter, e *APIError) {
 // empty request; anything else must be one strict JSON value (internal/jsonx:
 // valid UTF-8, no object with a repeated member name, however escaped,
 // member names matched to fields case-sensitively) whose members have the
-// right types. Unknown members are ignored, as AWS does. Any failure is
-// SerializationException.
+// right types. A member the operation does not define (AWS's input shape,
+// plus the documented Cloister extensions) is a ValidationException, as on
+// AWS; any other failure is SerializationException.
 func decode(body []byte, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
-	if err := jsonx.Unmarshal(body, v, jsonx.Options{}); err != nil {
+	if err := jsonx.Unmarshal(body, v, jsonx.Options{DisallowUnknownFields: true}); err != nil {
+		var je *jsonx.Error
+		if errors.Is(err, jsonx.ErrUnknownField) && errors.As(err, &je) {
+			return apiErr(CodeValidation, "1 validation error detected: %s at %s is not a member of this operation's request", je.Msg, orTop(je.Path))
+		}
 		return apiErr(CodeSerialization, "cannot decode the request body: %v", err)
 	}
 	return nil
+}
+
+func orTop(path string) string {
+	if path == "" {
+		return "the top level"
+	}
+	return "'" + path + "'"
 }
 
 // auditRecord collects what the audit line reports.

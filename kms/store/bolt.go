@@ -170,7 +170,7 @@ func (b *Bolt) UpdateKey(ctx context.Context, id string, fn func(*Key) error) (K
 }
 
 // Rotate implements Store.
-func (b *Bolt) Rotate(ctx context.Context, id string, secret []byte, fn func(*Key)) (Key, error) {
+func (b *Bolt) Rotate(ctx context.Context, id string, secret []byte, fn func(*Key) error) (Key, error) {
 	if err := ctx.Err(); err != nil {
 		return Key{}, err
 	}
@@ -181,15 +181,17 @@ func (b *Bolt) Rotate(ctx context.Context, id string, secret []byte, fn func(*Ke
 			return err
 		}
 		next := k.CurrentVersion + 1
+		if fn != nil {
+			if err := fn(&k); err != nil {
+				return err
+			}
+		}
 		sealed, err := b.seal.seal(id, next, secret)
 		if err != nil {
 			return err
 		}
 		if err := tx.Bucket(bucketMaterial).Put(materialKey(id, next), sealed); err != nil {
 			return err
-		}
-		if fn != nil {
-			fn(&k)
 		}
 		k.ID, k.CurrentVersion = id, next
 		return putKey(tx, k)
@@ -309,6 +311,45 @@ func (b *Bolt) GetAlias(ctx context.Context, name string) (Alias, error) {
 		return Alias{}, err
 	}
 	return a, nil
+}
+
+// UpdateAlias implements Store.
+func (b *Bolt) UpdateAlias(ctx context.Context, name, keyID string, at time.Time, check func(string) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketAliases).Get([]byte(name))
+		if v == nil {
+			return fmt.Errorf("%w: alias %s", ErrNotFound, name)
+		}
+		if tx.Bucket(bucketKeys).Get([]byte(keyID)) == nil {
+			return fmt.Errorf("%w: key %s", ErrNotFound, keyID)
+		}
+		var a Alias
+		if err := json.Unmarshal(v, &a); err != nil {
+			return fmt.Errorf("store: decoding alias: %w", err)
+		}
+		if check != nil {
+			if err := check(a.KeyID); err != nil {
+				return err
+			}
+		}
+		a.KeyID, a.UpdatedAt = keyID, at
+		nv, err := json.Marshal(a)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketAliases).Put([]byte(name), nv)
+	})
+}
+
+// Ping implements Store: the database is open.
+func (b *Bolt) Ping(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.View(func(*bolt.Tx) error { return nil })
 }
 
 // ListAliases implements Store.
