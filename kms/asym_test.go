@@ -279,7 +279,7 @@ func TestCreateKeySpecs(t *testing.T) {
 		usage types.KeyUsageType
 		code  string
 	}{
-		{types.KeySpecEccNistP256, "", CodeValidation},                                // ENCRYPT_DECRYPT by default
+		{types.KeySpecEccNistP256, "", CodeValidation},                               // ENCRYPT_DECRYPT by default
 		{types.KeySpecEccSecgP256k1, types.KeyUsageTypeKeyAgreement, CodeValidation}, // secp256k1 only signs
 		{types.KeySpecHmac256, types.KeyUsageTypeEncryptDecrypt, CodeValidation},
 		{types.KeySpecSymmetricDefault, types.KeyUsageTypeSignVerify, CodeValidation},
