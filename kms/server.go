@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/internal/jsonx"
@@ -56,6 +57,10 @@ type Config struct {
 	// Logger receives one audit line per decision and errors; default
 	// slog.Default().
 	Logger *slog.Logger
+	// Registry receives the Prometheus metrics, also served at GET
+	// /metrics; default a registry of the server's own (with the Go and
+	// process collectors).
+	Registry *prometheus.Registry
 }
 
 // Server is the AWS-KMS-compatible key service, an http.Handler speaking the
@@ -67,6 +72,7 @@ type Server struct {
 	attest *attest.Verifier
 	log    *slog.Logger
 	ops    map[string]opFunc
+	m      *metrics
 }
 
 var _ http.Handler = (*Server)(nil)
@@ -121,7 +127,11 @@ func NewServer(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("kms: %w", err)
 		}
 	}
-	s := &Server{cfg: cfg, sig: sv, attest: av, log: cfg.Logger}
+	m, err := newMetrics(cfg.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("kms: metrics: %w", err)
+	}
+	s := &Server{cfg: cfg, sig: sv, attest: av, log: cfg.Logger, m: m}
 	s.ops = map[string]opFunc{
 		"CreateKey":                       (*Server).createKey,
 		"DescribeKey":                     (*Server).describeKey,
@@ -177,21 +187,38 @@ func NewServer(cfg Config) (*Server, error) {
 // "TrentService.<Op>", body ≤ MaxBodySize, SigV4 verified before the body
 // is decoded, errors as {"__type": code, "message": text} with AWS's HTTP
 // status (AccessDeniedException uses "Message", as AWS does). Every
-// response carries x-amzn-RequestId.
+// response carries x-amzn-RequestId. GET /metrics (Prometheus) and GET
+// /healthz are served without authentication.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet {
+		switch r.URL.Path {
+		case "/metrics":
+			s.m.handler.ServeHTTP(w, r)
+			return
+		case "/healthz":
+			s.serveHealthz(w, r)
+			return
+		}
+	}
+	start := time.Now()
 	reqID := uuid.NewString()
 	w.Header().Set("x-amzn-RequestId", reqID)
+	rw := &codeRecorder{ResponseWriter: w}
+	w = rw
+	opName := ""
+	defer func() { s.m.observe(opName, rw.code, time.Since(start)) }()
 	if r.Method != http.MethodPost || (r.URL.Path != "/" && r.URL.Path != "") {
 		s.writeError(w, apiErr(CodeUnknownOperation, "only POST / with X-Amz-Target is served"))
 		return
 	}
 	target := r.Header.Get("X-Amz-Target")
-	opName, ok := strings.CutPrefix(target, "TrentService.")
-	op := s.ops[opName]
+	name, ok := strings.CutPrefix(target, "TrentService.")
+	op := s.ops[name]
 	if !ok || op == nil {
 		s.writeError(w, apiErr(CodeUnknownOperation, "unknown operation %q", target))
 		return
 	}
+	opName = name
 	body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodySize+1))
 	if err != nil {
 		s.writeError(w, apiErr(CodeSerialization, "reading the request body: %v", err))
@@ -215,6 +242,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := &call{ctx: r.Context(), op: opName, cred: cred, body: body, audit: &auditRecord{requestID: reqID}}
 	out, err := op(s, c)
 	s.audit(c, err)
+	switch c.audit.decision {
+	case "":
+	case "Allow":
+		s.m.decision.WithLabelValues(opName, "allowed").Inc()
+	default:
+		s.m.decision.WithLabelValues(opName, "denied").Inc()
+	}
 	if err != nil {
 		var ae *APIError
 		if !errors.As(err, &ae) {
@@ -234,7 +268,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Write(b)
 }
 
+// codeRecorder remembers the error code a response carried, for metrics.
+type codeRecorder struct {
+	http.ResponseWriter
+	code string
+}
+
 func (s *Server) writeError(w http.ResponseWriter, e *APIError) {
+	if rw, ok := w.(*codeRecorder); ok {
+		rw.code = e.Code
+	}
 	msgKey := "message"
 	if e.Code == CodeAccessDenied {
 		msgKey = "Message"

@@ -62,7 +62,7 @@ func kmsStateDir() (string, error) {
 }
 
 type kmsServeFlags struct {
-	addr, storeSpec, credentials, rootKey, region, tlsCert, tlsKey string
+	addr, storeSpec, credentials, rootKey, region, tlsCert, tlsKey, logFormat string
 	roots                                                          []string
 	maxAge                                                         time.Duration
 }
@@ -87,7 +87,13 @@ principal_arn (a Cloister extension), default arn:aws:iam::<aws_account_id or
 
 Recipient attestation documents are verified against --root (default the
 AWS Nitro root; give a PEM file for a development root, repeatable) and must
-be at most --max-age old. One audit line per decision goes to stderr.`,
+be at most --max-age old. One audit line per decision goes to stderr, as JSON
+or, with --log-format text, as key=value text.
+
+Several servers may share one PostgreSQL store (same --store and root key):
+they behave as one service. GET /metrics serves Prometheus metrics and GET
+/healthz answers 200 while the store is reachable, both without
+authentication.`,
 		Example: `  cloister kms serve --credentials kms-creds.ini
   cloister kms serve --store postgres://kms@127.0.0.1/kms --root aws --root dev-root.pem`,
 		Args: cobra.NoArgs,
@@ -103,6 +109,7 @@ be at most --max-age old. One audit line per decision goes to stderr.`,
 	fl.StringVar(&f.region, "region", kms.DefaultRegion, "region used in key ARNs")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate (PEM)")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "TLS private key (PEM)")
+	fl.StringVar(&f.logFormat, "log-format", "json", "log and audit line format on stderr: json or text")
 	return cmd
 }
 
@@ -132,9 +139,17 @@ func runKMSServe(cmd *cobra.Command, f kmsServeFlags) error {
 	if err != nil {
 		return withExit(1, err)
 	}
+	var log *slog.Logger
+	switch f.logFormat {
+	case "json":
+		log = slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+	case "text":
+		log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+	default:
+		return fmt.Errorf("--log-format %q: want json or text", f.logFormat)
+	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
 
 	spec, rootKey := f.storeSpec, []byte(nil)
 	if spec == "" || f.rootKey == "" {
