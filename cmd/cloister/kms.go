@@ -63,8 +63,8 @@ func kmsStateDir() (string, error) {
 
 type kmsServeFlags struct {
 	addr, storeSpec, credentials, rootKey, region, tlsCert, tlsKey, logFormat string
-	roots                                                          []string
-	maxAge                                                         time.Duration
+	roots                                                                     []string
+	maxAge                                                                    time.Duration
 }
 
 func newKMSServeCmd() *cobra.Command {
