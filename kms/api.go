@@ -254,6 +254,10 @@ type ExplainInput struct {
 	// Recipient carries an attestation document to verify and use, as on
 	// Decrypt.
 	Recipient *RecipientInfo `json:"Recipient,omitempty"`
+	// RequestId, when set, asks instead for the recorded reasoning of a
+	// denied request (the id an AccessDeniedException message names); the
+	// other members are then ignored.
+	RequestID string `json:"RequestId,omitempty"`
 }
 
 // ExplainOutput is the response of CloisterExplain.
@@ -265,6 +269,9 @@ type ExplainOutput struct {
 	Attestation *AttestationReport `json:"Attestation,omitempty"`
 	// Explanation is the policy decision with per-statement reasons.
 	Explanation policy.Explanation `json:"Explanation"`
+	// RequestId and At identify a denied request explained by id.
+	RequestID string  `json:"RequestId,omitempty"`
+	At        float64 `json:"At,omitempty"`
 }
 
 // AttestationReport summarises a Recipient attestation document's checks.

@@ -183,6 +183,14 @@ func (m *memStore) UpdateAlias(_ context.Context, name, keyID string, at time.Ti
 
 func (m *memStore) Ping(context.Context) error { return nil }
 
+func (m *memStore) PutDenial(context.Context, store.Denial) error { return nil }
+
+func (m *memStore) GetDenial(context.Context, string) (store.Denial, error) {
+	return store.Denial{}, store.ErrNotFound
+}
+
+func (m *memStore) PurgeDenials(context.Context, time.Time) (int, error) { return 0, nil }
+
 func (m *memStore) Close() error { return nil }
 
 // reset empties the store when it has grown past n keys.

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -120,9 +121,13 @@ func (s *Server) resolveKey(c *call, keyID string) (store.Key, error) {
 }
 
 // PurgeDeleted deletes every key whose scheduled deletion date has passed
-// and returns how many it deleted. The serve command calls it periodically;
-// requests also purge lazily.
+// and the recorded denials older than DenialRetention, and returns how many
+// keys it deleted. Serve calls it periodically; requests also purge keys
+// lazily.
 func (s *Server) PurgeDeleted(ctx context.Context) (int, error) {
+	if _, err := s.cfg.Store.PurgeDenials(ctx, s.now().Add(-s.cfg.DenialRetention)); err != nil {
+		return 0, err
+	}
 	keys, err := s.cfg.Store.ListKeys(ctx)
 	if err != nil {
 		return 0, err
@@ -187,6 +192,7 @@ func (s *Server) authorize(c *call, k store.Key, action string, ec map[string]st
 	}
 	ex := p.Explain(s.request(c, k, action, ec, att))
 	c.audit.decision, c.audit.reason = string(ex.Decision), ex.Reason
+	c.audit.action, c.audit.keyUUID, c.audit.keyID, c.audit.explanation = action, k.ID, k.ARN, &ex
 	switch ex.Decision {
 	case policy.Allowed:
 		return nil
@@ -1287,6 +1293,9 @@ func (s *Server) explain(c *call) (any, error) {
 	if err := validateContext(in.EncryptionContext); err != nil {
 		return nil, err
 	}
+	if in.RequestID != "" {
+		return s.explainDenial(c, in.RequestID)
+	}
 	action := in.Action
 	if action == "" {
 		return nil, apiErr(CodeValidation, "Action is required, e.g. kms:Decrypt")
@@ -1350,5 +1359,44 @@ func (s *Server) explain(c *call) (any, error) {
 	}
 	out.Explanation = p.Explain(s.request(&cc, k, action, in.EncryptionContext, att))
 	c.audit.reason = "dry run"
+	return out, nil
+}
+
+// explainDenial returns the recorded reasoning of a denied request. It is
+// shown to callers of the same account who may read the key's policy now
+// (kms:GetKeyPolicy), as CloisterExplain requires for a stored policy; a
+// denial that named no key is shown to the denied principal only.
+func (s *Server) explainDenial(c *call, requestID string) (any, error) {
+	if len(requestID) > 64 {
+		return nil, apiErr(CodeValidation, "RequestId is longer than 64 characters")
+	}
+	notFound := apiErr(CodeNotFound, "No denied request %s is on record (denials are kept %s)", requestID, s.cfg.DenialRetention)
+	d, err := s.cfg.Store.GetDenial(c.ctx, requestID)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && d.Account != c.cred.Account) {
+		return nil, notFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	if d.KeyID != "" {
+		k, err := s.resolveKey(c, "arn:aws:kms:"+s.cfg.Region+":"+d.Account+":key/"+d.KeyID)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.authorize(c, k, "kms:GetKeyPolicy", nil, nil); err != nil {
+			return nil, err
+		}
+	} else if d.Principal != c.cred.PrincipalARN {
+		return nil, notFound
+	}
+	out := ExplainOutput{KeyID: d.KeyARN, Action: d.Action, Principal: d.Principal, RequestID: d.RequestID, At: epoch(d.At)}
+	if len(d.Explanation) > 0 {
+		if err := json.Unmarshal(d.Explanation, &out.Explanation); err != nil {
+			return nil, fmt.Errorf("kms: recorded denial %s: %w", requestID, err)
+		}
+	} else {
+		out.Explanation = policy.Explanation{Decision: "Denied", Reason: d.Reason, Statements: []policy.StatementExplanation{}}
+	}
+	c.audit.reason = "explained denied request " + requestID
 	return out, nil
 }

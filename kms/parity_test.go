@@ -361,3 +361,57 @@ func TestAttestedSign(t *testing.T) {
 		}
 	}
 }
+
+// TestExplainRequestID: an AccessDeniedException names its request id; the
+// audit log carries the statement-by-statement reasoning under that id,
+// and CloisterExplain with RequestId returns it to a caller who may read
+// the key policy, and to nobody else.
+func TestExplainRequestID(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	ctx := context.Background()
+	ck, err := e.admin.CreateKey(ctx, &awskms.CreateKeyInput{Policy: aws.String(attestationPolicy())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := e.admin.Encrypt(ctx, &awskms.EncryptInput{KeyId: ck.KeyMetadata.KeyId, Plaintext: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.enclave.Decrypt(ctx, &awskms.DecryptInput{CiphertextBlob: enc.CiphertextBlob})
+	wantCode(t, err, CodeAccessDenied)
+	_, id, ok := strings.Cut(err.Error(), "--request-id ")
+	if !ok {
+		t.Fatalf("the AccessDeniedException names no request id: %v", err)
+	}
+	id, _, _ = strings.Cut(id, "`")
+	if !strings.Contains(e.logs.String(), `"request_id":"`+id+`"`) || !strings.Contains(e.logs.String(), `"explanation":{"decision":"ImplicitDeny"`) {
+		t.Fatalf("the audit log lacks the reasoning of %s:\n%s", id, e.logs.String())
+	}
+	status, body := e.raw("AKIDADMIN", "admin-secret", "CloisterExplain", map[string]any{"RequestId": id})
+	if status != 200 {
+		t.Fatalf("explain by request id: %d %v", status, body)
+	}
+	var out ExplainOutput
+	b, _ := json.Marshal(body)
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	if out.Action != "kms:Decrypt" || out.Principal != enclaveRole || out.KeyID != *ck.KeyMetadata.Arn || out.Explanation.Decision != "ImplicitDeny" ||
+		len(out.Explanation.Statements) != 2 || out.Explanation.Statements[1].Sid != "Enclave" || out.Explanation.Statements[1].Conditions[0].Matched {
+		t.Fatalf("explanation of %s: %+v", id, out)
+	}
+	// The denied principal may not read the policy, so not the reasoning;
+	// another account does not see the request at all.
+	status, body = e.raw("AKIDENCLAVE", "enclave-secret", "CloisterExplain", map[string]any{"RequestId": id})
+	if status != 400 || body["__type"] != CodeAccessDenied {
+		t.Fatalf("explain by the denied principal: %d %v", status, body)
+	}
+	status, body = e.raw("AKIDOTHER", "other-secret", "CloisterExplain", map[string]any{"RequestId": id})
+	if status != 400 || body["__type"] != CodeNotFound {
+		t.Fatalf("explain from another account: %d %v", status, body)
+	}
+	status, body = e.raw("AKIDADMIN", "admin-secret", "CloisterExplain", map[string]any{"RequestId": "no-such-request"})
+	if status != 400 || body["__type"] != CodeNotFound {
+		t.Fatalf("explain of an unknown request: %d %v", status, body)
+	}
+}

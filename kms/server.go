@@ -18,6 +18,7 @@ import (
 
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/internal/jsonx"
+	"github.com/cloister/cloister/kms/policy"
 	"github.com/cloister/cloister/kms/sigv4"
 	"github.com/cloister/cloister/kms/store"
 )
@@ -57,6 +58,9 @@ type Config struct {
 	// Logger receives one audit line per decision and errors; default
 	// slog.Default().
 	Logger *slog.Logger
+	// DenialRetention is how long the reasons of denied requests are kept
+	// for `cloister kms explain --request-id`; default 24 hours.
+	DenialRetention time.Duration
 	// Registry receives the Prometheus metrics, also served at GET
 	// /metrics; default a registry of the server's own (with the Go and
 	// process collectors).
@@ -109,6 +113,9 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
+	}
+	if cfg.DenialRetention <= 0 {
+		cfg.DenialRetention = 24 * time.Hour
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -255,6 +262,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.log.Error("kms internal error", "op", opName, "err", err, "request_id", reqID)
 			ae = apiErr(CodeInternal, "internal error (request %s)", reqID)
 		}
+		if ae.Code == CodeAccessDenied {
+			ae = s.recordDenial(c, ae)
+		}
 		s.writeError(w, ae)
 		return
 	}
@@ -319,10 +329,15 @@ func orTop(path string) string {
 // auditRecord collects what the audit line reports.
 type auditRecord struct {
 	requestID string
-	keyID     string
+	keyID     string // the key's ARN (or "src -> dst")
+	keyUUID   string // the key whose policy decided
+	action    string // the action the policy decided
 	pcrs      map[string]string
 	decision  string
 	reason    string
+	// explanation is the policy's statement-by-statement reasoning of the
+	// last authorization.
+	explanation *policy.Explanation
 }
 
 // audit logs one line per request: principal, op, key, PCRs presented,
@@ -356,5 +371,35 @@ func (s *Server) audit(c *call, err error) {
 	if a.pcrs != nil {
 		attrs = append(attrs, "pcrs", a.pcrs)
 	}
+	if !allowed && a.explanation != nil && a.decision != "Allow" {
+		attrs = append(attrs, "explanation", a.explanation)
+	}
 	s.log.Info("kms decision", attrs...)
+}
+
+// recordDenial stores why an AccessDeniedException was returned, under the
+// request id (best effort: a store failure is logged) and points the
+// message at `cloister kms explain --request-id`.
+func (s *Server) recordDenial(c *call, ae *APIError) *APIError {
+	a := c.audit
+	d := store.Denial{RequestID: a.requestID, At: s.now(), Account: c.cred.Account, Principal: c.cred.PrincipalARN,
+		Action: a.action, KeyID: a.keyUUID, KeyARN: a.keyID, Reason: a.reason}
+	if d.Action == "" {
+		d.Action = "kms:" + c.op
+	}
+	if d.Reason == "" || a.decision == "Allow" {
+		d.Reason = ae.Message
+	}
+	if a.explanation != nil && a.decision != "Allow" {
+		d.Explanation, _ = json.Marshal(a.explanation)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.ctx), 2*time.Second)
+	defer cancel()
+	if err := s.cfg.Store.PutDenial(ctx, d); err != nil {
+		s.log.Error("kms: recording a denial failed", "request_id", a.requestID, "err", err)
+		return ae
+	}
+	out := *ae
+	out.Message += " (request " + a.requestID + "; `cloister kms explain --request-id " + a.requestID + "` shows why)"
+	return &out
 }

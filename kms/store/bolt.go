@@ -18,6 +18,7 @@ var (
 	bucketKeys     = []byte("keys")
 	bucketMaterial = []byte("material")
 	bucketAliases  = []byte("aliases")
+	bucketDenials  = []byte("denials")
 	metaCheck      = []byte("root-key-check")
 	metaSchema     = []byte("schema")
 )
@@ -50,7 +51,7 @@ func OpenBolt(path string, rootKey []byte) (*Bolt, error) {
 		return nil, fmt.Errorf("store: opening %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketKeys, bucketMaterial, bucketAliases} {
+		for _, b := range [][]byte{bucketMeta, bucketKeys, bucketMaterial, bucketAliases, bucketDenials} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -342,6 +343,72 @@ func (b *Bolt) UpdateAlias(ctx context.Context, name, keyID string, at time.Time
 		}
 		return tx.Bucket(bucketAliases).Put([]byte(name), nv)
 	})
+}
+
+// PutDenial implements Store.
+func (b *Bolt) PutDenial(ctx context.Context, d Denial) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	v, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketDenials)
+		if bk.Get([]byte(d.RequestID)) != nil {
+			return fmt.Errorf("%w: denial %s", ErrExists, d.RequestID)
+		}
+		return bk.Put([]byte(d.RequestID), v)
+	})
+}
+
+// GetDenial implements Store.
+func (b *Bolt) GetDenial(ctx context.Context, requestID string) (Denial, error) {
+	if err := ctx.Err(); err != nil {
+		return Denial{}, err
+	}
+	var d Denial
+	err := b.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketDenials).Get([]byte(requestID))
+		if v == nil {
+			return fmt.Errorf("%w: denial %s", ErrNotFound, requestID)
+		}
+		return json.Unmarshal(v, &d)
+	})
+	if err != nil {
+		return Denial{}, err
+	}
+	return d, nil
+}
+
+// PurgeDenials implements Store (a scan: denials are few and short-lived).
+func (b *Bolt) PurgeDenials(ctx context.Context, t time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	n := 0
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		var drop [][]byte
+		err := tx.Bucket(bucketDenials).ForEach(func(k, v []byte) error {
+			var d Denial
+			if json.Unmarshal(v, &d) != nil || d.At.Before(t) {
+				drop = append(drop, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range drop {
+			if err := tx.Bucket(bucketDenials).Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(drop)
+		return nil
+	})
+	return n, err
 }
 
 // Ping implements Store: the database is open.

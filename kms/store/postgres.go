@@ -34,6 +34,12 @@ var migrations = []string{
 		key_id text NOT NULL REFERENCES cloister_kms_keys(id) ON DELETE CASCADE,
 		data   jsonb NOT NULL
 	);`,
+	`CREATE TABLE cloister_kms_denials (
+		request_id text PRIMARY KEY,
+		at         timestamptz NOT NULL,
+		data       jsonb NOT NULL
+	);
+	CREATE INDEX cloister_kms_denials_at ON cloister_kms_denials (at);`,
 }
 
 // Postgres is the PostgreSQL-backed Store (pgx/v5 pool). Every method runs
@@ -343,6 +349,48 @@ func (p *Postgres) UpdateAlias(ctx context.Context, name, keyID string, at time.
 		return err
 	})
 	return err
+}
+
+// PutDenial implements Store.
+func (p *Postgres) PutDenial(ctx context.Context, d Denial) error {
+	data, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	_, err = p.pool.Exec(ctx, `INSERT INTO cloister_kms_denials (request_id, at, data) VALUES ($1, $2, $3)`, d.RequestID, d.At, data)
+	if isUniqueViolation(err) {
+		return fmt.Errorf("%w: denial %s", ErrExists, d.RequestID)
+	}
+	if err != nil {
+		return fmt.Errorf("store: recording a denial: %w", err)
+	}
+	return nil
+}
+
+// GetDenial implements Store.
+func (p *Postgres) GetDenial(ctx context.Context, requestID string) (Denial, error) {
+	var data []byte
+	err := p.pool.QueryRow(ctx, `SELECT data FROM cloister_kms_denials WHERE request_id = $1`, requestID).Scan(&data)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Denial{}, fmt.Errorf("%w: denial %s", ErrNotFound, requestID)
+	}
+	if err != nil {
+		return Denial{}, fmt.Errorf("store: reading a denial: %w", err)
+	}
+	var d Denial
+	if err := json.Unmarshal(data, &d); err != nil {
+		return Denial{}, fmt.Errorf("store: decoding a denial: %w", err)
+	}
+	return d, nil
+}
+
+// PurgeDenials implements Store.
+func (p *Postgres) PurgeDenials(ctx context.Context, t time.Time) (int, error) {
+	tag, err := p.pool.Exec(ctx, `DELETE FROM cloister_kms_denials WHERE at < $1`, t)
+	if err != nil {
+		return 0, fmt.Errorf("store: purging denials: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
 }
 
 // Ping implements Store.

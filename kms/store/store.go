@@ -93,6 +93,24 @@ type Rotation struct {
 	OnDemand  bool      `json:"on_demand"`
 }
 
+// Denial is why one request was denied: what `cloister kms explain
+// --request-id` shows.
+type Denial struct {
+	RequestID string    `json:"request_id"`
+	At        time.Time `json:"at"`
+	Account   string    `json:"account"`
+	Principal string    `json:"principal"`
+	Action    string    `json:"action"`
+	// KeyID is the key's id and KeyARN its ARN ("" when the request was
+	// denied before a key was resolved).
+	KeyID  string `json:"key_id,omitempty"`
+	KeyARN string `json:"key_arn,omitempty"`
+	// Reason is the one-line reason; Explanation, when the key policy
+	// decided, is the statement-by-statement reasoning (JSON).
+	Reason      string `json:"reason"`
+	Explanation []byte `json:"explanation,omitempty"`
+}
+
 // Alias maps an alias name ("alias/...") to a key id.
 type Alias struct {
 	Name      string    `json:"name"`
@@ -144,6 +162,13 @@ type Store interface {
 	ListAliases(ctx context.Context) ([]Alias, error)
 	// Ping checks that the store can serve requests.
 	Ping(ctx context.Context) error
+	// PutDenial records why a request was denied, under its request id
+	// (ErrExists if the id is taken).
+	PutDenial(ctx context.Context, d Denial) error
+	// GetDenial returns a recorded denial; ErrNotFound if absent.
+	GetDenial(ctx context.Context, requestID string) (Denial, error)
+	// PurgeDenials deletes denials recorded before t and returns how many.
+	PurgeDenials(ctx context.Context, t time.Time) (int, error)
 	// Close releases the store.
 	Close() error
 }

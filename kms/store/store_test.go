@@ -228,6 +228,29 @@ func conformance(t *testing.T, s Store) {
 	if err := s.Ping(ctx); err != nil {
 		t.Fatalf("Ping: %v", err)
 	}
+	// Denials.
+	d := Denial{RequestID: "r1", At: now, Account: "111122223333", Principal: "p", Action: "kms:Decrypt", KeyID: "k2", Reason: "no", Explanation: []byte(`{"decision":"ImplicitDeny"}`)}
+	if err := s.PutDenial(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutDenial(ctx, d); !errors.Is(err, ErrExists) {
+		t.Fatalf("PutDenial twice: %v", err)
+	}
+	if err := s.PutDenial(ctx, Denial{RequestID: "r2", At: later}); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := s.GetDenial(ctx, "r1"); err != nil || !cmp.Equal(g, d) {
+		t.Fatalf("GetDenial: %v\n%s", err, cmp.Diff(d, g))
+	}
+	if n, err := s.PurgeDenials(ctx, now.Add(time.Minute)); err != nil || n != 1 {
+		t.Fatalf("PurgeDenials: %d %v", n, err)
+	}
+	if _, err := s.GetDenial(ctx, "r1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetDenial after purge: %v", err)
+	}
+	if _, err := s.GetDenial(ctx, "r2"); err != nil {
+		t.Fatalf("a later denial was purged: %v", err)
+	}
 	if err := s.DeleteAlias(ctx, "alias/a"); err != nil {
 		t.Fatal(err)
 	}
