@@ -478,7 +478,7 @@ it requires kms:GetKeyPolicy on the key that denied.
 Exit status: 0 the request would be allowed, 1 denied or failed, 2 usage.`,
 		Example: `  cloister kms explain --key-id alias/app --action Decrypt --principal arn:aws:iam::111122223333:role/enclave --attestation-doc doc.cbor
   cloister kms explain --request-id 0f6c1c2e-5d3b-4e0a-9a55-0b1f2a3c4d5e`,
-		Args:    cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ec, err := kmsParseContext(ctxPairs)
 			if err != nil {

@@ -113,7 +113,9 @@ func TestKMSCommands(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("create-key: exit %d: %s", code, stderr)
 	}
-	var created struct{ KeyMetadata struct{ KeyId, Arn, KeySpec string } }
+	var created struct {
+		KeyMetadata struct{ KeyId, Arn, KeySpec string }
+	}
 	if err := json.Unmarshal([]byte(out), &created); err != nil || created.KeyMetadata.KeyId == "" || created.KeyMetadata.KeySpec != "SYMMETRIC_DEFAULT" {
 		t.Fatalf("create-key output %q: %v", out, err)
 	}
