@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httputil"
 	"os"
 	"os/exec"
@@ -449,3 +450,38 @@ var kmsOperations = []string{"CreateKey", "DescribeKey", "ListKeys", "EnableKey"
 	"ScheduleKeyDeletion", "CancelKeyDeletion", "Sign", "Verify", "GetPublicKey", "GenerateMac", "VerifyMac", "GenerateDataKeyPair",
 	"GenerateDataKeyPairWithoutPlaintext", "DeriveSharedSecret", "TagResource", "UntagResource", "ListResourceTags", "UpdateKeyDescription",
 	"CreateGrant", "ListGrants", "ListRetirableGrants", "RetireGrant", "RevokeGrant"}
+
+// BenchmarkKMSDecryptStubFloor is the floor BenchmarkKMSDecryptSustained
+// is compared with: the same aws-sdk-go-v2 clients, parallelism and
+// loopback HTTP against a stub that reads the request and returns a fixed
+// Decrypt answer (no SigV4 check, no key lookup, no cryptography).
+//
+//	go test -run '^$' -bench 'KMSDecrypt(Sustained|StubFloor)' -benchtime 20s ./internal/e2e/
+func BenchmarkKMSDecryptStubFloor(b *testing.B) {
+	answer, _ := json.Marshal(map[string]any{"KeyId": "arn:aws:kms:us-east-1:111122223333:key/stub", "Plaintext": []byte("sustained"), "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"})
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+		w.Header().Set("x-amzn-RequestId", "stub")
+		w.Write(answer)
+	}))
+	defer hs.Close()
+	blob := make([]byte, 80)
+	var errs atomic.Int64
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		c := kmsClient(hs.URL, &http.Client{Transport: tr})
+		ctx := context.Background()
+		for pb.Next() {
+			if _, err := c.Decrypt(ctx, &awskms.DecryptInput{CiphertextBlob: blob}); err != nil {
+				errs.Add(1)
+			}
+		}
+	})
+	b.StopTimer()
+	if n := errs.Load(); n > 0 {
+		b.Fatalf("%d of %d stub Decrypts failed", n, b.N)
+	}
+}
