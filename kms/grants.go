@@ -140,7 +140,23 @@ func parseGrantToken(t string) (keyID, grantID string, ok bool) {
 		return "", "", false
 	}
 	keyID, grantID, ok = strings.Cut(string(b), "/")
-	return keyID, grantID, ok && keyID != "" && len(grantID) == 64
+	if !ok || keyID == "" || len(keyID) > maxKeyIDLen || !grantIDOK(grantID) || grantToken(keyID, grantID) != t {
+		return "", "", false
+	}
+	return keyID, grantID, true
+}
+
+// grantIDOK: grant ids are 64 lower-case hex digits.
+func grantIDOK(id string) bool {
+	if len(id) != 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // checkGrantTokens validates the GrantTokens member of a request: at most
@@ -475,7 +491,7 @@ func (s *Server) retireGrant(c *call) (any, error) {
 	case keyID == "" || grantID == "":
 		return nil, apiErr(CodeValidation, "give GrantToken, or KeyId and GrantId")
 	}
-	if len(grantID) != 64 {
+	if !grantIDOK(grantID) {
 		return nil, apiErr(CodeInvalidGrantID, "The grant ID is not valid.")
 	}
 	k, err := s.resolveKey(c, keyID)
@@ -508,7 +524,7 @@ func (s *Server) revokeGrant(c *call) (any, error) {
 	if in.GrantID == "" {
 		return nil, apiErr(CodeValidation, "1 validation error detected: Value null at 'grantId' failed to satisfy constraint: Member must not be null")
 	}
-	if len(in.GrantID) != 64 {
+	if !grantIDOK(in.GrantID) {
 		return nil, apiErr(CodeInvalidGrantID, "The grant ID is not valid.")
 	}
 	k, err := s.resolveKey(c, in.KeyID)
