@@ -28,8 +28,17 @@ type KeyMetadata struct {
 	KeyManager                  string   `json:"KeyManager"`
 	CustomerMasterKeySpec       string   `json:"CustomerMasterKeySpec"`
 	KeySpec                     string   `json:"KeySpec"`
-	EncryptionAlgorithms        []string `json:"EncryptionAlgorithms"`
+	EncryptionAlgorithms        []string `json:"EncryptionAlgorithms,omitempty"`
+	SigningAlgorithms           []string `json:"SigningAlgorithms,omitempty"`
+	MacAlgorithms               []string `json:"MacAlgorithms,omitempty"`
+	KeyAgreementAlgorithms      []string `json:"KeyAgreementAlgorithms,omitempty"`
 	MultiRegion                 bool     `json:"MultiRegion"`
+}
+
+// Tag is one key tag.
+type Tag struct {
+	TagKey   string `json:"TagKey"`
+	TagValue string `json:"TagValue"`
 }
 
 type createKeyInput struct {
@@ -41,6 +50,9 @@ type createKeyInput struct {
 	Origin                         *string `json:"Origin"`
 	MultiRegion                    *bool   `json:"MultiRegion"`
 	BypassPolicyLockoutSafetyCheck bool    `json:"BypassPolicyLockoutSafetyCheck"`
+	Tags                           []Tag   `json:"Tags"`
+	CustomKeyStoreID               *string `json:"CustomKeyStoreId"`
+	XksKeyID                       *string `json:"XksKeyId"`
 }
 
 type keyMetadataOutput struct {
@@ -49,6 +61,13 @@ type keyMetadataOutput struct {
 
 type keyIDInput struct {
 	KeyID string `json:"KeyId"`
+}
+
+// keyIDTokensInput is a KeyId-only request that also takes grant tokens
+// (DescribeKey, GetPublicKey).
+type keyIDTokensInput struct {
+	KeyID       string   `json:"KeyId"`
+	GrantTokens []string `json:"GrantTokens"`
 }
 
 type keyIDOutput struct {
@@ -118,6 +137,7 @@ type decryptInput struct {
 	GrantTokens         []string          `json:"GrantTokens"`
 	Recipient           *RecipientInfo    `json:"Recipient"`
 	DryRun              bool              `json:"DryRun"`
+	DryRunModifiers     []string          `json:"DryRunModifiers"`
 }
 
 type decryptOutput struct {
@@ -137,6 +157,7 @@ type reEncryptInput struct {
 	DestinationEncryptionAlgorithm string            `json:"DestinationEncryptionAlgorithm"`
 	GrantTokens                    []string          `json:"GrantTokens"`
 	DryRun                         bool              `json:"DryRun"`
+	DryRunModifiers                []string          `json:"DryRunModifiers"`
 }
 
 type reEncryptOutput struct {
@@ -233,6 +254,10 @@ type ExplainInput struct {
 	// Recipient carries an attestation document to verify and use, as on
 	// Decrypt.
 	Recipient *RecipientInfo `json:"Recipient,omitempty"`
+	// RequestId, when set, asks instead for the recorded reasoning of a
+	// denied request (the id an AccessDeniedException message names); the
+	// other members are then ignored.
+	RequestID string `json:"RequestId,omitempty"`
 }
 
 // ExplainOutput is the response of CloisterExplain.
@@ -244,6 +269,9 @@ type ExplainOutput struct {
 	Attestation *AttestationReport `json:"Attestation,omitempty"`
 	// Explanation is the policy decision with per-statement reasons.
 	Explanation policy.Explanation `json:"Explanation"`
+	// RequestId and At identify a denied request explained by id.
+	RequestID string  `json:"RequestId,omitempty"`
+	At        float64 `json:"At,omitempty"`
 }
 
 // AttestationReport summarises a Recipient attestation document's checks.
@@ -251,4 +279,168 @@ type AttestationReport struct {
 	Valid bool              `json:"Valid"`
 	Error string            `json:"Error,omitempty"`
 	PCRs  map[string]string `json:"PCRs,omitempty"`
+}
+
+type signInput struct {
+	KeyID            string   `json:"KeyId"`
+	Message          []byte   `json:"Message"`
+	MessageType      string   `json:"MessageType"`
+	SigningAlgorithm string   `json:"SigningAlgorithm"`
+	GrantTokens      []string `json:"GrantTokens"`
+	DryRun           bool     `json:"DryRun"`
+	// CloisterAttestation is the Cloister extension member of Sign (see
+	// SignAttestation); unmodified SDKs never send it.
+	CloisterAttestation *SignAttestation `json:"CloisterAttestation"`
+}
+
+// SignAttestation is the Cloister extension member "CloisterAttestation"
+// of a Sign request: an attestation document whose user_data is the exact
+// digest to be signed (the message's hash under the signing algorithm, or
+// the DIGEST sent). It is verified like a Recipient document, and its PCRs
+// feed the kms:RecipientAttestation:* condition keys of the key policy.
+type SignAttestation struct {
+	AttestationDocument []byte `json:"AttestationDocument"`
+}
+
+type signOutput struct {
+	KeyID            string `json:"KeyId"`
+	Signature        []byte `json:"Signature"`
+	SigningAlgorithm string `json:"SigningAlgorithm"`
+}
+
+type verifyInput struct {
+	KeyID            string   `json:"KeyId"`
+	Message          []byte   `json:"Message"`
+	MessageType      string   `json:"MessageType"`
+	Signature        []byte   `json:"Signature"`
+	SigningAlgorithm string   `json:"SigningAlgorithm"`
+	GrantTokens      []string `json:"GrantTokens"`
+	DryRun           bool     `json:"DryRun"`
+}
+
+type verifyOutput struct {
+	KeyID            string `json:"KeyId"`
+	SignatureValid   bool   `json:"SignatureValid"`
+	SigningAlgorithm string `json:"SigningAlgorithm"`
+}
+
+type getPublicKeyOutput struct {
+	KeyID                  string   `json:"KeyId"`
+	PublicKey              []byte   `json:"PublicKey"`
+	CustomerMasterKeySpec  string   `json:"CustomerMasterKeySpec"`
+	KeySpec                string   `json:"KeySpec"`
+	KeyUsage               string   `json:"KeyUsage"`
+	EncryptionAlgorithms   []string `json:"EncryptionAlgorithms,omitempty"`
+	SigningAlgorithms      []string `json:"SigningAlgorithms,omitempty"`
+	KeyAgreementAlgorithms []string `json:"KeyAgreementAlgorithms,omitempty"`
+}
+
+type generateMacInput struct {
+	KeyID        string   `json:"KeyId"`
+	Message      []byte   `json:"Message"`
+	MacAlgorithm string   `json:"MacAlgorithm"`
+	GrantTokens  []string `json:"GrantTokens"`
+	DryRun       bool     `json:"DryRun"`
+}
+
+type verifyMacInput struct {
+	KeyID        string   `json:"KeyId"`
+	Message      []byte   `json:"Message"`
+	MacAlgorithm string   `json:"MacAlgorithm"`
+	Mac          []byte   `json:"Mac"`
+	GrantTokens  []string `json:"GrantTokens"`
+	DryRun       bool     `json:"DryRun"`
+}
+
+type generateMacOutput struct {
+	KeyID        string `json:"KeyId"`
+	Mac          []byte `json:"Mac"`
+	MacAlgorithm string `json:"MacAlgorithm"`
+}
+
+type verifyMacOutput struct {
+	KeyID        string `json:"KeyId"`
+	MacValid     bool   `json:"MacValid"`
+	MacAlgorithm string `json:"MacAlgorithm"`
+}
+
+type generateDataKeyPairInput struct {
+	KeyID             string            `json:"KeyId"`
+	KeyPairSpec       string            `json:"KeyPairSpec"`
+	EncryptionContext map[string]string `json:"EncryptionContext"`
+	GrantTokens       []string          `json:"GrantTokens"`
+	Recipient         *RecipientInfo    `json:"Recipient"`
+	DryRun            bool              `json:"DryRun"`
+}
+
+type generateDataKeyPairOutput struct {
+	KeyID                    string `json:"KeyId"`
+	KeyPairSpec              string `json:"KeyPairSpec"`
+	PublicKey                []byte `json:"PublicKey"`
+	PrivateKeyCiphertextBlob []byte `json:"PrivateKeyCiphertextBlob"`
+	PrivateKeyPlaintext      []byte `json:"PrivateKeyPlaintext,omitempty"`
+	CiphertextForRecipient   []byte `json:"CiphertextForRecipient,omitempty"`
+}
+
+type deriveSharedSecretInput struct {
+	KeyID                 string         `json:"KeyId"`
+	KeyAgreementAlgorithm string         `json:"KeyAgreementAlgorithm"`
+	PublicKey             []byte         `json:"PublicKey"`
+	GrantTokens           []string       `json:"GrantTokens"`
+	Recipient             *RecipientInfo `json:"Recipient"`
+	DryRun                bool           `json:"DryRun"`
+}
+
+type deriveSharedSecretOutput struct {
+	KeyID                  string `json:"KeyId"`
+	SharedSecret           []byte `json:"SharedSecret,omitempty"`
+	CiphertextForRecipient []byte `json:"CiphertextForRecipient,omitempty"`
+	KeyAgreementAlgorithm  string `json:"KeyAgreementAlgorithm"`
+	KeyOrigin              string `json:"KeyOrigin"`
+}
+
+type tagResourceInput struct {
+	KeyID string `json:"KeyId"`
+	Tags  []Tag  `json:"Tags"`
+}
+
+type untagResourceInput struct {
+	KeyID   string   `json:"KeyId"`
+	TagKeys []string `json:"TagKeys"`
+}
+
+type listResourceTagsOutput struct {
+	Tags       []Tag  `json:"Tags"`
+	NextMarker string `json:"NextMarker,omitempty"`
+	Truncated  bool   `json:"Truncated"`
+}
+
+type updateKeyDescriptionInput struct {
+	KeyID       string  `json:"KeyId"`
+	Description *string `json:"Description"`
+}
+
+type listKeyPoliciesOutput struct {
+	PolicyNames []string `json:"PolicyNames"`
+	NextMarker  string   `json:"NextMarker,omitempty"`
+	Truncated   bool     `json:"Truncated"`
+}
+
+type listKeyRotationsInput struct {
+	KeyID              string `json:"KeyId"`
+	Limit              *int   `json:"Limit"`
+	Marker             string `json:"Marker"`
+	IncludeKeyMaterial string `json:"IncludeKeyMaterial"`
+}
+
+type rotationEntry struct {
+	KeyID        string  `json:"KeyId"`
+	RotationDate float64 `json:"RotationDate"`
+	RotationType string  `json:"RotationType"`
+}
+
+type listKeyRotationsOutput struct {
+	Rotations  []rotationEntry `json:"Rotations"`
+	NextMarker string          `json:"NextMarker,omitempty"`
+	Truncated  bool            `json:"Truncated"`
 }

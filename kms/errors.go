@@ -27,6 +27,12 @@ const (
 	CodeUnknownOperation      = "UnknownOperationException"
 	CodeDryRunOperation       = "DryRunOperationException"
 	CodeMissingAuthentication = "MissingAuthenticationTokenException"
+	CodeInvalidSignature      = "KMSInvalidSignatureException"
+	CodeInvalidMac            = "KMSInvalidMacException"
+	CodeInvalidGrantToken     = "InvalidGrantTokenException"
+	CodeInvalidGrantID        = "InvalidGrantIdException"
+	CodeTag                   = "TagException"
+	CodeLimitExceeded         = "LimitExceededException"
 )
 
 // ErrAPI is wrapped by every *APIError.

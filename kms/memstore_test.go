@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/cloister/cloister/kms/store"
 )
@@ -72,7 +73,7 @@ func (m *memStore) UpdateKey(_ context.Context, id string, fn func(*store.Key) e
 	return k, nil
 }
 
-func (m *memStore) Rotate(_ context.Context, id string, secret []byte, fn func(*store.Key)) (store.Key, error) {
+func (m *memStore) Rotate(_ context.Context, id string, secret []byte, fn func(*store.Key) error) (store.Key, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	k, ok := m.keys[id]
@@ -81,7 +82,9 @@ func (m *memStore) Rotate(_ context.Context, id string, secret []byte, fn func(*
 	}
 	next := k.CurrentVersion + 1
 	if fn != nil {
-		fn(&k)
+		if err := fn(&k); err != nil {
+			return store.Key{}, err
+		}
 	}
 	k.ID, k.CurrentVersion = id, next
 	m.keys[id] = k
@@ -157,6 +160,36 @@ func (m *memStore) ListAliases(context.Context) ([]store.Alias, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
+
+func (m *memStore) UpdateAlias(_ context.Context, name, keyID string, at time.Time, check func(string) error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	a, ok := m.aliases[name]
+	if !ok {
+		return store.ErrNotFound
+	}
+	if _, ok := m.keys[keyID]; !ok {
+		return store.ErrNotFound
+	}
+	if check != nil {
+		if err := check(a.KeyID); err != nil {
+			return err
+		}
+	}
+	a.KeyID, a.UpdatedAt = keyID, at
+	m.aliases[name] = a
+	return nil
+}
+
+func (m *memStore) Ping(context.Context) error { return nil }
+
+func (m *memStore) PutDenial(context.Context, store.Denial) error { return nil }
+
+func (m *memStore) GetDenial(context.Context, string) (store.Denial, error) {
+	return store.Denial{}, store.ErrNotFound
+}
+
+func (m *memStore) PurgeDenials(context.Context, time.Time) (int, error) { return 0, nil }
 
 func (m *memStore) Close() error { return nil }
 

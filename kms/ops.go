@@ -2,8 +2,10 @@ package kms
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -119,9 +121,13 @@ func (s *Server) resolveKey(c *call, keyID string) (store.Key, error) {
 }
 
 // PurgeDeleted deletes every key whose scheduled deletion date has passed
-// and returns how many it deleted. The serve command calls it periodically;
-// requests also purge lazily.
+// and the recorded denials older than DenialRetention, and returns how many
+// keys it deleted. Serve calls it periodically; requests also purge keys
+// lazily.
 func (s *Server) PurgeDeleted(ctx context.Context) (int, error) {
+	if _, err := s.cfg.Store.PurgeDenials(ctx, s.now().Add(-s.cfg.DenialRetention)); err != nil {
+		return 0, err
+	}
 	keys, err := s.cfg.Store.ListKeys(ctx)
 	if err != nil {
 		return 0, err
@@ -176,8 +182,9 @@ func (s *Server) request(c *call, k store.Key, action string, ec map[string]stri
 	return req
 }
 
-// authorize evaluates the key policy for action; denial is
-// AccessDeniedException with AWS's wording.
+// authorize evaluates the key policy for action and, when no statement
+// applies, the key's grants (an explicit deny wins over any grant); denial
+// is AccessDeniedException with AWS's wording.
 func (s *Server) authorize(c *call, k store.Key, action string, ec map[string]string, att *attestedRecipient) error {
 	p, err := parsedPolicy(k.Policy)
 	if err != nil {
@@ -185,9 +192,18 @@ func (s *Server) authorize(c *call, k store.Key, action string, ec map[string]st
 	}
 	ex := p.Explain(s.request(c, k, action, ec, att))
 	c.audit.decision, c.audit.reason = string(ex.Decision), ex.Reason
+	c.audit.action, c.audit.keyUUID, c.audit.keyID, c.audit.explanation = action, k.ID, k.ARN, &ex
 	switch ex.Decision {
 	case policy.Allowed:
 		return nil
+	case policy.ImplicitDeny:
+		if g := grantAllows(k, c, action, ec); g != nil {
+			c.grant = g
+			c.audit.decision, c.audit.reason = "Allow", "allowed by grant "+g.ID+" (the key policy alone: "+ex.Reason+")"
+			return nil
+		}
+	}
+	switch ex.Decision {
 	case policy.ExplicitDeny:
 		return apiErr(CodeAccessDenied, "User: %s is not authorized to perform: %s on resource: %s with an explicit deny in a resource-based policy", c.cred.PrincipalARN, action, k.ARN)
 	default:
@@ -244,9 +260,10 @@ func validateContext(ec map[string]string) error {
 	return nil
 }
 
-func checkAlgorithm(a string) error {
-	if a != "" && a != symmetricDefault {
-		return apiErr(CodeValidation, "EncryptionAlgorithm %s is not valid for a symmetric key; use SYMMETRIC_DEFAULT", a)
+// rotatable: only symmetric encryption keys rotate, as on AWS.
+func rotatable(k store.Key) error {
+	if k.KeySpec != symmetricDefault {
+		return apiErr(CodeUnsupportedOperation, "%s has KeySpec %s; only symmetric encryption keys support rotation.", k.ARN, k.KeySpec)
 	}
 	return nil
 }
@@ -255,12 +272,21 @@ func dryRun() error {
 	return apiErr(CodeDryRunOperation, "The request would have succeeded, but the DryRun option is set.")
 }
 
-// maybeRotate performs a due automatic rotation.
+// errNotDue aborts an automatic rotation another server already made.
+var errNotDue = errors.New("kms: rotation no longer due")
+
+// maybeRotate performs a due automatic rotation of a symmetric key. The
+// due check is repeated under the store's lock, so servers sharing a store
+// rotate a key once per period.
 func (s *Server) maybeRotate(c *call, k store.Key) (store.Key, error) {
-	if !k.RotationEnabled || k.State != store.Enabled || s.now().Before(k.NextRotation) {
+	if !k.RotationEnabled || k.State != store.Enabled || s.now().Before(k.NextRotation) || k.KeySpec != symmetricDefault {
 		return k, nil
 	}
-	return s.rotate(c, k.ID, false)
+	r, err := s.rotate(c, k.ID, false)
+	if errors.Is(err, errNotDue) {
+		return s.cfg.Store.GetKey(c.ctx, k.ID)
+	}
+	return r, err
 }
 
 func (s *Server) rotate(c *call, id string, onDemand bool) (store.Key, error) {
@@ -269,11 +295,15 @@ func (s *Server) rotate(c *call, id string, onDemand bool) (store.Key, error) {
 		return store.Key{}, err
 	}
 	now := s.now()
-	k, err := s.cfg.Store.Rotate(c.ctx, id, secret, func(k *store.Key) {
+	k, err := s.cfg.Store.Rotate(c.ctx, id, secret, func(k *store.Key) error {
+		if !onDemand && (!k.RotationEnabled || now.Before(k.NextRotation)) {
+			return errNotDue
+		}
 		k.Rotations = append(k.Rotations, store.Rotation{Version: k.CurrentVersion + 1, CreatedAt: now, OnDemand: onDemand})
 		if k.RotationEnabled && !onDemand {
 			k.NextRotation = now.Add(time.Duration(k.RotationPeriodDays) * 24 * time.Hour)
 		}
+		return nil
 	})
 	if err != nil {
 		return store.Key{}, err
@@ -287,8 +317,9 @@ func (s *Server) metadata(k store.Key) KeyMetadata {
 		AWSAccountID: k.Account, KeyID: k.ID, Arn: k.ARN, CreationDate: epoch(k.CreatedAt),
 		Enabled: k.State == store.Enabled, Description: k.Description, KeyUsage: k.KeyUsage,
 		KeyState: string(k.State), Origin: "AWS_KMS", KeyManager: "CUSTOMER",
-		CustomerMasterKeySpec: k.KeySpec, KeySpec: k.KeySpec, EncryptionAlgorithms: []string{symmetricDefault},
+		CustomerMasterKeySpec: k.KeySpec, KeySpec: k.KeySpec,
 	}
+	m.SigningAlgorithms, m.EncryptionAlgorithms, m.MacAlgorithms, m.KeyAgreementAlgorithms = algorithms(k.KeySpec, k.KeyUsage)
 	if k.State == store.PendingDeletion {
 		d, w := epoch(k.DeletionDate), k.PendingWindowDays
 		m.DeletionDate, m.PendingDeletionWindowInDays = &d, &w
@@ -303,23 +334,22 @@ func (s *Server) createKey(c *call) (any, error) {
 	if err := decode(c.body, &in); err != nil {
 		return nil, err
 	}
-	spec := symmetricDefault
-	for _, p := range []*string{in.KeySpec, in.CustomerMasterKeySpec} {
-		if p != nil && *p != "" {
-			spec = *p
-		}
-	}
-	if spec != symmetricDefault {
-		return nil, apiErr(CodeUnsupportedOperation, "KeySpec %s is not supported; Cloister implements SYMMETRIC_DEFAULT keys only", spec)
-	}
-	if in.KeyUsage != nil && *in.KeyUsage != encryptDecrypt {
-		return nil, apiErr(CodeValidation, "KeyUsage %s is not valid for a SYMMETRIC_DEFAULT key; use ENCRYPT_DECRYPT", *in.KeyUsage)
+	spec, usage, err := keySpecAndUsage(in)
+	if err != nil {
+		return nil, err
 	}
 	if in.Origin != nil && *in.Origin != "AWS_KMS" {
 		return nil, apiErr(CodeUnsupportedOperation, "Origin %s is not supported; only AWS_KMS", *in.Origin)
 	}
 	if in.MultiRegion != nil && *in.MultiRegion {
 		return nil, apiErr(CodeUnsupportedOperation, "multi-Region keys are not supported")
+	}
+	if in.CustomKeyStoreID != nil || in.XksKeyID != nil {
+		return nil, apiErr(CodeUnsupportedOperation, "custom key stores are not supported")
+	}
+	tags, err := validTags(in.Tags)
+	if err != nil {
+		return nil, err
 	}
 	desc := ""
 	if in.Description != nil {
@@ -331,8 +361,14 @@ func (s *Server) createKey(c *call) (any, error) {
 	id := uuid.NewString()
 	k := store.Key{
 		ID: id, ARN: "arn:aws:kms:" + s.cfg.Region + ":" + c.cred.Account + ":key/" + id, Account: c.cred.Account,
-		Description: desc, KeyUsage: encryptDecrypt, KeySpec: symmetricDefault, State: store.Enabled, CreatedAt: s.now(),
+		Description: desc, KeyUsage: usage, KeySpec: spec, State: store.Enabled, CreatedAt: s.now(),
 		Policy: policy.Default(c.cred.Account),
+	}
+	for _, t := range tags {
+		if k.Tags == nil {
+			k.Tags = map[string]string{}
+		}
+		k.Tags[t.TagKey] = t.TagValue
 	}
 	c.audit.keyID = k.ARN
 	if in.Policy != nil {
@@ -341,8 +377,8 @@ func (s *Server) createKey(c *call) (any, error) {
 		}
 		k.Policy = *in.Policy
 	}
-	secret := make([]byte, 32)
-	if _, err := io.ReadFull(s.cfg.Rand, secret); err != nil {
+	secret, err := newMaterial(s.cfg.Rand, spec)
+	if err != nil {
 		return nil, err
 	}
 	if err := s.cfg.Store.CreateKey(c.ctx, k, secret); err != nil {
@@ -385,8 +421,18 @@ func (s *Server) keyOp(c *call, action string) (store.Key, error) {
 }
 
 func (s *Server) describeKey(c *call) (any, error) {
-	k, err := s.keyOp(c, "kms:DescribeKey")
+	var in keyIDTokensInput
+	if err := decode(c.body, &in); err != nil {
+		return nil, err
+	}
+	if err := s.checkGrantTokens(in.GrantTokens); err != nil {
+		return nil, err
+	}
+	k, err := s.resolveKey(c, in.KeyID)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.authorize(c, k, "kms:DescribeKey", nil, nil); err != nil {
 		return nil, err
 	}
 	return keyMetadataOutput{s.metadata(k)}, nil
@@ -655,33 +701,87 @@ func (s *Server) encrypt(c *call) (any, error) {
 	if len(in.Plaintext) == 0 || len(in.Plaintext) > maxPlaintext {
 		return nil, apiErr(CodeValidation, "Plaintext must be 1 to %d bytes", maxPlaintext)
 	}
-	if err := checkAlgorithm(in.EncryptionAlgorithm); err != nil {
-		return nil, err
-	}
 	if err := validateContext(in.EncryptionContext); err != nil {
 		return nil, err
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	if err := s.checkGrantTokens(in.GrantTokens); err != nil {
+		return nil, err
+	}
+	k, err := s.cryptoKey(c, in.KeyID, "kms:Encrypt", usageEncrypt, in.EncryptionContext, nil)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.authorize(c, k, "kms:Encrypt", in.EncryptionContext, nil); err != nil {
-		return nil, err
-	}
-	if err := usable(k); err != nil {
+	alg, err := encryptionAlgorithm(k, in.EncryptionAlgorithm)
+	if err != nil {
 		return nil, err
 	}
 	if in.DryRun {
 		return nil, dryRun()
 	}
-	if k, err = s.maybeRotate(c, k); err != nil {
-		return nil, err
-	}
-	blob, err := s.encryptUnder(c, k, in.Plaintext, in.EncryptionContext)
+	blob, err := s.encryptWith(c, k, alg, in.Plaintext, in.EncryptionContext)
 	if err != nil {
 		return nil, err
 	}
-	return encryptOutput{CiphertextBlob: blob, KeyID: k.ARN, EncryptionAlgorithm: symmetricDefault}, nil
+	return encryptOutput{CiphertextBlob: blob, KeyID: k.ARN, EncryptionAlgorithm: alg}, nil
+}
+
+// encryptWith encrypts under k with alg (already checked for k): a
+// Cloister blob under the current material for SYMMETRIC_DEFAULT (after a
+// due rotation), raw RSAES-OAEP otherwise.
+func (s *Server) encryptWith(c *call, k store.Key, alg string, pt []byte, ec map[string]string) ([]byte, error) {
+	if alg != symmetricDefault {
+		return s.rsaEncrypt(c, k, alg, pt, ec)
+	}
+	k, err := s.maybeRotate(c, k)
+	if err != nil {
+		return nil, err
+	}
+	return s.encryptUnder(c, k, pt, ec)
+}
+
+// decryptAny decrypts a ciphertext: a Cloister blob names its symmetric
+// key (checked against keyID when given); anything else is an asymmetric
+// ciphertext, which needs keyID and the algorithm, as on AWS.
+func (s *Server) decryptAny(c *call, blob []byte, keyID, alg string, ec map[string]string, action string, att *attestedRecipient) (store.Key, []byte, string, error) {
+	if len(blob) == 0 || len(blob) > maxCiphertext {
+		return store.Key{}, nil, "", apiErr(CodeValidation, "CiphertextBlob must be 1 to %d bytes", maxCiphertext)
+	}
+	if alg != "" {
+		if err := checkEnum("encryptionAlgorithm", alg, allEncryptionAlgorithms); err != nil {
+			return store.Key{}, nil, "", err
+		}
+	}
+	if _, err := parseBlob(blob); err == nil || keyID == "" {
+		if alg != "" && alg != symmetricDefault {
+			return store.Key{}, nil, "", apiErr(CodeValidation, "KeyId is required to decrypt with %s (an asymmetric KMS key)", alg)
+		}
+		k, pt, err := s.openCiphertext(c, blob, keyID, ec, action, att)
+		return k, pt, symmetricDefault, err
+	}
+	k, err := s.cryptoKey(c, keyID, action, usageEncrypt, ec, att)
+	if err != nil {
+		return store.Key{}, nil, "", err
+	}
+	if alg, err = encryptionAlgorithm(k, alg); err != nil {
+		return store.Key{}, nil, "", err
+	}
+	if alg == symmetricDefault {
+		return store.Key{}, nil, "", apiErr(CodeInvalidCiphertext, "the ciphertext is not a ciphertext of this key service")
+	}
+	pt, err := s.rsaDecrypt(c, k, alg, blob, ec)
+	if err != nil {
+		return store.Key{}, nil, "", err
+	}
+	return k, pt, alg, nil
+}
+
+func checkDryRunModifiers(m []string) error {
+	for _, v := range m {
+		if err := checkEnum("dryRunModifiers", v, []string{"IGNORE_CIPHERTEXT"}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *Server) decrypt(c *call) (any, error) {
@@ -689,24 +789,27 @@ func (s *Server) decrypt(c *call) (any, error) {
 	if err := decode(c.body, &in); err != nil {
 		return nil, err
 	}
-	if err := checkAlgorithm(in.EncryptionAlgorithm); err != nil {
+	if err := validateContext(in.EncryptionContext); err != nil {
 		return nil, err
 	}
-	if err := validateContext(in.EncryptionContext); err != nil {
+	if err := checkDryRunModifiers(in.DryRunModifiers); err != nil {
+		return nil, err
+	}
+	if err := s.checkGrantTokens(in.GrantTokens); err != nil {
 		return nil, err
 	}
 	att, err := s.checkRecipient(c, in.Recipient)
 	if err != nil {
 		return nil, err
 	}
-	k, pt, err := s.openCiphertext(c, in.CiphertextBlob, in.KeyID, in.EncryptionContext, "kms:Decrypt", att)
+	k, pt, alg, err := s.decryptAny(c, in.CiphertextBlob, in.KeyID, in.EncryptionAlgorithm, in.EncryptionContext, "kms:Decrypt", att)
 	if err != nil {
 		return nil, err
 	}
 	if in.DryRun {
 		return nil, dryRun()
 	}
-	out := decryptOutput{KeyID: k.ARN, EncryptionAlgorithm: symmetricDefault}
+	out := decryptOutput{KeyID: k.ARN, EncryptionAlgorithm: alg}
 	if att != nil {
 		if out.CiphertextForRecipient, err = cms.Encrypt(s.cfg.Rand, att.spki, pt); err != nil {
 			return nil, err
@@ -722,22 +825,23 @@ func (s *Server) reEncrypt(c *call) (any, error) {
 	if err := decode(c.body, &in); err != nil {
 		return nil, err
 	}
-	for _, a := range []string{in.SourceEncryptionAlgorithm, in.DestinationEncryptionAlgorithm} {
-		if err := checkAlgorithm(a); err != nil {
-			return nil, err
-		}
-	}
 	if err := validateContext(in.SourceEncryptionContext); err != nil {
 		return nil, err
 	}
 	if err := validateContext(in.DestinationEncryptionContext); err != nil {
 		return nil, err
 	}
+	if err := checkDryRunModifiers(in.DryRunModifiers); err != nil {
+		return nil, err
+	}
+	if err := s.checkGrantTokens(in.GrantTokens); err != nil {
+		return nil, err
+	}
 	dst, err := s.resolveKey(c, in.DestinationKeyID)
 	if err != nil {
 		return nil, err
 	}
-	src, pt, err := s.openCiphertext(c, in.CiphertextBlob, in.SourceKeyID, in.SourceEncryptionContext, "kms:ReEncryptFrom", nil)
+	src, pt, srcAlg, err := s.decryptAny(c, in.CiphertextBlob, in.SourceKeyID, in.SourceEncryptionAlgorithm, in.SourceEncryptionContext, "kms:ReEncryptFrom", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -748,18 +852,22 @@ func (s *Server) reEncrypt(c *call) (any, error) {
 	if err := usable(dst); err != nil {
 		return nil, err
 	}
+	if err := wantUsage(dst, usageEncrypt, "ReEncrypt"); err != nil {
+		return nil, err
+	}
+	dstAlg, err := encryptionAlgorithm(dst, in.DestinationEncryptionAlgorithm)
+	if err != nil {
+		return nil, err
+	}
 	if in.DryRun {
 		return nil, dryRun()
 	}
-	if dst, err = s.maybeRotate(c, dst); err != nil {
-		return nil, err
-	}
-	blob, err := s.encryptUnder(c, dst, pt, in.DestinationEncryptionContext)
+	blob, err := s.encryptWith(c, dst, dstAlg, pt, in.DestinationEncryptionContext)
 	if err != nil {
 		return nil, err
 	}
 	return reEncryptOutput{CiphertextBlob: blob, SourceKeyID: src.ARN, KeyID: dst.ARN,
-		SourceEncryptionAlgorithm: symmetricDefault, DestinationEncryptionAlgorithm: symmetricDefault}, nil
+		SourceEncryptionAlgorithm: srcAlg, DestinationEncryptionAlgorithm: dstAlg}, nil
 }
 
 // dataKeySize validates NumberOfBytes/KeySpec: exactly one, 1..1024 bytes
@@ -793,19 +901,19 @@ func (s *Server) dataKey(c *call, in generateDataKeyInput, action string) (store
 	if err := validateContext(in.EncryptionContext); err != nil {
 		return store.Key{}, nil, nil, nil, err
 	}
+	if err := s.checkGrantTokens(in.GrantTokens); err != nil {
+		return store.Key{}, nil, nil, nil, err
+	}
 	att, err := s.checkRecipient(c, in.Recipient)
 	if err != nil {
 		return store.Key{}, nil, nil, nil, err
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.cryptoKey(c, in.KeyID, action, usageEncrypt, in.EncryptionContext, att)
 	if err != nil {
 		return store.Key{}, nil, nil, nil, err
 	}
-	if err := s.authorize(c, k, action, in.EncryptionContext, att); err != nil {
-		return store.Key{}, nil, nil, nil, err
-	}
-	if err := usable(k); err != nil {
-		return store.Key{}, nil, nil, nil, err
+	if k.KeySpec != symmetricDefault {
+		return store.Key{}, nil, nil, nil, apiErr(CodeInvalidKeyUsage, "%s is not a symmetric encryption key; %s needs one.", k.ARN, action[len("kms:"):])
 	}
 	if in.DryRun {
 		return store.Key{}, nil, nil, nil, dryRun()
@@ -967,6 +1075,9 @@ func (s *Server) enableKeyRotation(c *call) (any, error) {
 	if err := usable(k); err != nil {
 		return nil, err
 	}
+	if err := rotatable(k); err != nil {
+		return nil, err
+	}
 	now := s.now()
 	_, err = s.cfg.Store.UpdateKey(c.ctx, k.ID, func(k *store.Key) error {
 		k.RotationEnabled, k.RotationPeriodDays = true, days
@@ -987,6 +1098,9 @@ func (s *Server) disableKeyRotation(c *call) (any, error) {
 	if err := usable(k); err != nil {
 		return nil, err
 	}
+	if err := rotatable(k); err != nil {
+		return nil, err
+	}
 	_, err = s.cfg.Store.UpdateKey(c.ctx, k.ID, func(k *store.Key) error {
 		k.RotationEnabled, k.NextRotation = false, time.Time{}
 		return nil
@@ -1000,6 +1114,9 @@ func (s *Server) disableKeyRotation(c *call) (any, error) {
 func (s *Server) getKeyRotationStatus(c *call) (any, error) {
 	k, err := s.keyOp(c, "kms:GetKeyRotationStatus")
 	if err != nil {
+		return nil, err
+	}
+	if err := rotatable(k); err != nil {
 		return nil, err
 	}
 	out := getKeyRotationStatusOutput{KeyRotationEnabled: k.RotationEnabled, KeyID: k.ARN}
@@ -1016,6 +1133,9 @@ func (s *Server) rotateKeyOnDemand(c *call) (any, error) {
 		return nil, err
 	}
 	if err := usable(k); err != nil {
+		return nil, err
+	}
+	if err := rotatable(k); err != nil {
 		return nil, err
 	}
 	if _, err := s.rotate(c, k.ID, true); err != nil {
@@ -1106,29 +1226,59 @@ func (s *Server) checkRecipient(c *call, r *RecipientInfo) (*attestedRecipient, 
 	if r.KeyEncryptionAlgorithm != "" && r.KeyEncryptionAlgorithm != cms.KeyEncryptionRSAOAEPSHA256 {
 		return nil, apiErr(CodeValidation, "Recipient.KeyEncryptionAlgorithm %q is not valid; the only value is RSAES_OAEP_SHA_256", r.KeyEncryptionAlgorithm)
 	}
-	if len(r.AttestationDocument) == 0 || len(r.AttestationDocument) > maxAttestationDoc {
-		return nil, apiErr(CodeValidation, "Recipient.AttestationDocument must be 1 to %d bytes", maxAttestationDoc)
+	pol := attest.Policy{PublicKey: attest.RequireRSAPublicKey(MinRecipientRSABits)}
+	return s.checkAttestation(c, "Recipient", r.AttestationDocument, pol)
+}
+
+// checkSignAttestation verifies the CloisterAttestation member of a Sign
+// request (nil → nil, nil) as checkRecipient does, without the RSA public
+// key, and requires its user_data to equal digest, the exact bytes to be
+// signed: a document made for one message does not get another signed.
+func (s *Server) checkSignAttestation(c *call, sa *SignAttestation, digest []byte) (*attestedRecipient, error) {
+	if sa == nil {
+		return nil, nil
+	}
+	pol := attest.Policy{UserData: func(u []byte) error {
+		if subtle.ConstantTimeCompare(u, digest) != 1 {
+			return errors.New("user_data is not the digest being signed")
+		}
+		return nil
+	}}
+	return s.checkAttestation(c, "CloisterAttestation", sa.AttestationDocument, pol)
+}
+
+// checkAttestation verifies an attestation document and applies pol plus
+// the server's age limit (debug documents allowed). Shape problems are
+// ValidationException: an empty or oversized document, one that does not
+// parse, a public key pol rejects. Trust problems are
+// AccessDeniedException: an untrusted root, a broken chain, an expired
+// certificate, a bad signature, a timestamp older than MaxAttestationAge
+// (or more than 5 minutes in the future), any other check of pol.
+func (s *Server) checkAttestation(c *call, member string, docBytes []byte, pol attest.Policy) (*attestedRecipient, error) {
+	if len(docBytes) == 0 || len(docBytes) > maxAttestationDoc {
+		return nil, apiErr(CodeValidation, "%s.AttestationDocument must be 1 to %d bytes", member, maxAttestationDoc)
 	}
 	now := s.now()
-	v, err := s.attest.Verify(r.AttestationDocument, now)
+	v, err := s.attest.Verify(docBytes, now)
 	if err != nil {
 		if errors.Is(err, attest.ErrMalformed) || errors.Is(err, attest.ErrTooLarge) {
-			return nil, apiErr(CodeValidation, "Recipient.AttestationDocument is not a valid attestation document: %v", err)
+			return nil, apiErr(CodeValidation, "%s.AttestationDocument is not a valid attestation document: %v", member, err)
 		}
 		c.audit.reason = "attestation rejected: " + err.Error()
-		return nil, apiErr(CodeAccessDenied, "User: %s is not authorized: the Recipient attestation document could not be verified: %v", c.cred.PrincipalARN, err)
+		return nil, apiErr(CodeAccessDenied, "User: %s is not authorized: the %s attestation document could not be verified: %v", c.cred.PrincipalARN, member, err)
 	}
 	doc := v.Document()
 	c.audit.pcrs = make(map[string]string, len(doc.PCRs))
 	for i, p := range doc.PCRs {
 		c.audit.pcrs[strconv.Itoa(i)] = hex.EncodeToString(p)
 	}
-	pol := attest.Policy{AllowDebug: true, MaxAge: s.cfg.MaxAttestationAge, PublicKey: attest.RequireRSAPublicKey(MinRecipientRSABits)}
+	pol.AllowDebug, pol.MaxAge = true, s.cfg.MaxAttestationAge
 	if err := pol.Evaluate(v, now); err != nil {
 		if errors.Is(err, attest.ErrPublicKey) {
-			return nil, apiErr(CodeValidation, "Recipient.AttestationDocument must carry an RSA public key of at least %d bits (DER SubjectPublicKeyInfo): %v", MinRecipientRSABits, err)
+			return nil, apiErr(CodeValidation, "%s.AttestationDocument must carry an RSA public key of at least %d bits (DER SubjectPublicKeyInfo): %v", member, MinRecipientRSABits, err)
 		}
-		return nil, apiErr(CodeAccessDenied, "User: %s is not authorized: the Recipient attestation document is not acceptable: %v", c.cred.PrincipalARN, err)
+		c.audit.reason = "attestation rejected: " + err.Error()
+		return nil, apiErr(CodeAccessDenied, "User: %s is not authorized: the %s attestation document is not acceptable: %v", c.cred.PrincipalARN, member, err)
 	}
 	return &attestedRecipient{spki: doc.PublicKey, pcrs: doc.PCRs}, nil
 }
@@ -1142,6 +1292,9 @@ func (s *Server) explain(c *call) (any, error) {
 	}
 	if err := validateContext(in.EncryptionContext); err != nil {
 		return nil, err
+	}
+	if in.RequestID != "" {
+		return s.explainDenial(c, in.RequestID)
 	}
 	action := in.Action
 	if action == "" {
@@ -1206,5 +1359,44 @@ func (s *Server) explain(c *call) (any, error) {
 	}
 	out.Explanation = p.Explain(s.request(&cc, k, action, in.EncryptionContext, att))
 	c.audit.reason = "dry run"
+	return out, nil
+}
+
+// explainDenial returns the recorded reasoning of a denied request. It is
+// shown to callers of the same account who may read the key's policy now
+// (kms:GetKeyPolicy), as CloisterExplain requires for a stored policy; a
+// denial that named no key is shown to the denied principal only.
+func (s *Server) explainDenial(c *call, requestID string) (any, error) {
+	if len(requestID) > 64 {
+		return nil, apiErr(CodeValidation, "RequestId is longer than 64 characters")
+	}
+	notFound := apiErr(CodeNotFound, "No denied request %s is on record (denials are kept %s)", requestID, s.cfg.DenialRetention)
+	d, err := s.cfg.Store.GetDenial(c.ctx, requestID)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && d.Account != c.cred.Account) {
+		return nil, notFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	if d.KeyID != "" {
+		k, err := s.resolveKey(c, "arn:aws:kms:"+s.cfg.Region+":"+d.Account+":key/"+d.KeyID)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.authorize(c, k, "kms:GetKeyPolicy", nil, nil); err != nil {
+			return nil, err
+		}
+	} else if d.Principal != c.cred.PrincipalARN {
+		return nil, notFound
+	}
+	out := ExplainOutput{KeyID: d.KeyARN, Action: d.Action, Principal: d.Principal, RequestID: d.RequestID, At: epoch(d.At)}
+	if len(d.Explanation) > 0 {
+		if err := json.Unmarshal(d.Explanation, &out.Explanation); err != nil {
+			return nil, fmt.Errorf("kms: recorded denial %s: %w", requestID, err)
+		}
+	} else {
+		out.Explanation = policy.Explanation{Decision: "Denied", Reason: d.Reason, Statements: []policy.StatementExplanation{}}
+	}
+	c.audit.reason = "explained denied request " + requestID
 	return out, nil
 }

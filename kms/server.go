@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/internal/jsonx"
+	"github.com/cloister/cloister/kms/policy"
 	"github.com/cloister/cloister/kms/sigv4"
 	"github.com/cloister/cloister/kms/store"
 )
@@ -56,6 +58,13 @@ type Config struct {
 	// Logger receives one audit line per decision and errors; default
 	// slog.Default().
 	Logger *slog.Logger
+	// DenialRetention is how long the reasons of denied requests are kept
+	// for `cloister kms explain --request-id`; default 24 hours.
+	DenialRetention time.Duration
+	// Registry receives the Prometheus metrics, also served at GET
+	// /metrics; default a registry of the server's own (with the Go and
+	// process collectors).
+	Registry *prometheus.Registry
 }
 
 // Server is the AWS-KMS-compatible key service, an http.Handler speaking the
@@ -67,6 +76,7 @@ type Server struct {
 	attest *attest.Verifier
 	log    *slog.Logger
 	ops    map[string]opFunc
+	m      *metrics
 }
 
 var _ http.Handler = (*Server)(nil)
@@ -78,6 +88,8 @@ type call struct {
 	cred  sigv4.Credential
 	body  []byte
 	audit *auditRecord
+	// grant is the grant that allowed the request, if one did.
+	grant *store.Grant
 }
 
 type opFunc func(s *Server, c *call) (any, error)
@@ -102,6 +114,9 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
+	if cfg.DenialRetention <= 0 {
+		cfg.DenialRetention = 24 * time.Hour
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -119,7 +134,11 @@ func NewServer(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("kms: %w", err)
 		}
 	}
-	s := &Server{cfg: cfg, sig: sv, attest: av, log: cfg.Logger}
+	m, err := newMetrics(cfg.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("kms: metrics: %w", err)
+	}
+	s := &Server{cfg: cfg, sig: sv, attest: av, log: cfg.Logger, m: m}
 	s.ops = map[string]opFunc{
 		"CreateKey":                       (*Server).createKey,
 		"DescribeKey":                     (*Server).describeKey,
@@ -144,6 +163,29 @@ func NewServer(cfg Config) (*Server, error) {
 		"ScheduleKeyDeletion":             (*Server).scheduleKeyDeletion,
 		"CancelKeyDeletion":               (*Server).cancelKeyDeletion,
 		"CloisterExplain":                 (*Server).explain,
+		// Asymmetric and HMAC keys.
+		"Sign":                                (*Server).sign,
+		"Verify":                              (*Server).verify,
+		"GetPublicKey":                        (*Server).getPublicKey,
+		"GenerateMac":                         (*Server).generateMac,
+		"VerifyMac":                           (*Server).verifyMac,
+		"GenerateDataKeyPair":                 (*Server).generateDataKeyPair,
+		"GenerateDataKeyPairWithoutPlaintext": (*Server).generateDataKeyPairWithoutPlaintext,
+		"DeriveSharedSecret":                  (*Server).deriveSharedSecret,
+		// Tags, aliases, descriptions, lists.
+		"TagResource":          (*Server).tagResource,
+		"UntagResource":        (*Server).untagResource,
+		"ListResourceTags":     (*Server).listResourceTags,
+		"UpdateAlias":          (*Server).updateAlias,
+		"UpdateKeyDescription": (*Server).updateKeyDescription,
+		"ListKeyPolicies":      (*Server).listKeyPolicies,
+		"ListKeyRotations":     (*Server).listKeyRotations,
+		// Grants.
+		"CreateGrant":         (*Server).createGrant,
+		"ListGrants":          (*Server).listGrants,
+		"ListRetirableGrants": (*Server).listRetirableGrants,
+		"RetireGrant":         (*Server).retireGrant,
+		"RevokeGrant":         (*Server).revokeGrant,
 	}
 	return s, nil
 }
@@ -152,21 +194,38 @@ func NewServer(cfg Config) (*Server, error) {
 // "TrentService.<Op>", body ≤ MaxBodySize, SigV4 verified before the body
 // is decoded, errors as {"__type": code, "message": text} with AWS's HTTP
 // status (AccessDeniedException uses "Message", as AWS does). Every
-// response carries x-amzn-RequestId.
+// response carries x-amzn-RequestId. GET /metrics (Prometheus) and GET
+// /healthz are served without authentication.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet {
+		switch r.URL.Path {
+		case "/metrics":
+			s.m.handler.ServeHTTP(w, r)
+			return
+		case "/healthz":
+			s.serveHealthz(w, r)
+			return
+		}
+	}
+	start := time.Now()
 	reqID := uuid.NewString()
 	w.Header().Set("x-amzn-RequestId", reqID)
+	rw := &codeRecorder{ResponseWriter: w}
+	w = rw
+	opName := ""
+	defer func() { s.m.observe(opName, rw.code, time.Since(start)) }()
 	if r.Method != http.MethodPost || (r.URL.Path != "/" && r.URL.Path != "") {
 		s.writeError(w, apiErr(CodeUnknownOperation, "only POST / with X-Amz-Target is served"))
 		return
 	}
 	target := r.Header.Get("X-Amz-Target")
-	opName, ok := strings.CutPrefix(target, "TrentService.")
-	op := s.ops[opName]
+	name, ok := strings.CutPrefix(target, "TrentService.")
+	op := s.ops[name]
 	if !ok || op == nil {
 		s.writeError(w, apiErr(CodeUnknownOperation, "unknown operation %q", target))
 		return
 	}
+	opName = name
 	body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodySize+1))
 	if err != nil {
 		s.writeError(w, apiErr(CodeSerialization, "reading the request body: %v", err))
@@ -190,11 +249,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := &call{ctx: r.Context(), op: opName, cred: cred, body: body, audit: &auditRecord{requestID: reqID}}
 	out, err := op(s, c)
 	s.audit(c, err)
+	switch c.audit.decision {
+	case "":
+	case "Allow":
+		s.m.decision.WithLabelValues(opName, "allowed").Inc()
+	default:
+		s.m.decision.WithLabelValues(opName, "denied").Inc()
+	}
 	if err != nil {
 		var ae *APIError
 		if !errors.As(err, &ae) {
 			s.log.Error("kms internal error", "op", opName, "err", err, "request_id", reqID)
 			ae = apiErr(CodeInternal, "internal error (request %s)", reqID)
+		}
+		if ae.Code == CodeAccessDenied {
+			ae = s.recordDenial(c, ae)
 		}
 		s.writeError(w, ae)
 		return
@@ -209,7 +278,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Write(b)
 }
 
+// codeRecorder remembers the error code a response carried, for metrics.
+type codeRecorder struct {
+	http.ResponseWriter
+	code string
+}
+
 func (s *Server) writeError(w http.ResponseWriter, e *APIError) {
+	if rw, ok := w.(*codeRecorder); ok {
+		rw.code = e.Code
+	}
 	msgKey := "message"
 	if e.Code == CodeAccessDenied {
 		msgKey = "Message"
@@ -224,25 +302,42 @@ func (s *Server) writeError(w http.ResponseWriter, e *APIError) {
 // empty request; anything else must be one strict JSON value (internal/jsonx:
 // valid UTF-8, no object with a repeated member name, however escaped,
 // member names matched to fields case-sensitively) whose members have the
-// right types. Unknown members are ignored, as AWS does. Any failure is
-// SerializationException.
+// right types. A member the operation does not define (AWS's input shape,
+// plus the documented Cloister extensions) is a ValidationException, as on
+// AWS; any other failure is SerializationException.
 func decode(body []byte, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
-	if err := jsonx.Unmarshal(body, v, jsonx.Options{}); err != nil {
+	if err := jsonx.Unmarshal(body, v, jsonx.Options{DisallowUnknownFields: true}); err != nil {
+		var je *jsonx.Error
+		if errors.Is(err, jsonx.ErrUnknownField) && errors.As(err, &je) {
+			return apiErr(CodeValidation, "1 validation error detected: %s at %s is not a member of this operation's request", je.Msg, orTop(je.Path))
+		}
 		return apiErr(CodeSerialization, "cannot decode the request body: %v", err)
 	}
 	return nil
 }
 
+func orTop(path string) string {
+	if path == "" {
+		return "the top level"
+	}
+	return "'" + path + "'"
+}
+
 // auditRecord collects what the audit line reports.
 type auditRecord struct {
 	requestID string
-	keyID     string
+	keyID     string // the key's ARN (or "src -> dst")
+	keyUUID   string // the key whose policy decided
+	action    string // the action the policy decided
 	pcrs      map[string]string
 	decision  string
 	reason    string
+	// explanation is the policy's statement-by-statement reasoning of the
+	// last authorization.
+	explanation *policy.Explanation
 }
 
 // audit logs one line per request: principal, op, key, PCRs presented,
@@ -276,5 +371,35 @@ func (s *Server) audit(c *call, err error) {
 	if a.pcrs != nil {
 		attrs = append(attrs, "pcrs", a.pcrs)
 	}
+	if !allowed && a.explanation != nil && a.decision != "Allow" {
+		attrs = append(attrs, "explanation", a.explanation)
+	}
 	s.log.Info("kms decision", attrs...)
+}
+
+// recordDenial stores why an AccessDeniedException was returned, under the
+// request id (best effort: a store failure is logged) and points the
+// message at `cloister kms explain --request-id`.
+func (s *Server) recordDenial(c *call, ae *APIError) *APIError {
+	a := c.audit
+	d := store.Denial{RequestID: a.requestID, At: s.now(), Account: c.cred.Account, Principal: c.cred.PrincipalARN,
+		Action: a.action, KeyID: a.keyUUID, KeyARN: a.keyID, Reason: a.reason}
+	if d.Action == "" {
+		d.Action = "kms:" + c.op
+	}
+	if d.Reason == "" || a.decision == "Allow" {
+		d.Reason = ae.Message
+	}
+	if a.explanation != nil && a.decision != "Allow" {
+		d.Explanation, _ = json.Marshal(a.explanation)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.ctx), 2*time.Second)
+	defer cancel()
+	if err := s.cfg.Store.PutDenial(ctx, d); err != nil {
+		s.log.Error("kms: recording a denial failed", "request_id", a.requestID, "err", err)
+		return ae
+	}
+	out := *ae
+	out.Message += " (request " + a.requestID + "; `cloister kms explain --request-id " + a.requestID + "` shows why)"
+	return &out
 }

@@ -227,7 +227,7 @@ func TestSDKCryptography(t *testing.T) {
 	_, err = c.Encrypt(ctx, &awskms.EncryptInput{KeyId: k1, Plaintext: make([]byte, 4097)})
 	wantCode(t, err, "ValidationException")
 	_, err = c.Encrypt(ctx, &awskms.EncryptInput{KeyId: k1, Plaintext: []byte("x"), EncryptionAlgorithm: types.EncryptionAlgorithmSpecRsaesOaepSha256})
-	wantCode(t, err, "ValidationException")
+	wantCode(t, err, "InvalidKeyUsageException")
 	_, err = c.Encrypt(ctx, &awskms.EncryptInput{KeyId: aws.String("alias/missing"), Plaintext: []byte("x")})
 	wantCode(t, err, "NotFoundException")
 
@@ -306,9 +306,18 @@ func TestProtocolErrors(t *testing.T) {
 	if status != http.StatusBadRequest || body["__type"] != "SerializationException" {
 		t.Fatalf("bad JSON type: %d %v", status, body)
 	}
-	status, body = e.raw("AKIDADMIN", "admin-secret", "CreateKey", map[string]any{"KeySpec": "RSA_2048"})
+	status, body = e.raw("AKIDADMIN", "admin-secret", "CreateKey", map[string]any{"KeySpec": "SM2", "KeyUsage": "SIGN_VERIFY"})
 	if status != http.StatusBadRequest || body["__type"] != "UnsupportedOperationException" {
-		t.Fatalf("RSA key: %d %v", status, body)
+		t.Fatalf("SM2 key: %d %v", status, body)
+	}
+	status, body = e.raw("AKIDADMIN", "admin-secret", "CreateKey", map[string]any{"KeySpec": "RSA_1024"})
+	if status != http.StatusBadRequest || body["__type"] != "ValidationException" {
+		t.Fatalf("RSA_1024 key: %d %v", status, body)
+	}
+	// A member the operation does not define is refused, as on AWS.
+	status, body = e.raw("AKIDADMIN", "admin-secret", "CreateKey", map[string]any{"Description": "x", "Tagz": []any{}})
+	if status != http.StatusBadRequest || body["__type"] != "ValidationException" || !strings.Contains(body["message"].(string), "Tagz") {
+		t.Fatalf("unknown member: %d %v", status, body)
 	}
 	status, body = e.raw("AKIDADMIN", "admin-secret", "Encrypt", map[string]any{"Plaintext": strings.Repeat("A", 2<<20)})
 	if status != http.StatusBadRequest || body["__type"] != "ValidationException" {

@@ -20,8 +20,9 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/config"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/spf13/cobra"
 
 	"github.com/cloister/cloister/attest"
@@ -62,9 +63,9 @@ func kmsStateDir() (string, error) {
 }
 
 type kmsServeFlags struct {
-	addr, storeSpec, credentials, rootKey, region, tlsCert, tlsKey string
-	roots                                                          []string
-	maxAge                                                         time.Duration
+	addr, storeSpec, credentials, rootKey, region, tlsCert, tlsKey, logFormat string
+	roots                                                                     []string
+	maxAge                                                                    time.Duration
 }
 
 func newKMSServeCmd() *cobra.Command {
@@ -87,7 +88,13 @@ principal_arn (a Cloister extension), default arn:aws:iam::<aws_account_id or
 
 Recipient attestation documents are verified against --root (default the
 AWS Nitro root; give a PEM file for a development root, repeatable) and must
-be at most --max-age old. One audit line per decision goes to stderr.`,
+be at most --max-age old. One audit line per decision goes to stderr, as JSON
+or, with --log-format text, as key=value text.
+
+Several servers may share one PostgreSQL store (same --store and root key):
+they behave as one service. GET /metrics serves Prometheus metrics and GET
+/healthz answers 200 while the store is reachable, both without
+authentication.`,
 		Example: `  cloister kms serve --credentials kms-creds.ini
   cloister kms serve --store postgres://kms@127.0.0.1/kms --root aws --root dev-root.pem`,
 		Args: cobra.NoArgs,
@@ -103,6 +110,7 @@ be at most --max-age old. One audit line per decision goes to stderr.`,
 	fl.StringVar(&f.region, "region", kms.DefaultRegion, "region used in key ARNs")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate (PEM)")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "TLS private key (PEM)")
+	fl.StringVar(&f.logFormat, "log-format", "json", "log and audit line format on stderr: json or text")
 	return cmd
 }
 
@@ -132,9 +140,17 @@ func runKMSServe(cmd *cobra.Command, f kmsServeFlags) error {
 	if err != nil {
 		return withExit(1, err)
 	}
+	var log *slog.Logger
+	switch f.logFormat {
+	case "json":
+		log = slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+	case "text":
+		log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+	default:
+		return fmt.Errorf("--log-format %q: want json or text", f.logFormat)
+	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
 
 	spec, rootKey := f.storeSpec, []byte(nil)
 	if spec == "" || f.rootKey == "" {
@@ -194,61 +210,61 @@ func kmsRedactStore(spec string) string {
 	return spec
 }
 
-// kmsClientFlags are shared by the client subcommands.
+// kmsClientFlags are shared by the client subcommands. Credentials,
+// region and endpoint load as every AWS SDK loads them
+// (config.LoadDefaultConfig: the environment, then the shared config and
+// credentials files and their profiles); the flags override.
 type kmsClientFlags struct {
 	endpoint, credentials, profile, region string
 }
 
 func (f *kmsClientFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
-	fl.StringVar(&f.endpoint, "endpoint", "http://"+defaultKMSAddr, "key service URL")
+	fl.StringVar(&f.endpoint, "endpoint", "", "key service URL (default: $AWS_ENDPOINT_URL_KMS, $AWS_ENDPOINT_URL or the profile's endpoint_url, else http://"+defaultKMSAddr+")")
 	fl.StringVar(&f.credentials, "credentials", "", "AWS shared-credentials file (default $AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials)")
-	fl.StringVar(&f.profile, "profile", "", "profile in the credentials file (default $AWS_PROFILE or default)")
-	fl.StringVar(&f.region, "region", kms.DefaultRegion, "signing region")
+	fl.StringVar(&f.profile, "profile", "", "profile (default $AWS_PROFILE or default)")
+	fl.StringVar(&f.region, "region", "", "signing region (default $AWS_REGION, $AWS_DEFAULT_REGION or the profile's, else "+kms.DefaultRegion+")")
 }
 
-func (f *kmsClientFlags) awsCredentials() (aws.Credentials, error) {
-	path := f.credentials
-	if path == "" {
-		path = os.Getenv("AWS_SHARED_CREDENTIALS_FILE")
+// config loads the AWS configuration the standard way, with the flags on
+// top.
+func (f *kmsClientFlags) config(ctx context.Context) (aws.Config, error) {
+	var opts []func(*config.LoadOptions) error
+	if f.profile != "" {
+		opts = append(opts, config.WithSharedConfigProfile(f.profile))
 	}
-	if path == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return aws.Credentials{}, err
+	if f.credentials != "" {
+		opts = append(opts, config.WithSharedCredentialsFiles([]string{f.credentials}))
+	}
+	if f.region != "" {
+		opts = append(opts, config.WithRegion(f.region))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return aws.Config{}, fmt.Errorf("loading the AWS configuration: %w", err)
+	}
+	if cfg.Region == "" {
+		cfg.Region = kms.DefaultRegion
+	}
+	return cfg, nil
+}
+
+// client builds the SDK client and returns the endpoint it uses.
+func (f *kmsClientFlags) client(ctx context.Context) (*awskms.Client, aws.Config, error) {
+	cfg, err := f.config(ctx)
+	if err != nil {
+		return nil, aws.Config{}, err
+	}
+	c := awskms.NewFromConfig(cfg, func(o *awskms.Options) {
+		o.RetryMaxAttempts = 1
+		switch {
+		case f.endpoint != "":
+			o.BaseEndpoint = aws.String(f.endpoint)
+		case o.BaseEndpoint == nil:
+			o.BaseEndpoint = aws.String("http://" + defaultKMSAddr)
 		}
-		path = filepath.Join(home, ".aws", "credentials")
-	}
-	profile := f.profile
-	if profile == "" {
-		profile = os.Getenv("AWS_PROFILE")
-	}
-	if profile == "" {
-		profile = "default"
-	}
-	file, err := os.Open(path)
-	if err != nil {
-		return aws.Credentials{}, fmt.Errorf("reading credentials: %w (give --credentials)", err)
-	}
-	defer file.Close()
-	cs, err := sigv4.ParseCredentials(file)
-	if err != nil {
-		return aws.Credentials{}, fmt.Errorf("%s: %w", path, err)
-	}
-	cr, ok := cs.ByProfile(profile)
-	if !ok {
-		return aws.Credentials{}, fmt.Errorf("%s has no profile %q (give --profile)", path, profile)
-	}
-	return aws.Credentials{AccessKeyID: cr.AccessKeyID, SecretAccessKey: cr.SecretAccessKey, Source: "cloister"}, nil
-}
-
-func (f *kmsClientFlags) client() (*awskms.Client, error) {
-	c, err := f.awsCredentials()
-	if err != nil {
-		return nil, err
-	}
-	return awskms.New(awskms.Options{Region: f.region, BaseEndpoint: aws.String(f.endpoint), RetryMaxAttempts: 1,
-		Credentials: credentials.StaticCredentialsProvider{Value: c}}), nil
+	})
+	return c, cfg, nil
 }
 
 // kmsParseContext turns repeated k=v flags into an encryption context.
@@ -284,19 +300,61 @@ func kmsPrintJSON(cmd *cobra.Command, v any) error {
 	return enc.Encode(v)
 }
 
+// kmsPrintOutput prints an SDK operation output as the AWS CLI does: its
+// members as JSON (blobs in base64, timestamps in ISO 8601), absent
+// members and the SDK's ResultMetadata left out, indented by 4.
+func kmsPrintOutput(cmd *cobra.Command, out any) error {
+	b, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	delete(m, "ResultMetadata")
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	enc.SetIndent("", "    ")
+	return enc.Encode(dropNulls(m))
+}
+
+func dropNulls(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			if e == nil {
+				delete(x, k)
+				continue
+			}
+			x[k] = dropNulls(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = dropNulls(e)
+		}
+	}
+	return v
+}
+
 func newKMSCreateKeyCmd() *cobra.Command {
 	var cf kmsClientFlags
-	var desc, policyFile string
+	var desc, policyFile, keySpec, keyUsage string
 	cmd := &cobra.Command{
 		Use:   "create-key",
-		Short: "Create a symmetric key and print its metadata (JSON)",
+		Short: "Create a key and print its metadata (JSON, as aws kms create-key)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.client()
+			c, _, err := cf.client(cmd.Context())
 			if err != nil {
 				return withExit(1, err)
 			}
 			in := &awskms.CreateKeyInput{Description: aws.String(desc)}
+			if keySpec != "" {
+				in.KeySpec = types.KeySpec(keySpec)
+			}
+			if keyUsage != "" {
+				in.KeyUsage = types.KeyUsageType(keyUsage)
+			}
 			if policyFile != "" {
 				p, err := os.ReadFile(policyFile)
 				if err != nil {
@@ -308,11 +366,13 @@ func newKMSCreateKeyCmd() *cobra.Command {
 			if err != nil {
 				return withExit(1, err)
 			}
-			return kmsPrintJSON(cmd, out.KeyMetadata)
+			return kmsPrintOutput(cmd, out)
 		},
 	}
 	cf.register(cmd)
 	cmd.Flags().StringVar(&desc, "description", "", "key description")
+	cmd.Flags().StringVar(&keySpec, "key-spec", "", "key spec, e.g. ECC_NIST_P256, RSA_2048, HMAC_256 (default SYMMETRIC_DEFAULT)")
+	cmd.Flags().StringVar(&keyUsage, "key-usage", "", "key usage, e.g. SIGN_VERIFY (default ENCRYPT_DECRYPT)")
 	cmd.Flags().StringVar(&policyFile, "policy", "", "key policy JSON file (default: the account may use the key)")
 	return cmd
 }
@@ -334,7 +394,7 @@ func newKMSEncryptCmd() *cobra.Command {
 			if err != nil {
 				return withExit(1, err)
 			}
-			c, err := cf.client()
+			c, _, err := cf.client(cmd.Context())
 			if err != nil {
 				return withExit(1, err)
 			}
@@ -374,7 +434,7 @@ func newKMSDecryptCmd() *cobra.Command {
 			if err != nil {
 				return withExit(1, fmt.Errorf("stdin is not base64: %w", err))
 			}
-			c, err := cf.client()
+			c, _, err := cf.client(cmd.Context())
 			if err != nil {
 				return withExit(1, err)
 			}
@@ -398,10 +458,10 @@ func newKMSDecryptCmd() *cobra.Command {
 
 func newKMSExplainCmd() *cobra.Command {
 	var cf kmsClientFlags
-	var keyID, action, principal, policyFile, docFile string
+	var keyID, action, principal, policyFile, docFile, requestID string
 	var ctxPairs []string
 	cmd := &cobra.Command{
-		Use:   "explain --action ACTION (--key-id KEY | --policy FILE)",
+		Use:   "explain (--action ACTION (--key-id KEY | --policy FILE) | --request-id ID)",
 		Short: "Dry-run a key-policy decision and print why (JSON)",
 		Long: `explain asks the key service how its key policy (or the proposed policy in
 --policy) decides a request: the decision and, per statement, whether the
@@ -410,18 +470,29 @@ supplies a Recipient attestation document (raw CBOR) whose PCRs feed the
 kms:RecipientAttestation:* conditions. Explaining a stored policy requires
 kms:GetKeyPolicy on the key.
 
+--request-id ID instead shows why a request was denied: every
+AccessDeniedException names its request id, and the service keeps the
+statement-by-statement reasoning for a day (also in its audit log). Reading
+it requires kms:GetKeyPolicy on the key that denied.
+
 Exit status: 0 the request would be allowed, 1 denied or failed, 2 usage.`,
-		Example: `  cloister kms explain --key-id alias/app --action Decrypt --principal arn:aws:iam::111122223333:role/enclave --attestation-doc doc.cbor`,
-		Args:    cobra.NoArgs,
+		Example: `  cloister kms explain --key-id alias/app --action Decrypt --principal arn:aws:iam::111122223333:role/enclave --attestation-doc doc.cbor
+  cloister kms explain --request-id 0f6c1c2e-5d3b-4e0a-9a55-0b1f2a3c4d5e`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ec, err := kmsParseContext(ctxPairs)
 			if err != nil {
 				return err
 			}
-			if keyID == "" && policyFile == "" {
+			switch {
+			case requestID != "" && (keyID != "" || policyFile != "" || action != ""):
+				return errors.New("--request-id takes no --key-id, --policy or --action")
+			case requestID == "" && action == "":
+				return errors.New("give --action, or --request-id")
+			case requestID == "" && keyID == "" && policyFile == "":
 				return errors.New("give --key-id, --policy or both")
 			}
-			in := kms.ExplainInput{KeyID: keyID, Action: action, PrincipalArn: principal, EncryptionContext: ec}
+			in := kms.ExplainInput{KeyID: keyID, Action: action, PrincipalArn: principal, EncryptionContext: ec, RequestID: requestID}
 			if policyFile != "" {
 				p, err := os.ReadFile(policyFile)
 				if err != nil {
@@ -436,13 +507,17 @@ Exit status: 0 the request would be allowed, 1 denied or failed, 2 usage.`,
 				}
 				in.Recipient = &kms.RecipientInfo{AttestationDocument: d, KeyEncryptionAlgorithm: "RSAES_OAEP_SHA_256"}
 			}
-			creds, err := cf.awsCredentials()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			c, cfg, err := cf.client(ctx)
 			if err != nil {
 				return withExit(1, err)
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			out, err := kms.CallExplain(ctx, http.DefaultClient, cf.endpoint, cf.region, creds, in)
+			creds, err := cfg.Credentials.Retrieve(ctx)
+			if err != nil {
+				return withExit(1, fmt.Errorf("loading credentials: %w", err))
+			}
+			out, err := kms.CallExplain(ctx, http.DefaultClient, aws.ToString(c.Options().BaseEndpoint), cfg.Region, creds, in)
 			if err != nil {
 				return withExit(1, err)
 			}
@@ -458,11 +533,11 @@ Exit status: 0 the request would be allowed, 1 denied or failed, 2 usage.`,
 	cf.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&keyID, "key-id", "", "key id, ARN or alias")
-	fl.StringVar(&action, "action", "", "action, e.g. Decrypt or kms:GenerateDataKey (required)")
+	fl.StringVar(&action, "action", "", "action, e.g. Decrypt or kms:GenerateDataKey")
+	fl.StringVar(&requestID, "request-id", "", "explain this denied request instead (the id an AccessDeniedException names)")
 	fl.StringVar(&principal, "principal", "", "principal ARN to simulate (default: the caller)")
 	fl.StringVar(&policyFile, "policy", "", "evaluate this policy document instead of the stored one")
 	fl.StringVar(&docFile, "attestation-doc", "", "attestation document file (raw CBOR) to use as Recipient")
 	fl.StringArrayVar(&ctxPairs, "context", nil, "encryption context KEY=VALUE; repeatable")
-	cmd.MarkFlagRequired("action")
 	return cmd
 }

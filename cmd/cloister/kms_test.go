@@ -54,6 +54,16 @@ func TestKMSCommands(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv("XDG_STATE_HOME", filepath.Join(dir, "state"))
 	t.Setenv("CLOISTER_KMS_ROOT_KEY", "")
+	// The client commands load AWS configuration the standard way: keep
+	// the host's out.
+	emptyConfig := filepath.Join(dir, "aws-config")
+	os.WriteFile(emptyConfig, nil, 0o600)
+	for _, v := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+		"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "AWS_SHARED_CREDENTIALS_FILE"} {
+		t.Setenv(v, "")
+	}
+	t.Setenv("AWS_CONFIG_FILE", emptyConfig)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	creds := filepath.Join(dir, "creds")
 	os.WriteFile(creds, []byte("[admin]\naws_access_key_id = AKIDADMIN\naws_secret_access_key = s1\n"+
 		"[enclave]\naws_access_key_id = AKIDENCL\naws_secret_access_key = s2\nprincipal_arn = arn:aws:iam::111122223333:role/enclave\n"), 0o600)
@@ -103,9 +113,15 @@ func TestKMSCommands(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("create-key: exit %d: %s", code, stderr)
 	}
-	var md struct{ KeyId, Arn string }
-	if err := json.Unmarshal([]byte(out), &md); err != nil || md.KeyId == "" {
+	var created struct {
+		KeyMetadata struct{ KeyId, Arn, KeySpec string }
+	}
+	if err := json.Unmarshal([]byte(out), &created); err != nil || created.KeyMetadata.KeyId == "" || created.KeyMetadata.KeySpec != "SYMMETRIC_DEFAULT" {
 		t.Fatalf("create-key output %q: %v", out, err)
+	}
+	md := created.KeyMetadata
+	if strings.Contains(out, "ResultMetadata") || strings.Contains(out, "null") {
+		t.Fatalf("create-key output is not as the AWS CLI prints it: %s", out)
 	}
 	out, stderr, code = runKMSCLI(t, ctx, []byte("top secret"), append([]string{"kms", "encrypt", "--key-id", md.KeyId, "--context", "app=cli"}, client...)...)
 	if code != 0 {
@@ -139,6 +155,30 @@ func TestKMSCommands(t *testing.T) {
 	// A caller who may not read the policy cannot explain it.
 	if _, _, code = runKMSCLI(t, ctx, nil, "kms", "explain", "--key-id", md.Arn, "--action", "Decrypt", "--endpoint", endpoint, "--credentials", creds, "--profile", "enclave"); code != 1 {
 		t.Fatalf("explain by enclave principal: exit %d", code)
+	}
+
+	// A denied request names its request id; explain --request-id shows the
+	// reasoning to the admin.
+	_, stderr, code = runKMSCLI(t, ctx, []byte(blob), "kms", "decrypt", "--context", "app=cli", "--endpoint", endpoint, "--credentials", creds, "--profile", "enclave")
+	_, reqID, found := strings.Cut(stderr, "--request-id ")
+	if code != 1 || !found {
+		t.Fatalf("denied decrypt: exit %d: %s", code, stderr)
+	}
+	reqID, _, _ = strings.Cut(reqID, "`")
+	out, stderr, code = runKMSCLI(t, ctx, nil, append([]string{"kms", "explain", "--request-id", reqID}, client...)...)
+	if code != 1 || !strings.Contains(out, `"decision": "ImplicitDeny"`) || !strings.Contains(out, `"sid": "Enclave"`) || !strings.Contains(out, reqID) {
+		t.Fatalf("explain --request-id: exit %d: %s %s", code, out, stderr)
+	}
+
+	// Endpoint, credentials and region from the environment, as every SDK
+	// reads them.
+	t.Setenv("AWS_ENDPOINT_URL_KMS", endpoint)
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDADMIN")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "s1")
+	t.Setenv("AWS_REGION", "us-east-1")
+	out, stderr, code = runKMSCLI(t, ctx, nil, "kms", "create-key", "--key-spec", "ECC_NIST_P256", "--key-usage", "SIGN_VERIFY")
+	if code != 0 || !strings.Contains(out, `"KeySpec": "ECC_NIST_P256"`) || !strings.Contains(out, `"SigningAlgorithms": [`) {
+		t.Fatalf("create-key configured by the environment: exit %d: %s %s", code, out, stderr)
 	}
 
 	// The default state directory holds the store and the generated root key.

@@ -404,3 +404,12 @@ func SameContextKey(a, b string) bool {
 	lowerA, lowerB := strings.ToLower(a), strings.ToLower(b)
 	return lowerA == lowerB || strings.EqualFold(a, b)
 }
+
+// PrincipalMatches reports whether principal pattern p (as written in a
+// policy's Principal or a grant's GranteePrincipal: "*", an account id, an
+// account root ARN, a user or role ARN) covers the caller principalARN of
+// account (derived from principalARN when empty); a role ARN covers its
+// assumed-role sessions.
+func PrincipalMatches(p, principalARN, account string) bool {
+	return matchPrincipal([]string{p}, Request{PrincipalARN: principalARN, Account: account}).Matched
+}

@@ -18,6 +18,7 @@ var (
 	bucketKeys     = []byte("keys")
 	bucketMaterial = []byte("material")
 	bucketAliases  = []byte("aliases")
+	bucketDenials  = []byte("denials")
 	metaCheck      = []byte("root-key-check")
 	metaSchema     = []byte("schema")
 )
@@ -50,7 +51,7 @@ func OpenBolt(path string, rootKey []byte) (*Bolt, error) {
 		return nil, fmt.Errorf("store: opening %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketKeys, bucketMaterial, bucketAliases} {
+		for _, b := range [][]byte{bucketMeta, bucketKeys, bucketMaterial, bucketAliases, bucketDenials} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -170,7 +171,7 @@ func (b *Bolt) UpdateKey(ctx context.Context, id string, fn func(*Key) error) (K
 }
 
 // Rotate implements Store.
-func (b *Bolt) Rotate(ctx context.Context, id string, secret []byte, fn func(*Key)) (Key, error) {
+func (b *Bolt) Rotate(ctx context.Context, id string, secret []byte, fn func(*Key) error) (Key, error) {
 	if err := ctx.Err(); err != nil {
 		return Key{}, err
 	}
@@ -181,15 +182,17 @@ func (b *Bolt) Rotate(ctx context.Context, id string, secret []byte, fn func(*Ke
 			return err
 		}
 		next := k.CurrentVersion + 1
+		if fn != nil {
+			if err := fn(&k); err != nil {
+				return err
+			}
+		}
 		sealed, err := b.seal.seal(id, next, secret)
 		if err != nil {
 			return err
 		}
 		if err := tx.Bucket(bucketMaterial).Put(materialKey(id, next), sealed); err != nil {
 			return err
-		}
-		if fn != nil {
-			fn(&k)
 		}
 		k.ID, k.CurrentVersion = id, next
 		return putKey(tx, k)
@@ -309,6 +312,111 @@ func (b *Bolt) GetAlias(ctx context.Context, name string) (Alias, error) {
 		return Alias{}, err
 	}
 	return a, nil
+}
+
+// UpdateAlias implements Store.
+func (b *Bolt) UpdateAlias(ctx context.Context, name, keyID string, at time.Time, check func(string) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketAliases).Get([]byte(name))
+		if v == nil {
+			return fmt.Errorf("%w: alias %s", ErrNotFound, name)
+		}
+		if tx.Bucket(bucketKeys).Get([]byte(keyID)) == nil {
+			return fmt.Errorf("%w: key %s", ErrNotFound, keyID)
+		}
+		var a Alias
+		if err := json.Unmarshal(v, &a); err != nil {
+			return fmt.Errorf("store: decoding alias: %w", err)
+		}
+		if check != nil {
+			if err := check(a.KeyID); err != nil {
+				return err
+			}
+		}
+		a.KeyID, a.UpdatedAt = keyID, at
+		nv, err := json.Marshal(a)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketAliases).Put([]byte(name), nv)
+	})
+}
+
+// PutDenial implements Store.
+func (b *Bolt) PutDenial(ctx context.Context, d Denial) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	v, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketDenials)
+		if bk.Get([]byte(d.RequestID)) != nil {
+			return fmt.Errorf("%w: denial %s", ErrExists, d.RequestID)
+		}
+		return bk.Put([]byte(d.RequestID), v)
+	})
+}
+
+// GetDenial implements Store.
+func (b *Bolt) GetDenial(ctx context.Context, requestID string) (Denial, error) {
+	if err := ctx.Err(); err != nil {
+		return Denial{}, err
+	}
+	var d Denial
+	err := b.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketDenials).Get([]byte(requestID))
+		if v == nil {
+			return fmt.Errorf("%w: denial %s", ErrNotFound, requestID)
+		}
+		return json.Unmarshal(v, &d)
+	})
+	if err != nil {
+		return Denial{}, err
+	}
+	return d, nil
+}
+
+// PurgeDenials implements Store (a scan: denials are few and short-lived).
+func (b *Bolt) PurgeDenials(ctx context.Context, t time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	n := 0
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		var drop [][]byte
+		err := tx.Bucket(bucketDenials).ForEach(func(k, v []byte) error {
+			var d Denial
+			if json.Unmarshal(v, &d) != nil || d.At.Before(t) {
+				drop = append(drop, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range drop {
+			if err := tx.Bucket(bucketDenials).Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(drop)
+		return nil
+	})
+	return n, err
+}
+
+// Ping implements Store: the database is open.
+func (b *Bolt) Ping(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.View(func(*bolt.Tx) error { return nil })
 }
 
 // ListAliases implements Store.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -33,6 +34,12 @@ var migrations = []string{
 		key_id text NOT NULL REFERENCES cloister_kms_keys(id) ON DELETE CASCADE,
 		data   jsonb NOT NULL
 	);`,
+	`CREATE TABLE cloister_kms_denials (
+		request_id text PRIMARY KEY,
+		at         timestamptz NOT NULL,
+		data       jsonb NOT NULL
+	);
+	CREATE INDEX cloister_kms_denials_at ON cloister_kms_denials (at);`,
 }
 
 // Postgres is the PostgreSQL-backed Store (pgx/v5 pool). Every method runs
@@ -205,7 +212,7 @@ func (p *Postgres) UpdateKey(ctx context.Context, id string, fn func(*Key) error
 }
 
 // Rotate implements Store.
-func (p *Postgres) Rotate(ctx context.Context, id string, secret []byte, fn func(*Key)) (Key, error) {
+func (p *Postgres) Rotate(ctx context.Context, id string, secret []byte, fn func(*Key) error) (Key, error) {
 	var k Key
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		var err error
@@ -213,15 +220,17 @@ func (p *Postgres) Rotate(ctx context.Context, id string, secret []byte, fn func
 			return err
 		}
 		next := k.CurrentVersion + 1
+		if fn != nil {
+			if err := fn(&k); err != nil {
+				return err
+			}
+		}
 		sealed, err := p.seal.seal(id, next, secret)
 		if err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO cloister_kms_material (key_id, version, sealed) VALUES ($1, $2, $3)`, id, int64(next), sealed); err != nil {
 			return err
-		}
-		if fn != nil {
-			fn(&k)
 		}
 		k.ID, k.CurrentVersion = id, next
 		data, err := json.Marshal(k)
@@ -307,6 +316,89 @@ func (p *Postgres) GetAlias(ctx context.Context, name string) (Alias, error) {
 		return Alias{}, fmt.Errorf("store: decoding alias: %w", err)
 	}
 	return a, nil
+}
+
+// UpdateAlias implements Store (SELECT ... FOR UPDATE, then UPDATE).
+func (p *Postgres) UpdateAlias(ctx context.Context, name, keyID string, at time.Time, check func(string) error) error {
+	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		var data []byte
+		err := tx.QueryRow(ctx, `SELECT data FROM cloister_kms_aliases WHERE name = $1 FOR UPDATE`, name).Scan(&data)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: alias %s", ErrNotFound, name)
+		}
+		if err != nil {
+			return err
+		}
+		var a Alias
+		if err := json.Unmarshal(data, &a); err != nil {
+			return fmt.Errorf("store: decoding alias: %w", err)
+		}
+		if check != nil {
+			if err := check(a.KeyID); err != nil {
+				return err
+			}
+		}
+		a.KeyID, a.UpdatedAt = keyID, at
+		if data, err = json.Marshal(a); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE cloister_kms_aliases SET key_id = $2, data = $3 WHERE name = $1`, name, keyID, data)
+		if isFKViolation(err) {
+			return fmt.Errorf("%w: key %s", ErrNotFound, keyID)
+		}
+		return err
+	})
+	return err
+}
+
+// PutDenial implements Store.
+func (p *Postgres) PutDenial(ctx context.Context, d Denial) error {
+	data, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	_, err = p.pool.Exec(ctx, `INSERT INTO cloister_kms_denials (request_id, at, data) VALUES ($1, $2, $3)`, d.RequestID, d.At, data)
+	if isUniqueViolation(err) {
+		return fmt.Errorf("%w: denial %s", ErrExists, d.RequestID)
+	}
+	if err != nil {
+		return fmt.Errorf("store: recording a denial: %w", err)
+	}
+	return nil
+}
+
+// GetDenial implements Store.
+func (p *Postgres) GetDenial(ctx context.Context, requestID string) (Denial, error) {
+	var data []byte
+	err := p.pool.QueryRow(ctx, `SELECT data FROM cloister_kms_denials WHERE request_id = $1`, requestID).Scan(&data)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Denial{}, fmt.Errorf("%w: denial %s", ErrNotFound, requestID)
+	}
+	if err != nil {
+		return Denial{}, fmt.Errorf("store: reading a denial: %w", err)
+	}
+	var d Denial
+	if err := json.Unmarshal(data, &d); err != nil {
+		return Denial{}, fmt.Errorf("store: decoding a denial: %w", err)
+	}
+	return d, nil
+}
+
+// PurgeDenials implements Store.
+func (p *Postgres) PurgeDenials(ctx context.Context, t time.Time) (int, error) {
+	tag, err := p.pool.Exec(ctx, `DELETE FROM cloister_kms_denials WHERE at < $1`, t)
+	if err != nil {
+		return 0, fmt.Errorf("store: purging denials: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// Ping implements Store.
+func (p *Postgres) Ping(ctx context.Context) error {
+	if err := p.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("store: PostgreSQL: %w", err)
+	}
+	return nil
 }
 
 // ListAliases implements Store.

@@ -64,6 +64,26 @@ type Key struct {
 	CurrentVersion uint32 `json:"current_version"`
 	// Rotations lists when each version after the first was created.
 	Rotations []Rotation `json:"rotations,omitempty"`
+	// Tags are the key's tags (TagResource), by tag key.
+	Tags map[string]string `json:"tags,omitempty"`
+	// Grants are the key's grants (CreateGrant), oldest first.
+	Grants []Grant `json:"grants,omitempty"`
+}
+
+// Grant is one grant on a key: GranteePrincipal may call Operations on
+// the key, under the encryption-context constraints.
+type Grant struct {
+	ID                string    `json:"id"`
+	Name              string    `json:"name,omitempty"`
+	GranteePrincipal  string    `json:"grantee"`
+	RetiringPrincipal string    `json:"retiring,omitempty"`
+	IssuingAccount    string    `json:"issuing_account"`
+	Operations        []string  `json:"operations"`
+	CreatedAt         time.Time `json:"created_at"`
+	// ContextSubset and ContextEquals are the EncryptionContextSubset and
+	// EncryptionContextEquals constraints (nil: none).
+	ContextSubset map[string]string `json:"context_subset,omitempty"`
+	ContextEquals map[string]string `json:"context_equals,omitempty"`
 }
 
 // Rotation records one rotation.
@@ -73,11 +93,31 @@ type Rotation struct {
 	OnDemand  bool      `json:"on_demand"`
 }
 
+// Denial is why one request was denied: what `cloister kms explain
+// --request-id` shows.
+type Denial struct {
+	RequestID string    `json:"request_id"`
+	At        time.Time `json:"at"`
+	Account   string    `json:"account"`
+	Principal string    `json:"principal"`
+	Action    string    `json:"action"`
+	// KeyID is the key's id and KeyARN its ARN ("" when the request was
+	// denied before a key was resolved).
+	KeyID  string `json:"key_id,omitempty"`
+	KeyARN string `json:"key_arn,omitempty"`
+	// Reason is the one-line reason; Explanation, when the key policy
+	// decided, is the statement-by-statement reasoning (JSON).
+	Reason      string `json:"reason"`
+	Explanation []byte `json:"explanation,omitempty"`
+}
+
 // Alias maps an alias name ("alias/...") to a key id.
 type Alias struct {
 	Name      string    `json:"name"`
 	KeyID     string    `json:"key_id"`
 	CreatedAt time.Time `json:"created_at"`
+	// UpdatedAt is when UpdateAlias last changed the target (zero: never).
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
 }
 
 // Store persists keys, aliases and versioned key material. Implementations
@@ -97,8 +137,11 @@ type Store interface {
 	// and CurrentVersion cannot be changed through it.
 	UpdateKey(ctx context.Context, id string, fn func(*Key) error) (Key, error)
 	// Rotate adds material version CurrentVersion+1 (secret), makes it
-	// current and applies fn (may be nil) to the key, atomically.
-	Rotate(ctx context.Context, id string, secret []byte, fn func(*Key)) (Key, error)
+	// current and applies fn (may be nil) to the key, atomically. fn sees
+	// the key as stored (locked); its error aborts the rotation and is
+	// returned as is (so a caller can re-check, under the lock, that a
+	// rotation is still due).
+	Rotate(ctx context.Context, id string, secret []byte, fn func(*Key) error) (Key, error)
 	// Material returns the secret of one material version.
 	Material(ctx context.Context, id string, version uint32) ([]byte, error)
 	// DeleteKey removes a key, all its material and its aliases.
@@ -110,8 +153,22 @@ type Store interface {
 	DeleteAlias(ctx context.Context, name string) error
 	// GetAlias returns an alias; ErrNotFound if absent.
 	GetAlias(ctx context.Context, name string) (Alias, error)
+	// UpdateAlias points an existing alias at another existing key, after
+	// check (may be nil) accepted the alias's current key id, atomically;
+	// ErrNotFound if the alias or the key is absent; check's error is
+	// returned as is.
+	UpdateAlias(ctx context.Context, name, keyID string, at time.Time, check func(oldKeyID string) error) error
 	// ListAliases returns the aliases sorted by name.
 	ListAliases(ctx context.Context) ([]Alias, error)
+	// Ping checks that the store can serve requests.
+	Ping(ctx context.Context) error
+	// PutDenial records why a request was denied, under its request id
+	// (ErrExists if the id is taken).
+	PutDenial(ctx context.Context, d Denial) error
+	// GetDenial returns a recorded denial; ErrNotFound if absent.
+	GetDenial(ctx context.Context, requestID string) (Denial, error)
+	// PurgeDenials deletes denials recorded before t and returns how many.
+	PurgeDenials(ctx context.Context, t time.Time) (int, error)
 	// Close releases the store.
 	Close() error
 }

@@ -147,8 +147,9 @@ func conformance(t *testing.T, s Store) {
 		t.Fatalf("aborted update was applied")
 	}
 	// Rotation.
-	rk, err := s.Rotate(ctx, "k2", bytes.Repeat([]byte{2}, 32), func(k *Key) {
+	rk, err := s.Rotate(ctx, "k2", bytes.Repeat([]byte{2}, 32), func(k *Key) error {
 		k.Rotations = append(k.Rotations, Rotation{Version: k.CurrentVersion + 1, CreatedAt: now, OnDemand: true})
+		return nil
 	})
 	if err != nil || rk.CurrentVersion != 2 || len(rk.Rotations) != 1 {
 		t.Fatalf("Rotate: %+v %v", rk, err)
@@ -181,6 +182,74 @@ func conformance(t *testing.T, s Store) {
 	}
 	if a, err := s.GetAlias(ctx, "alias/a"); err != nil || a.KeyID != "k2" || !a.CreatedAt.Equal(now) {
 		t.Fatalf("GetAlias: %+v %v", a, err)
+	}
+	// UpdateAlias: the check sees the old target and can abort.
+	later := now.Add(time.Hour)
+	if err := s.UpdateAlias(ctx, "alias/a", "k1", later, func(old string) error {
+		if old != "k2" {
+			return fmt.Errorf("old target %q", old)
+		}
+		return boom
+	}); !errors.Is(err, boom) {
+		t.Fatalf("aborted UpdateAlias: %v", err)
+	}
+	if err := s.UpdateAlias(ctx, "alias/a", "k1", later, nil); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := s.GetAlias(ctx, "alias/a"); err != nil || a.KeyID != "k1" || !a.UpdatedAt.Equal(later) || !a.CreatedAt.Equal(now) {
+		t.Fatalf("after UpdateAlias: %+v %v", a, err)
+	}
+	if err := s.UpdateAlias(ctx, "alias/a", "nope", later, nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("UpdateAlias to a missing key: %v", err)
+	}
+	if err := s.UpdateAlias(ctx, "alias/zz", "k1", later, nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("UpdateAlias of a missing alias: %v", err)
+	}
+	// Tags and grants round-trip.
+	tagged, err := s.UpdateKey(ctx, "k2", func(k *Key) error {
+		k.Tags = map[string]string{"team": "a", "empty": ""}
+		k.Grants = []Grant{{ID: "g1", GranteePrincipal: "arn:aws:iam::111122223333:role/x", IssuingAccount: "111122223333",
+			Operations: []string{"Decrypt"}, CreatedAt: now, ContextSubset: map[string]string{"a": "b"}}}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, err := s.GetKey(ctx, "k2"); err != nil || !cmp.Equal(g, tagged) {
+		t.Fatalf("tags and grants: %v\n%s", err, cmp.Diff(tagged, g))
+	}
+	// An aborted rotation adds no version.
+	if _, err := s.Rotate(ctx, "k2", bytes.Repeat([]byte{3}, 32), func(*Key) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("aborted Rotate: %v", err)
+	}
+	if _, err := s.Material(ctx, "k2", 3); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("aborted Rotate stored material: %v", err)
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	// Denials.
+	d := Denial{RequestID: "r1", At: now, Account: "111122223333", Principal: "p", Action: "kms:Decrypt", KeyID: "k2", Reason: "no", Explanation: []byte(`{"decision":"ImplicitDeny"}`)}
+	if err := s.PutDenial(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutDenial(ctx, d); !errors.Is(err, ErrExists) {
+		t.Fatalf("PutDenial twice: %v", err)
+	}
+	if err := s.PutDenial(ctx, Denial{RequestID: "r2", At: later}); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := s.GetDenial(ctx, "r1"); err != nil || !cmp.Equal(g, d) {
+		t.Fatalf("GetDenial: %v\n%s", err, cmp.Diff(d, g))
+	}
+	if n, err := s.PurgeDenials(ctx, now.Add(time.Minute)); err != nil || n != 1 {
+		t.Fatalf("PurgeDenials: %d %v", n, err)
+	}
+	if _, err := s.GetDenial(ctx, "r1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetDenial after purge: %v", err)
+	}
+	if _, err := s.GetDenial(ctx, "r2"); err != nil {
+		t.Fatalf("a later denial was purged: %v", err)
 	}
 	if err := s.DeleteAlias(ctx, "alias/a"); err != nil {
 		t.Fatal(err)

@@ -18,7 +18,18 @@ import (
 type KMS struct {
 	// Endpoint is the URL the service printed, http://127.0.0.1:PORT.
 	Endpoint string
-	log      *tailBuffer
+	// RootKey is the root key file the service was given.
+	RootKey string
+	log     *tailBuffer
+	cmd     *exec.Cmd
+	done    chan struct{}
+}
+
+// Kill ends the service with SIGKILL (no graceful shutdown) and waits for
+// it to exit.
+func (k *KMS) Kill() {
+	_ = k.cmd.Process.Kill()
+	<-k.done
 }
 
 // Log returns the end of what the key service has logged (one JSON line
@@ -35,6 +46,11 @@ type KMSOptions struct {
 	Roots []string
 	// Store is the --store value; default a bbolt file in dir.
 	Store string
+	// RootKey is the --root-key file; default a fresh key in dir. Servers
+	// sharing one store must share it.
+	RootKey string
+	// Args are more arguments for `cloister kms serve`.
+	Args []string
 }
 
 // kmsLogTail bounds the key service log a test keeps: load tests make
@@ -47,13 +63,16 @@ const kmsLogTail = 16 << 10
 func StartKMS(t testing.TB, dir string, o KMSOptions) *KMS {
 	t.Helper()
 	buildBinaries(t)
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		t.Fatal(err)
-	}
-	rootKey := filepath.Join(dir, "kms-root.key")
-	if err := os.WriteFile(rootKey, []byte(hex.EncodeToString(key)), 0o600); err != nil {
-		t.Fatal(err)
+	rootKey := o.RootKey
+	if rootKey == "" {
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			t.Fatal(err)
+		}
+		rootKey = filepath.Join(dir, "kms-root.key")
+		if err := os.WriteFile(rootKey, []byte(hex.EncodeToString(key)), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	store := o.Store
 	if store == "" {
@@ -63,17 +82,18 @@ func StartKMS(t testing.TB, dir string, o KMSOptions) *KMS {
 	for _, r := range o.Roots {
 		args = append(args, "--root", r)
 	}
+	args = append(args, o.Args...)
 	cmd := exec.Command(bins.cloister, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &KMS{log: &tailBuffer{max: kmsLogTail}}
+	done := make(chan struct{})
+	k := &KMS{RootKey: rootKey, log: &tailBuffer{max: kmsLogTail}, cmd: cmd, done: done}
 	cmd.Stderr = k.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
