@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,47 +19,16 @@ import (
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/cloister/cloister/internal/testenv"
 	"github.com/cloister/cloister/parent/parenttest"
 )
 
-// freshPostgres makes an empty database on $CLOISTER_TEST_POSTGRES and
-// returns its URL; it is dropped when the test ends.
-func freshPostgres(t testing.TB) string {
-	t.Helper()
-	base := os.Getenv("CLOISTER_TEST_POSTGRES")
-	testenv.Require(t, base != "", "PostgreSQL ($CLOISTER_TEST_POSTGRES)", "run scripts/test.sh, which starts a throw-away server, or set CLOISTER_TEST_POSTGRES=postgres://...")
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatalf("connecting to %s: %v", base, err)
-	}
-	defer conn.Close(ctx)
-	name := fmt.Sprintf("cloister_e2e_%d", time.Now().UnixNano())
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(context.Background(), base); err == nil {
-			c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			c.Close(context.Background())
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
-
 // startKMSPair runs two `cloister kms serve` processes on one fresh
 // PostgreSQL database with one root key.
 func startKMSPair(t testing.TB) (a, b *parenttest.KMS) {
 	t.Helper()
-	db := freshPostgres(t)
+	db := testenv.Postgres(t, "e2e")
 	dir := t.TempDir()
 	creds := filepath.Join(dir, "kms-creds.ini")
 	content := fmt.Sprintf("[admin]\naws_access_key_id = %s\naws_secret_access_key = %s\n", kmsAccessKey, kmsSecretKey)

@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 
+	"github.com/cloister/cloister/internal/testenv"
 	"github.com/cloister/cloister/kms/sigv4"
 	"github.com/cloister/cloister/kms/store"
 )
@@ -114,7 +115,7 @@ func TestCrashSafetyBolt(t *testing.T) {
 }
 
 func TestCrashSafetyPostgres(t *testing.T) {
-	crashSafety(t, postgresURL(t))
+	crashSafety(t, testenv.Postgres(t, "kms"))
 }
 
 // crashSafety drives concurrent CreateKey and GenerateDataKey against a

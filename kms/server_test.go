@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
 
+	"github.com/cloister/cloister/internal/testenv"
 	"github.com/cloister/cloister/kms/store"
 )
 
@@ -24,7 +25,7 @@ func TestSDKKeyLifecycle(t *testing.T) { sdkKeyLifecycle(t, newEnv(t, envOpts{})
 func TestSDKKeyLifecyclePostgres(t *testing.T) {
 	root := make([]byte, 32)
 	rand.Read(root)
-	st, err := store.OpenPostgres(context.Background(), postgresURL(t), root)
+	st, err := store.OpenPostgres(context.Background(), testenv.Postgres(t, "kms"), root)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,55 +7,22 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"net/http"
-	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/cloister/cloister/internal/testenv"
 )
-
-// postgresURL returns a fresh database on $CLOISTER_TEST_POSTGRES for one test.
-func postgresURL(t testing.TB) string {
-	t.Helper()
-	base := os.Getenv("CLOISTER_TEST_POSTGRES")
-	testenv.Require(t, base != "", "PostgreSQL ($CLOISTER_TEST_POSTGRES)", "run scripts/test.sh, which starts a throw-away server, or set CLOISTER_TEST_POSTGRES=postgres://...")
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatalf("connecting to %s: %v", base, err)
-	}
-	defer conn.Close(ctx)
-	name := fmt.Sprintf("cloister_verifier_%d", time.Now().UnixNano())
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(context.Background(), base); err == nil {
-			c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			c.Close(context.Background())
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
 
 // replicas starts n verifiers, each with its own connection pool to one
 // database and the same signing key, as n pods behind a load balancer.
 func replicas(t testing.TB, n int, cfg Config) []string {
 	t.Helper()
-	dsn := postgresURL(t)
+	dsn := testenv.Postgres(t, "verifier")
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -256,7 +223,7 @@ func TestPostgresReplicasLimits(t *testing.T) {
 // TestPostgresStoreNeedsSigningKey: replicas with generated keys would
 // publish different JWKS; New refuses.
 func TestPostgresStoreNeedsSigningKey(t *testing.T) {
-	st, err := OpenPostgresStore(context.Background(), postgresURL(t))
+	st, err := OpenPostgresStore(context.Background(), testenv.Postgres(t, "verifier"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,56 +8,22 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/internal/testenv"
 )
-
-// attestPostgres returns a fresh database on $CLOISTER_TEST_POSTGRES.
-func attestPostgres(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("CLOISTER_TEST_POSTGRES")
-	testenv.Require(t, base != "", "PostgreSQL ($CLOISTER_TEST_POSTGRES)", "run scripts/test.sh, which starts a throw-away server, or set CLOISTER_TEST_POSTGRES=postgres://...")
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatalf("connecting to %s: %v", base, err)
-	}
-	defer conn.Close(ctx)
-	name := fmt.Sprintf("cloister_attest_cli_%d", time.Now().UnixNano())
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(context.Background(), base); err == nil {
-			c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			c.Close(context.Background())
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
 
 // TestAttestServeReplicas runs two `cloister attest serve --store
 // postgres://…` on one database with one --signing-key: a challenge issued
 // by replica A is consumed once through replica B, and a replay through
 // either is refused; both publish the same JWKS.
 func TestAttestServeReplicas(t *testing.T) {
-	dsn := attestPostgres(t)
+	dsn := testenv.Postgres(t, "attest_cli")
 	dir := t.TempDir()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/cloister/cloister/internal/testenv"
 )
@@ -27,41 +25,6 @@ func rootKey(t testing.TB) []byte {
 	return k
 }
 
-// postgresURL returns a fresh database on $CLOISTER_TEST_POSTGRES for one test.
-func postgresURL(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("CLOISTER_TEST_POSTGRES")
-	testenv.Require(t, base != "", "PostgreSQL ($CLOISTER_TEST_POSTGRES)", "run scripts/test.sh, which starts a throw-away server, or set CLOISTER_TEST_POSTGRES=postgres://...")
-	return freshDatabase(t, base)
-}
-
-func freshDatabase(t *testing.T, base string) string {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatalf("connecting to %s: %v", base, err)
-	}
-	defer conn.Close(ctx)
-	name := fmt.Sprintf("cloister_store_%d", time.Now().UnixNano())
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), base)
-		if err == nil {
-			c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			c.Close(context.Background())
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
-
 func backends(t *testing.T) map[string]func(t *testing.T) (open func(root []byte) (Store, error)) {
 	return map[string]func(t *testing.T) (open func(root []byte) (Store, error)){
 		"bbolt": func(t *testing.T) func([]byte) (Store, error) {
@@ -69,7 +32,7 @@ func backends(t *testing.T) map[string]func(t *testing.T) (open func(root []byte
 			return func(root []byte) (Store, error) { return Open(context.Background(), "bbolt:"+path, root) }
 		},
 		"postgres": func(t *testing.T) func([]byte) (Store, error) {
-			dsn := postgresURL(t)
+			dsn := testenv.Postgres(t, "store")
 			return func(root []byte) (Store, error) { return Open(context.Background(), dsn, root) }
 		},
 	}
