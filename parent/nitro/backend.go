@@ -19,30 +19,13 @@ import (
 	"github.com/cloister/cloister/parent/nitro/nedev"
 )
 
-// Errors of this package; step failures are [*StepError]s wrapping the
+// Errors of this package; step failures are [*backend.StepError]s wrapping the
 // cause (a nedev, hugepage or eif error, or one of these).
 var (
 	// ErrInsufficientMemory means the requested memory is below nitro-cli's
 	// rule of 4 × the EIF file size.
 	ErrInsufficientMemory = errors.New("nitro: not enough memory for the image")
 )
-
-// StepError is a launch that failed at one step, after everything the
-// earlier steps created was released.
-type StepError struct {
-	// Step names the failed step: "read image", "open device",
-	// "NE_CREATE_VM", "NE_ADD_VCPU cpu 3", "NE_GET_IMAGE_LOAD_INFO",
-	// "allocate hugepages", "copy image", "NE_SET_USER_MEMORY_REGION 2/5",
-	// "NE_START_ENCLAVE".
-	Step string
-	Err  error
-}
-
-// Error returns "nitro: launch failed at <step>: <cause>".
-func (e *StepError) Error() string { return "nitro: launch failed at " + e.Step + ": " + e.Err.Error() }
-
-// Unwrap returns the cause.
-func (e *StepError) Unwrap() error { return e.Err }
 
 // ImageFile is how a launch reads the image; *os.File satisfies it.
 type ImageFile interface {

@@ -35,7 +35,7 @@ const consoleConnectTimeout = 20 * time.Second
 //
 // A failure at any step releases everything created so far (enclave fd,
 // which returns its CPUs to the pool; hugepage mappings; device fd) and
-// returns a [*StepError] naming the step. The returned instance watches the
+// returns a [*backend.StepError] naming the step. The returned instance watches the
 // enclave fd for EPOLLHUP.
 func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
 	res := &resources{}
@@ -47,7 +47,15 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	return inst, nil
 }
 
-func step(name string, err error) error { return &StepError{Step: name, Err: err} }
+// step is the failure of the named step: "read image", "open device",
+// "NE_CREATE_VM", "close device", "NE_ADD_VCPU cpu 3",
+// "NE_GET_IMAGE_LOAD_INFO", "allocate hugepages", "copy image",
+// "NE_SET_USER_MEMORY_REGION 2/5", "NE_START_ENCLAVE". Launch releases what
+// the earlier steps created through resources, not backend.RunSteps: the
+// driver wants them freed in its own order.
+func step(name string, err error) error {
+	return &backend.StepError{Backend: backend.KindNitro, Step: name, Err: err}
+}
 
 func (b *Backend) launch(ctx context.Context, spec backend.Spec, res *resources) (*Instance, error) {
 	// 1. The image.

@@ -232,7 +232,7 @@ func TestLaunchFailures(t *testing.T) {
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("err = %v, want %v", err, tt.want)
 			}
-			var se *StepError
+			var se *backend.StepError
 			if !errors.As(err, &se) || !strings.HasPrefix(se.Step, tt.step) {
 				t.Errorf("step of %v is not %q", err, tt.step)
 			}

@@ -229,170 +229,245 @@ const memOverheadMiB = 256
 // must end (not reboot) on reboot or panic so that QEMU exits with it.
 const runtimeCmdline = "console=ttyS0 reboot=t panic=-1"
 
-// Launch boots the EIF in a microVM.
+// Launch boots the EIF in a microVM, in steps: "find qemu" (binary and
+// accelerator), "check image" (layout and CRC, a kernel, the command line),
+// "resolve qemu user", "create vm directory", "stage kernel and initrd",
+// "start vsock device", "start qemu", "join cgroup". A failure is a
+// [*backend.StepError] naming the step, returned once what the earlier
+// steps created is released.
 func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
-	bin, err := b.binary()
-	if err != nil {
-		return nil, err
-	}
-	accel, err := b.accel()
-	if err != nil {
-		return nil, err
-	}
-	f := spec.Image
-	layout, err := eif.CheckFile(f)
-	if err != nil {
-		return nil, fmt.Errorf("qemu: %s: %w", spec.EIFPath, err)
-	}
-	var kernelSec, cmdlineSec eif.SectionInfo
-	var ramdisks []eif.SectionInfo
-	for _, sec := range layout.Sections {
-		switch sec.Type {
-		case eif.SectionKernel:
-			kernelSec = sec
-		case eif.SectionCmdline:
-			cmdlineSec = sec
-		case eif.SectionRamdisk:
-			ramdisks = append(ramdisks, sec)
-		}
-	}
-	if kernelSec.Size == int64(len(eif.NoKernelMarker)) {
-		b := make([]byte, kernelSec.Size)
-		if _, err := f.ReadAt(b, kernelSec.Offset); err == nil && string(b) == eif.NoKernelMarker {
-			return nil, fmt.Errorf("%w: %s was built without a kernel, so it can only run in the sandbox backend; rebuild it with build-enclave --kernel (see docs/images.md)", backend.ErrUnsupportedImage, spec.EIFPath)
-		}
-	}
-	if cmdlineSec.Size > 64<<10 {
-		return nil, fmt.Errorf("%w: %s has a %d-byte kernel command line", backend.ErrUnsupportedImage, spec.EIFPath, cmdlineSec.Size)
-	}
-	cmdlineData := make([]byte, cmdlineSec.Size)
-	if _, err := f.ReadAt(cmdlineData, cmdlineSec.Offset); err != nil {
-		return nil, fmt.Errorf("qemu: read command line: %w", err)
-	}
-	cred, err := b.qemuCredential()
-	if err != nil {
-		return nil, err
-	}
-	// QEMU's files (kernel, initramfs, vhost-user socket) live in a
-	// directory of their own that the unprivileged QEMU can traverse; the
-	// enclave's private directory stays root-only, because its host
-	// listeners (the emulated security module among them) must not be
-	// reachable by other local users. D/vm points to it.
-	vmDir, err := os.MkdirTemp("", "cloister-vm-")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(vmDir, 0o711); err != nil {
-		return nil, err
-	}
-	_ = os.Remove(spec.Dir.VM())
-	if err := os.Symlink(vmDir, spec.Dir.VM()); err != nil {
-		os.RemoveAll(vmDir)
-		return nil, err
-	}
-	launched := false
-	defer func() {
-		if !launched {
-			os.RemoveAll(vmDir)
-			os.Remove(spec.Dir.VM())
-		}
-	}()
-	kernel := filepath.Join(vmDir, "kernel")
-	initrd := filepath.Join(vmDir, "initrd")
-	// QEMU 7.2 cannot load an EIF: the kernel is copied out, and the
-	// ramdisks are concatenated into one initramfs, exactly as the Nitro
-	// hypervisor presents them (copy_file_range: nothing passes through
-	// this process's memory).
-	if err := eif.ExtractSections(kernel, f, kernelSec); err != nil {
-		return nil, fmt.Errorf("qemu: stage kernel: %w", err)
-	}
-	if err := eif.ExtractSections(initrd, f, ramdisks...); err != nil {
-		return nil, fmt.Errorf("qemu: stage initrd: %w", err)
-	}
-	if cred != nil {
-		for _, p := range []string{kernel, initrd} {
-			if err := os.Chown(p, int(cred.Uid), int(cred.Gid)); err != nil {
-				return nil, err
-			}
-		}
-	}
-	cmdline := strings.TrimSpace(string(cmdlineData)) + " " + runtimeCmdline
-	if accel == "tcg" {
-		if khz := hostTSCkHz(); khz > 0 {
-			cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
-		}
-	}
-
 	logger := b.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	vhostSock := filepath.Join(vmDir, "vhost.sock")
-	dev, err := vsockdev.New(vsockdev.Config{
-		GuestCID: spec.CID, SocketPath: vhostSock,
-		HostListenerBase: spec.Dir.HostListenerBase(),
-		Logger:           logger.With("enclave", spec.ID, "component", "vsock"),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("qemu: vsock device: %w", err)
-	}
-	devCtx, stopDev := context.WithCancel(context.Background())
-	devDone := make(chan error, 1)
-	go func() { devDone <- dev.Serve(devCtx) }()
-	fail := func(err error) (backend.Instance, error) {
-		stopDev()
-		_ = dev.Close()
-		<-devDone
+	l := &launch{b: b, spec: spec, logger: logger}
+	if err := backend.RunSteps(ctx, backend.KindQEMU, l.steps()); err != nil {
 		return nil, err
 	}
-	// Serve creates the socket; QEMU must find it.
-	if err := waitForFile(ctx, vhostSock, 10*time.Second); err != nil {
-		return fail(fmt.Errorf("qemu: vsock device socket: %w", err))
-	}
-	if cred != nil {
-		if err := os.Chown(vhostSock, int(cred.Uid), int(cred.Gid)); err != nil {
-			return fail(fmt.Errorf("qemu: vsock device socket: %w", err))
-		}
-	}
-
-	args := Args(ArgsConfig{Accel: accel, MemoryMiB: spec.MemoryMiB, CPUs: len(spec.CPUs), Kernel: kernel, Initrd: initrd,
-		Cmdline: cmdline, VhostSocket: vhostSock})
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = vmDir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return fail(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		return fail(fmt.Errorf("qemu: start %s: %w", bin, err))
-	}
-
-	launched = true
-	inst := &instance{cmd: cmd, dev: dev, stopDev: stopDev, devDone: devDone, vmDir: vmDir, link: spec.Dir.VM(), done: make(chan struct{})}
-	// Confine QEMU: the enclave's CPUs, its memory plus QEMU's overhead,
-	// and a bounded number of threads.
-	if mgr, err := cgroups.New(cgroups.Config{Parent: b.CgroupParent}); err == nil {
-		grp, err := mgr.Create(ctx, spec.ID, cgroups.Limits{
-			MemoryBytes: int64(spec.MemoryMiB+memOverheadMiB) << 20, CPUs: spec.CPUs, PidsMax: 512,
-			Devices: kvmDevices(accel),
-		})
-		if err == nil {
-			if err := grp.Attach(cmd.Process.Pid); err != nil {
-				logger.Warn("qemu: cgroup attach", "err", err)
-			}
-			inst.group = grp
-		} else {
-			logger.Warn("qemu: cgroup", "err", err)
-		}
-	}
+	inst := &instance{cmd: l.cmd, dev: l.dev, stopDev: l.stopDev, devDone: l.devDone, group: l.group,
+		vmDir: l.vmDir, link: spec.Dir.VM(), done: make(chan struct{})}
 	console := spec.Console
 	if console == nil {
 		console = io.Discard
 	}
-	go inst.pump(stdout, console)
+	go inst.pump(l.stdout, console)
 	return inst, nil
+}
+
+// launch is one microVM's launch: what its steps have found and created.
+type launch struct {
+	b      *Backend
+	spec   backend.Spec
+	logger *slog.Logger
+
+	bin, accel string
+	secs       backend.Sections
+	cmdline    string
+	cred       *syscall.Credential
+	vmDir      string // QEMU's files; D/vm links to it
+	linked     bool
+	kernel     string
+	initrd     string
+	vhostSock  string
+	dev        *vsockdev.Device
+	stopDev    context.CancelFunc
+	devDone    chan error
+	cmd        *exec.Cmd
+	stdout     io.ReadCloser
+	group      *cgroups.Group
+}
+
+func (l *launch) steps() []backend.Step {
+	return []backend.Step{
+		{Name: "find qemu", Do: l.findQEMU},
+		{Name: "check image", Do: l.checkImage},
+		{Name: "resolve qemu user", Do: l.resolveUser},
+		{Name: "create vm directory", Do: l.createVMDir, Undo: l.removeVMDir},
+		{Name: "stage kernel and initrd", Do: l.stage},
+		{Name: "start vsock device", Do: l.startDevice, Undo: l.stopDevice},
+		{Name: "start qemu", Do: l.startQEMU, Undo: l.killQEMU},
+		{Name: "join cgroup", Do: l.joinCgroup},
+	}
+}
+
+func (l *launch) findQEMU(context.Context) error {
+	var err error
+	if l.bin, err = l.b.binary(); err != nil {
+		return err
+	}
+	l.accel, err = l.b.accel()
+	return err
+}
+
+// checkImage validates the image (backend.ImageSections), refuses one
+// built without a kernel and reads its command line.
+func (l *launch) checkImage(context.Context) error {
+	var err error
+	if l.secs, err = backend.ImageSections(l.spec.Image, l.spec.EIFPath); err != nil {
+		return err
+	}
+	if l.secs.NoKernel {
+		return fmt.Errorf("%w: %s was built without a kernel, so it can only run in the sandbox backend; rebuild it with build-enclave --kernel (see docs/images.md)", backend.ErrUnsupportedImage, l.spec.EIFPath)
+	}
+	c := l.secs.Cmdline
+	if c.Size > 64<<10 {
+		return fmt.Errorf("%w: %s has a %d-byte kernel command line", backend.ErrUnsupportedImage, l.spec.EIFPath, c.Size)
+	}
+	data := make([]byte, c.Size)
+	if _, err := l.spec.Image.ReadAt(data, c.Offset); err != nil {
+		return fmt.Errorf("read command line: %w", err)
+	}
+	l.cmdline = strings.TrimSpace(string(data)) + " " + runtimeCmdline
+	if l.accel == "tcg" {
+		if khz := hostTSCkHz(); khz > 0 {
+			l.cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
+		}
+	}
+	return nil
+}
+
+func (l *launch) resolveUser(context.Context) error {
+	var err error
+	l.cred, err = l.b.qemuCredential()
+	return err
+}
+
+// createVMDir creates the directory of QEMU's files (kernel, initramfs,
+// vhost-user socket), which the unprivileged QEMU can traverse; the
+// enclave's private directory stays root-only, because its host listeners
+// (the emulated security module among them) must not be reachable by
+// other local users. D/vm points to it.
+func (l *launch) createVMDir(context.Context) error {
+	var err error
+	if l.vmDir, err = os.MkdirTemp("", "cloister-vm-"); err != nil {
+		return err
+	}
+	if err := os.Chmod(l.vmDir, 0o711); err != nil {
+		return err
+	}
+	_ = os.Remove(l.spec.Dir.VM())
+	if err := os.Symlink(l.vmDir, l.spec.Dir.VM()); err != nil {
+		return err
+	}
+	l.linked = true
+	return nil
+}
+
+func (l *launch) removeVMDir() {
+	if l.vmDir != "" {
+		os.RemoveAll(l.vmDir)
+	}
+	if l.linked {
+		os.Remove(l.spec.Dir.VM())
+	}
+}
+
+// stage copies the kernel out and concatenates the ramdisks into one
+// initramfs, exactly as the Nitro hypervisor presents them: QEMU 7.2
+// cannot load an EIF (copy_file_range: nothing passes through this
+// process's memory).
+func (l *launch) stage(context.Context) error {
+	l.kernel = filepath.Join(l.vmDir, "kernel")
+	l.initrd = filepath.Join(l.vmDir, "initrd")
+	if err := eif.ExtractSections(l.kernel, l.spec.Image, l.secs.Kernel); err != nil {
+		return fmt.Errorf("kernel: %w", err)
+	}
+	if err := eif.ExtractSections(l.initrd, l.spec.Image, l.secs.Ramdisks...); err != nil {
+		return fmt.Errorf("initrd: %w", err)
+	}
+	if l.cred != nil {
+		for _, p := range []string{l.kernel, l.initrd} {
+			if err := os.Chown(p, int(l.cred.Uid), int(l.cred.Gid)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// startDevice starts the vhost-user-vsock device and waits for its socket,
+// which QEMU must find.
+func (l *launch) startDevice(ctx context.Context) error {
+	l.vhostSock = filepath.Join(l.vmDir, "vhost.sock")
+	dev, err := vsockdev.New(vsockdev.Config{
+		GuestCID: l.spec.CID, SocketPath: l.vhostSock,
+		HostListenerBase: l.spec.Dir.HostListenerBase(),
+		Logger:           l.logger.With("enclave", l.spec.ID, "component", "vsock"),
+	})
+	if err != nil {
+		return err
+	}
+	devCtx, stopDev := context.WithCancel(context.Background())
+	l.dev, l.stopDev, l.devDone = dev, stopDev, make(chan error, 1)
+	go func() { l.devDone <- dev.Serve(devCtx) }()
+	if err := waitForFile(ctx, l.vhostSock, 10*time.Second); err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	if l.cred != nil {
+		if err := os.Chown(l.vhostSock, int(l.cred.Uid), int(l.cred.Gid)); err != nil {
+			return fmt.Errorf("socket: %w", err)
+		}
+	}
+	return nil
+}
+
+func (l *launch) stopDevice() {
+	if l.dev == nil {
+		return
+	}
+	l.stopDev()
+	_ = l.dev.Close()
+	<-l.devDone
+}
+
+func (l *launch) startQEMU(context.Context) error {
+	args := Args(ArgsConfig{Accel: l.accel, MemoryMiB: l.spec.MemoryMiB, CPUs: len(l.spec.CPUs), Kernel: l.kernel, Initrd: l.initrd,
+		Cmdline: l.cmdline, VhostSocket: l.vhostSock})
+	cmd := exec.Command(l.bin, args...)
+	cmd.Dir = l.vmDir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL, Credential: l.cred}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("%s: %w", l.bin, err)
+	}
+	l.cmd, l.stdout = cmd, stdout
+	return nil
+}
+
+func (l *launch) killQEMU() {
+	if l.cmd == nil {
+		return
+	}
+	_ = l.cmd.Process.Kill()
+	_ = l.cmd.Wait()
+}
+
+// joinCgroup confines QEMU: the enclave's CPUs, its memory plus QEMU's
+// overhead, and a bounded number of threads. It is best effort, as it
+// always was: without a usable cgroup hierarchy QEMU runs unconfined, with
+// a warning.
+func (l *launch) joinCgroup(ctx context.Context) error {
+	mgr, err := cgroups.New(cgroups.Config{Parent: l.b.CgroupParent})
+	if err != nil {
+		return nil
+	}
+	grp, err := mgr.Create(ctx, l.spec.ID, cgroups.Limits{
+		MemoryBytes: int64(l.spec.MemoryMiB+memOverheadMiB) << 20, CPUs: l.spec.CPUs, PidsMax: 512,
+		Devices: kvmDevices(l.accel),
+	})
+	if err != nil {
+		l.logger.Warn("qemu: cgroup", "err", err)
+		return nil
+	}
+	if err := grp.Attach(l.cmd.Process.Pid); err != nil {
+		l.logger.Warn("qemu: cgroup attach", "err", err)
+	}
+	l.group = grp
+	return nil
 }
 
 // kvmDevices is the device rule the VM's cgroup needs for accel: QEMU
@@ -540,9 +615,7 @@ func (i *instance) pump(r io.Reader, console io.Writer) {
 	_ = i.dev.Close()
 	<-i.devDone
 	if i.group != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_ = i.group.Remove(ctx)
-		cancel()
+		_ = backend.RemoveCgroup(i.group)
 	}
 	_ = os.RemoveAll(i.vmDir)
 	_ = os.Remove(i.link)
@@ -587,28 +660,15 @@ func (i *instance) Exit() backend.Exit {
 	return i.exit
 }
 
-// Terminate stops the VM (SIGTERM to QEMU, then SIGKILL) and waits for
-// everything it owned to be released.
+// Terminate stops the VM (SIGTERM to QEMU, then SIGKILL after
+// backend.TerminateGrace) and waits for everything it owned to be released.
 func (i *instance) Terminate(ctx context.Context) error {
 	i.mu.Lock()
 	i.terminated = true
 	i.mu.Unlock()
-	_ = i.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(5 * time.Second)
-	defer t.Stop()
-	select {
-	case <-i.done:
-		return nil
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	_ = i.cmd.Process.Kill()
-	select {
-	case <-i.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return backend.TerminateProcess(ctx, i.done, backend.TerminateGrace,
+		func() error { return i.cmd.Process.Signal(syscall.SIGTERM) },
+		func() error { _ = i.cmd.Process.Kill(); return nil })
 }
 
 // Dial opens a host-initiated connection to port inside the guest; the
@@ -620,11 +680,7 @@ func (i *instance) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 // Cleanup kills what is left of a VM whose monitor died: its cgroup holds
 // QEMU.
 func (b *Backend) Cleanup(ctx context.Context, spec backend.Spec) error {
-	mgr, err := cgroups.New(cgroups.Config{Parent: b.CgroupParent})
-	if err != nil {
-		return err
-	}
-	_, err = mgr.Cleanup(ctx, spec.ID)
+	err := backend.CleanupCgroup(ctx, b.CgroupParent, spec.ID)
 	link := spec.Dir.VM()
 	if target, lerr := os.Readlink(link); lerr == nil && strings.HasPrefix(filepath.Base(target), "cloister-vm-") {
 		_ = os.RemoveAll(target)

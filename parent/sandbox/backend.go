@@ -8,7 +8,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -80,48 +79,57 @@ func (*Backend) HostListen(ctx context.Context, spec backend.Spec, port uint32) 
 	return l, nil
 }
 
-// Launch extracts the image's ramdisks and starts the sandbox.
+// Launch starts the sandbox of spec in steps: "check image" (the image's
+// layout and CRC, and its ramdisks: the bootstrap and the customer one at
+// least), "stage ramdisks", "create host directory", then [Start]'s. A
+// failure is a [*backend.StepError] naming the step, returned once what
+// the earlier steps created is released.
 func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
-	// The image is checked (layout and CRC) and its ramdisks copied out
-	// inside the kernel: no copy of the image passes through this
-	// process's memory.
-	f := spec.Image
-	layout, err := eif.CheckFile(f)
-	if err != nil {
-		return nil, fmt.Errorf("sandbox: %s: %w", spec.EIFPath, err)
-	}
 	var ramdisks []eif.SectionInfo
-	for _, s := range layout.Sections {
-		if s.Type == eif.SectionRamdisk {
-			ramdisks = append(ramdisks, s)
-		}
-	}
-	if len(ramdisks) < 2 {
-		return nil, fmt.Errorf("%w: %s has %d ramdisk(s); the sandbox needs the bootstrap and the customer ramdisk that build-enclave writes", backend.ErrUnsupportedImage, spec.EIFPath, len(ramdisks))
-	}
 	// The ramdisks are handed to the launcher as memfds, copied inside
-	// the kernel from the image: nothing of the image touches the disk,
-	// and they are gone once the sandbox has unpacked them into its tmpfs.
-	var paths []string
+	// the kernel from the image: nothing of the image touches the disk or
+	// passes through this process's memory, and they are gone once the
+	// sandbox has unpacked them into its tmpfs. The launcher opens them
+	// by path; this process's copies go once Start has returned.
 	var staged []*os.File
+	var paths []string
 	defer func() {
 		for _, f := range staged {
 			f.Close()
 		}
 	}()
-	for i, rd := range ramdisks {
-		fd, err := unix.MemfdCreate(fmt.Sprintf("ramdisk%d", i), unix.MFD_CLOEXEC)
-		if err != nil {
-			return nil, fmt.Errorf("sandbox: stage ramdisk: %w", err)
-		}
-		f := os.NewFile(uintptr(fd), fmt.Sprintf("ramdisk%d", i))
-		staged = append(staged, f)
-		if err := eif.CopySections(f, spec.Image, rd); err != nil {
-			return nil, fmt.Errorf("sandbox: stage ramdisk: %w", err)
-		}
-		paths = append(paths, fmt.Sprintf("/proc/self/fd/%d", fd))
-	}
-	if err := os.MkdirAll(spec.Dir.HostDir(), 0o755); err != nil {
+	err := backend.RunSteps(ctx, backend.KindSandbox, []backend.Step{
+		{Name: "check image", Do: func(context.Context) error {
+			secs, err := backend.ImageSections(spec.Image, spec.EIFPath)
+			if err != nil {
+				return err
+			}
+			if len(secs.Ramdisks) < 2 {
+				return fmt.Errorf("%w: %s has %d ramdisk(s); the sandbox needs the bootstrap and the customer ramdisk that build-enclave writes", backend.ErrUnsupportedImage, spec.EIFPath, len(secs.Ramdisks))
+			}
+			ramdisks = secs.Ramdisks
+			return nil
+		}},
+		{Name: "stage ramdisks", Do: func(context.Context) error {
+			for i, rd := range ramdisks {
+				fd, err := unix.MemfdCreate(fmt.Sprintf("ramdisk%d", i), unix.MFD_CLOEXEC)
+				if err != nil {
+					return err
+				}
+				f := os.NewFile(uintptr(fd), fmt.Sprintf("ramdisk%d", i))
+				staged = append(staged, f)
+				if err := eif.CopySections(f, spec.Image, rd); err != nil {
+					return err
+				}
+				paths = append(paths, fmt.Sprintf("/proc/self/fd/%d", fd))
+			}
+			return nil
+		}},
+		{Name: "create host directory", Do: func(context.Context) error {
+			return os.MkdirAll(spec.Dir.HostDir(), 0o755)
+		}},
+	})
+	if err != nil {
 		return nil, err
 	}
 	p, err := Start(ctx, Spec{
@@ -137,14 +145,9 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 }
 
 // Cleanup kills and removes what is left of an enclave whose monitor died:
-// its cgroup (and every process in it) and its sockets.
+// its cgroup (and every process in it).
 func (b *Backend) Cleanup(ctx context.Context, spec backend.Spec) error {
-	mgr, err := cgroups.New(cgroups.Config{Parent: b.CgroupParent})
-	if err != nil {
-		return err
-	}
-	_, err = mgr.Cleanup(ctx, spec.ID)
-	return err
+	return backend.CleanupCgroup(ctx, b.CgroupParent, spec.ID)
 }
 
 type instance struct {
@@ -183,35 +186,17 @@ func (i *instance) Exit() backend.Exit {
 }
 
 // Terminate asks init to stop the application (SIGTERM, forwarded to it),
-// and kills the sandbox if it has not ended after a grace period.
+// and kills the sandbox if it has not ended after backend.TerminateGrace.
 func (i *instance) Terminate(ctx context.Context) error {
-	select {
-	case <-i.done:
-		return nil
-	default:
-	}
-	_ = i.p.Signal(syscall.SIGTERM)
-	t := time.NewTimer(terminateGrace)
-	defer t.Stop()
-	select {
-	case <-i.done:
-		return nil
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	if err := i.p.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return err
-	}
-	select {
-	case <-i.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return backend.TerminateProcess(ctx, i.done, backend.TerminateGrace,
+		func() error { return i.p.Signal(syscall.SIGTERM) },
+		func() error {
+			if err := i.p.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+				return err
+			}
+			return nil
+		})
 }
-
-// terminateGrace is how long an application may take to exit on SIGTERM.
-const terminateGrace = 5 * time.Second
 
 // Dial connects to the enclave's listener for port (vsock_<port> in its
 // listener directory, see [Process.GuestDir]) and sends the relay marker, so the enclave reads this connection itself as

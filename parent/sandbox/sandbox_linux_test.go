@@ -24,6 +24,7 @@ import (
 
 	"github.com/cloister/cloister/internal/cpio"
 	"github.com/cloister/cloister/internal/testenv"
+	"github.com/cloister/cloister/parent/backend"
 )
 
 func TestMain(m *testing.M) {
@@ -469,12 +470,14 @@ func TestStartSetupErrors(t *testing.T) {
 			spec := Spec{ID: "setup-err", CID: 9, Ramdisks: tc.ramdisks, MemoryMiB: 64, VsockDir: vsockDir(t), CgroupParent: testCgroupParent}
 			p, err := Start(context.Background(), spec)
 			var se *SetupError
-			if !errors.As(err, &se) || !errors.Is(err, ErrSetup) || !strings.Contains(err.Error(), tc.want) {
+			var step *backend.StepError
+			if !errors.As(err, &se) || !errors.Is(err, ErrSetup) || !strings.Contains(err.Error(), tc.want) ||
+				!errors.As(err, &step) || step.Step != "wait for init" {
 				if p != nil {
 					_ = p.Kill()
 					_, _ = p.Wait()
 				}
-				t.Fatalf("Start error = %v, want a SetupError containing %q", err, tc.want)
+				t.Fatalf("Start error = %v, want a SetupError at wait for init containing %q", err, tc.want)
 			}
 			checkNoLeftovers(t, spec.ID, uidBase, spec.VsockDir)
 		})

@@ -150,9 +150,7 @@ func (p *Process) wait() (ExitStatus, error) {
 	if s, serr := p.group.Stats(); serr == nil {
 		st.OOMKills = s.OOMKills
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if rerr := p.group.Remove(ctx); rerr != nil {
+	if rerr := backend.RemoveCgroup(p.group); rerr != nil {
 		err = errors.Join(err, rerr)
 	}
 	// Every process of the sandbox is gone, so the console pipe is at end
@@ -192,10 +190,12 @@ func (s *Spec) check() error {
 }
 
 // Start builds the sandbox described by spec and executes its init. It
-// returns once init has been executed (or the setup failed: a
-// [*SetupError], with everything cleaned up). ctx bounds only the start;
-// use [Process.Kill] to end a running sandbox and [Process.Wait] to
-// collect it. Requires root on the host.
+// returns once init has been executed, or fails with a
+// [*backend.StepError] naming the failed step (see [starter.steps]) once
+// what the earlier steps created is released; a failure the launcher
+// reports wraps a [*SetupError]. ctx bounds only the start; use
+// [Process.Kill] to end a running sandbox and [Process.Wait] to collect
+// it. Requires root on the host.
 func Start(ctx context.Context, spec Spec) (*Process, error) {
 	if err := spec.check(); err != nil {
 		return nil, err
@@ -203,110 +203,162 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	if spec.PidsMax == 0 {
 		spec.PidsMax = 1024
 	}
-	var files []*os.File
-	closeAll := func() {
-		for _, f := range files {
-			if f != nil {
-				f.Close()
-			}
-		}
-		files = nil
-	}
-	defer closeAll()
-
-	// Everything the child needs from the host is opened here, by root:
-	// the child's ids cannot traverse the daemon's private directories.
-	hostDir, err := openDir(backend.Dir(spec.VsockDir).HostDir())
-	if err != nil {
+	s := &starter{spec: spec, slot: -1}
+	if err := backend.RunSteps(ctx, backend.KindSandbox, s.steps()); err != nil {
 		return nil, err
 	}
-	files = append(files, hostDir)
-	var ramdisks []*os.File
-	for _, r := range spec.Ramdisks {
+	closeFile(&s.statR)
+	return &Process{cmd: s.cmd, group: s.group, slot: s.slot, hostID: s.hostID, guest: s.guestDir, console: s.pump}, nil
+}
+
+// starter is one sandbox's start: what its steps have created so far.
+type starter struct {
+	spec     Spec
+	hostDir  *os.File // detached bind mount of the host listeners' directory
+	ramdisks []*os.File
+	slot     int // -1: none taken
+	hostID   int
+	guestDir *os.File
+	group    *cgroups.Group
+	// The launcher's configuration and status pipes and its standard
+	// output and error.
+	cfgR, cfgW, statR, statW, conR, conW *os.File
+	cmd                                  *exec.Cmd
+	pump                                 *consolePump
+	reaped                               bool
+	reapErr                              error
+}
+
+// steps are the start, in order. Everything the launcher needs from the
+// host is opened by root before it runs: its ids cannot traverse the
+// daemon's private directories.
+func (s *starter) steps() []backend.Step {
+	return []backend.Step{
+		{Name: "open host directory", Do: s.openHostDir, Undo: func() { closeFile(&s.hostDir) }},
+		{Name: "open ramdisks", Do: s.openRamdisks, Undo: s.closeRamdisks},
+		{Name: "take uid range", Do: s.takeSlot, Undo: s.releaseSlot},
+		{Name: "create listener directory", Do: s.createGuestDir, Undo: func() { closeFile(&s.guestDir) }},
+		{Name: "create cgroup", Do: s.createCgroup, Undo: s.removeCgroup},
+		{Name: "create pipes", Do: s.createPipes, Undo: s.closePipes},
+		{Name: "start launcher", Do: s.startLauncher, Undo: s.stopLauncher},
+		{Name: "join cgroup", Do: func(context.Context) error { return s.group.Attach(s.cmd.Process.Pid) }},
+		{Name: "release launcher", Do: s.releaseLauncher},
+		{Name: "wait for init", Do: s.waitInit},
+	}
+}
+
+func closeFile(f **os.File) {
+	if *f != nil {
+		(*f).Close()
+		*f = nil
+	}
+}
+
+func (s *starter) openHostDir(context.Context) error {
+	var err error
+	s.hostDir, err = openDir(backend.Dir(s.spec.VsockDir).HostDir())
+	return err
+}
+
+func (s *starter) openRamdisks(context.Context) error {
+	for _, r := range s.spec.Ramdisks {
 		f, err := os.Open(r)
 		if err != nil {
-			return nil, fmt.Errorf("%w: ramdisk: %w", ErrInvalidSpec, err)
+			return fmt.Errorf("%w: ramdisk: %w", ErrInvalidSpec, err)
 		}
-		files = append(files, f)
-		ramdisks = append(ramdisks, f)
+		s.ramdisks = append(s.ramdisks, f)
 	}
+	return nil
+}
 
+func (s *starter) closeRamdisks() {
+	for i := range s.ramdisks {
+		closeFile(&s.ramdisks[i])
+	}
+}
+
+func (s *starter) takeSlot(context.Context) error {
 	slot, err := takeSlot()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	hostID := uidBase + slot*idsPer
-	ok := false
-	defer func() {
-		if !ok {
-			releaseSlot(slot)
-		}
-	}()
-	// The listener directory belongs to the sandbox's root; any sandbox
-	// user may create its listening sockets there.
-	guestDir, err := newGuestFS(hostID)
-	if err != nil {
-		return nil, err
-	}
-	keepGuest := false
-	defer func() {
-		if !keepGuest {
-			guestDir.Close()
-		}
-	}()
+	s.slot, s.hostID = slot, uidBase+slot*idsPer
+	return nil
+}
 
-	mgr, err := cgroups.New(cgroups.Config{Parent: spec.CgroupParent})
-	if err != nil {
-		return nil, fmt.Errorf("sandbox: %w", err)
+func (s *starter) releaseSlot() {
+	if s.slot >= 0 {
+		releaseSlot(s.slot)
 	}
-	group, err := mgr.Create(ctx, spec.ID, cgroups.Limits{
-		MemoryBytes: int64(spec.MemoryMiB) << 20, CPUs: spec.CPUs, PidsMax: spec.PidsMax + wellknown.InitTaskReserve,
+}
+
+// createGuestDir creates the listener directory, which belongs to the
+// sandbox's root: any sandbox user may create its listening sockets there.
+func (s *starter) createGuestDir(context.Context) error {
+	var err error
+	s.guestDir, err = newGuestFS(s.hostID)
+	return err
+}
+
+func (s *starter) createCgroup(ctx context.Context) error {
+	mgr, err := cgroups.New(cgroups.Config{Parent: s.spec.CgroupParent})
+	if err != nil {
+		return err
+	}
+	s.group, err = mgr.Create(ctx, s.spec.ID, cgroups.Limits{
+		MemoryBytes: int64(s.spec.MemoryMiB) << 20, CPUs: s.spec.CPUs, PidsMax: s.spec.PidsMax + wellknown.InitTaskReserve,
 	})
-	if err != nil {
-		return nil, fmt.Errorf("sandbox: %w", err)
-	}
-	removeGroup := func() {
-		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = group.Remove(rctx)
-	}
+	return err
+}
 
-	cfgR, cfgW, err := os.Pipe()
-	if err != nil {
-		removeGroup()
-		return nil, fmt.Errorf("sandbox: pipe: %w", err)
+func (s *starter) removeCgroup() {
+	if s.group != nil {
+		_ = backend.RemoveCgroup(s.group)
 	}
-	files = append(files, cfgR, cfgW)
-	statR, statW, err := os.Pipe()
-	if err != nil {
-		removeGroup()
-		return nil, fmt.Errorf("sandbox: pipe: %w", err)
-	}
-	files = append(files, statR, statW)
-	// init's standard output and error: a pipe the launcher drains into
-	// spec.Console (see consolePump), never spec.Console itself.
-	conR, conW, err := os.Pipe()
-	if err != nil {
-		removeGroup()
-		return nil, fmt.Errorf("sandbox: pipe: %w", err)
-	}
-	files = append(files, conW)
+}
 
-	cmd := &exec.Cmd{
+// createPipes creates the configuration and status pipes and init's
+// standard output and error: a pipe the launcher drains into
+// spec.Console (see consolePump), never spec.Console itself.
+func (s *starter) createPipes(context.Context) error {
+	var err error
+	if s.cfgR, s.cfgW, err = os.Pipe(); err != nil {
+		return fmt.Errorf("pipe: %w", err)
+	}
+	if s.statR, s.statW, err = os.Pipe(); err != nil {
+		return fmt.Errorf("pipe: %w", err)
+	}
+	if s.conR, s.conW, err = os.Pipe(); err != nil {
+		return fmt.Errorf("pipe: %w", err)
+	}
+	return nil
+}
+
+func (s *starter) closePipes() {
+	for _, f := range []**os.File{&s.cfgR, &s.cfgW, &s.statR, &s.statW, &s.conR, &s.conW} {
+		closeFile(f)
+	}
+}
+
+// startLauncher starts the launcher (this executable as childMarker) in
+// its new namespaces, then closes this process's copies of its ends of
+// the pipes and of the files it was handed.
+func (s *starter) startLauncher(context.Context) error {
+	s.cmd = &exec.Cmd{
 		Path:       "/proc/self/exe",
 		Args:       []string{childMarker},
 		Env:        []string{},
 		Dir:        "/",
-		Stdout:     conW,
-		Stderr:     conW,
-		ExtraFiles: append([]*os.File{cfgR, statW, hostDir, guestDir}, ramdisks...),
+		Stdout:     s.conW,
+		Stderr:     s.conW,
+		ExtraFiles: append([]*os.File{s.cfgR, s.statW, s.hostDir, s.guestDir}, s.ramdisks...),
 		SysProcAttr: &syscall.SysProcAttr{
 			// The cgroup namespace is entered by the child once it is in
 			// its cgroup, so that the group is the namespace's root.
 			Cloneflags: unix.CLONE_NEWUSER | unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET |
 				unix.CLONE_NEWIPC | unix.CLONE_NEWUTS,
-			UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: hostID, Size: idsPer}},
-			GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: hostID, Size: idsPer}},
+			UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: s.hostID, Size: idsPer}},
+			GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: s.hostID, Size: idsPer}},
 			GidMappingsEnableSetgroups: true,
 			// Become root of the new namespace (host uid hostID) before
 			// execve, so the child keeps its capabilities there and
@@ -316,58 +368,70 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 			Setsid:     true,
 		},
 	}
-	if err := cmd.Start(); err != nil {
-		conR.Close()
-		removeGroup()
-		return nil, fmt.Errorf("%w: start child: %w", ErrSetup, err)
+	if err := s.cmd.Start(); err != nil {
+		s.cmd = nil
+		return fmt.Errorf("%w: start child: %w", ErrSetup, err)
 	}
-	conW.Close()
-	pump := startConsolePump(conR, spec.Console, consoleStall)
-	// The parent's copies of the child's ends.
-	cfgR.Close()
-	statW.Close()
-	hostDir.Close()
-	for _, f := range ramdisks {
-		f.Close()
-	}
-	files = []*os.File{cfgW, statR}
+	closeFile(&s.conW)
+	s.pump = startConsolePump(s.conR, s.spec.Console, consoleStall)
+	s.conR = nil // the pump's now
+	closeFile(&s.cfgR)
+	closeFile(&s.statW)
+	closeFile(&s.hostDir)
+	s.closeRamdisks()
+	return nil
+}
 
-	fail := func(err error) (*Process, error) {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		pump.finish(consoleDrainTimeout)
-		removeGroup()
-		return nil, err
+// reap kills the launcher (or init) and collects it, once.
+func (s *starter) reap() error {
+	if !s.reaped {
+		_ = s.cmd.Process.Kill()
+		s.reapErr = s.cmd.Wait()
+		s.reaped = true
 	}
-	if err := group.Attach(cmd.Process.Pid); err != nil {
-		return fail(fmt.Errorf("sandbox: %w", err))
+	return s.reapErr
+}
+
+func (s *starter) stopLauncher() {
+	if s.cmd == nil {
+		return
 	}
+	_ = s.reap()
+	s.pump.finish(consoleDrainTimeout)
+}
+
+// releaseLauncher sends the launcher its configuration: it waits for it
+// once it is in its cgroup.
+func (s *starter) releaseLauncher(context.Context) error {
 	cfg, _ := json.Marshal(childConfig{
-		CID: spec.CID, MemoryMiB: spec.MemoryMiB, PidsMax: spec.PidsMax, Ramdisks: len(ramdisks), Debug: spec.Debug,
+		CID: s.spec.CID, MemoryMiB: s.spec.MemoryMiB, PidsMax: s.spec.PidsMax, Ramdisks: len(s.spec.Ramdisks), Debug: s.spec.Debug,
 	})
-	if _, err := cfgW.Write(cfg); err != nil {
-		return fail(fmt.Errorf("%w: release child: %w", ErrSetup, err))
+	if _, err := s.cfgW.Write(cfg); err != nil {
+		return fmt.Errorf("%w: release child: %w", ErrSetup, err)
 	}
-	cfgW.Close()
+	closeFile(&s.cfgW)
+	return nil
+}
 
-	// Wait for the status pipe to close (init executed: close-on-exec) or
-	// an error message; ctx cancels the start.
+// waitInit waits for the status pipe to close (init executed:
+// close-on-exec) or an error message; ctx cancels the start.
+func (s *starter) waitInit(ctx context.Context) error {
 	type result struct {
 		b   []byte
 		err error
 	}
 	res := make(chan result, 1)
 	go func() {
-		b, err := io.ReadAll(io.LimitReader(statR, 64<<10))
+		b, err := io.ReadAll(io.LimitReader(s.statR, 64<<10))
 		res <- result{b, err}
 	}()
 	var r result
 	select {
 	case r = <-res:
 	case <-ctx.Done():
-		_ = cmd.Process.Kill()
+		_ = s.cmd.Process.Kill()
 		<-res
-		return fail(fmt.Errorf("sandbox: start: %w", ctx.Err()))
+		return ctx.Err()
 	}
 	ready := len(r.b) > 0 && r.b[0] == statusReady
 	if ready {
@@ -375,24 +439,20 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	}
 	switch {
 	case r.err != nil:
-		return fail(fmt.Errorf("%w: read child status: %w", ErrSetup, r.err))
+		return fmt.Errorf("%w: read child status: %w", ErrSetup, r.err)
 	case len(r.b) > 0 && r.b[0] == statusError:
-		return fail(&SetupError{Msg: strings.TrimSpace(string(r.b[1:]))})
+		return &SetupError{Msg: strings.TrimSpace(string(r.b[1:]))}
 	case !ready || len(r.b) > 0:
 		// The child died before reaching execve (killed, e.g. by the OOM
 		// killer while unpacking).
-		_ = cmd.Process.Kill()
-		werr := cmd.Wait()
+		werr := s.reap()
 		var oom string
-		if s, err := group.Stats(); err == nil && s.OOMKills > 0 {
-			oom = fmt.Sprintf(" (OOM killer: the ramdisks do not fit in %d MiB)", spec.MemoryMiB)
+		if st, err := s.group.Stats(); err == nil && st.OOMKills > 0 {
+			oom = fmt.Sprintf(" (OOM killer: the ramdisks do not fit in %d MiB)", s.spec.MemoryMiB)
 		}
-		pump.finish(consoleDrainTimeout)
-		removeGroup()
-		return nil, &SetupError{Msg: fmt.Sprintf("child ended during setup: %v%s", werr, oom)}
+		return &SetupError{Msg: fmt.Sprintf("child ended during setup: %v%s", werr, oom)}
 	}
-	ok, keepGuest = true, true
-	return &Process{cmd: cmd, group: group, slot: slot, hostID: hostID, guest: guestDir, console: pump}, nil
+	return nil
 }
 
 // consoleDrainTimeout bounds the wait for the last console output once the
