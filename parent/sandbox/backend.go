@@ -9,9 +9,6 @@ import (
 	"sync"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/cloister/cloister/enclave/eif"
 	"github.com/cloister/cloister/internal/cgroups"
 	"github.com/cloister/cloister/internal/hybrid"
 	"github.com/cloister/cloister/parent/backend"
@@ -81,23 +78,11 @@ func (*Backend) HostListen(ctx context.Context, spec backend.Spec, port uint32) 
 
 // Launch starts the sandbox of spec in steps: "check image" (the image's
 // layout and CRC, and its ramdisks: the bootstrap and the customer one at
-// least), "stage ramdisks", "create host directory", then [Start]'s. A
+// least), "create host directory", then [Start]'s (the ramdisks are read in place from the image). A
 // failure is a [*backend.StepError] naming the step, returned once what
 // the earlier steps created is released.
 func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instance, error) {
-	var ramdisks []eif.SectionInfo
-	// The ramdisks are handed to the launcher as memfds, copied inside
-	// the kernel from the image: nothing of the image touches the disk or
-	// passes through this process's memory, and they are gone once the
-	// sandbox has unpacked them into its tmpfs. The launcher opens them
-	// by path; this process's copies go once Start has returned.
-	var staged []*os.File
-	var paths []string
-	defer func() {
-		for _, f := range staged {
-			f.Close()
-		}
-	}()
+	var ramdisks []Section
 	err := backend.RunSteps(ctx, backend.KindSandbox, []backend.Step{
 		{Name: "check image", Do: func(context.Context) error {
 			secs, err := backend.ImageSections(spec.Image, spec.EIFPath)
@@ -107,21 +92,10 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 			if len(secs.Ramdisks) < 2 {
 				return fmt.Errorf("%w: %s has %d ramdisk(s); the sandbox needs the bootstrap and the customer ramdisk that build-enclave writes", backend.ErrUnsupportedImage, spec.EIFPath, len(secs.Ramdisks))
 			}
-			ramdisks = secs.Ramdisks
-			return nil
-		}},
-		{Name: "stage ramdisks", Do: func(context.Context) error {
-			for i, rd := range ramdisks {
-				fd, err := unix.MemfdCreate(fmt.Sprintf("ramdisk%d", i), unix.MFD_CLOEXEC)
-				if err != nil {
-					return err
-				}
-				f := os.NewFile(uintptr(fd), fmt.Sprintf("ramdisk%d", i))
-				staged = append(staged, f)
-				if err := eif.CopySections(f, spec.Image, rd); err != nil {
-					return err
-				}
-				paths = append(paths, fmt.Sprintf("/proc/self/fd/%d", fd))
+			// The launcher reads the ramdisks in place, from the sealed
+			// image: nothing of the image is copied or touches the disk.
+			for _, rd := range secs.Ramdisks {
+				ramdisks = append(ramdisks, Section{File: spec.Image, Offset: rd.Offset, Size: rd.Size})
 			}
 			return nil
 		}},
@@ -133,7 +107,7 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 		return nil, err
 	}
 	p, err := Start(ctx, Spec{
-		ID: spec.ID, CID: spec.CID, Ramdisks: paths, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
+		ID: spec.ID, CID: spec.CID, RamdiskSections: ramdisks, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
 		PidsMax: b.PidsMax, VsockDir: spec.Dir.Path(), Console: spec.Console, Debug: spec.Debug, CgroupParent: b.CgroupParent,
 	})
 	if err != nil {

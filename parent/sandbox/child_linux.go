@@ -3,6 +3,7 @@
 package sandbox
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -179,9 +180,13 @@ func buildRoot(cfg childConfig) error {
 	if err := root.Mkdir(".cloister", 0o755); err != nil {
 		return step("mkdir /.cloister", err)
 	}
-	for i := 0; i < cfg.Ramdisks; i++ {
+	for i, rr := range cfg.Ramdisks {
 		f := os.NewFile(uintptr(fdRamdisk0+i), "ramdisk")
-		err := unpack(root, f)
+		var r io.Reader = f
+		if rr.Size >= 0 {
+			r = io.NewSectionReader(f, rr.Offset, rr.Size)
+		}
+		err := unpack(root, bufio.NewReaderSize(r, 256<<10))
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("unpack ramdisk %d: %w", i, err)

@@ -6,8 +6,16 @@ type childConfig struct {
 	CID       uint32 `json:"cid"`
 	MemoryMiB int    `json:"memory_mib"`
 	PidsMax   int    `json:"pids_max"`
-	Ramdisks  int    `json:"ramdisks"` // number of ramdisk fds after the fixed ones
-	Debug     bool   `json:"debug"`
+	// Ramdisks are the byte ranges of the ramdisk fds after the fixed ones,
+	// in order (Size -1: the whole file).
+	Ramdisks []ramdiskRange `json:"ramdisks"`
+	Debug    bool           `json:"debug"`
+}
+
+// ramdiskRange is where a ramdisk lies in its descriptor.
+type ramdiskRange struct {
+	Offset int64 `json:"offset"`
+	Size   int64 `json:"size"`
 }
 
 // File descriptors of the child (exec.Cmd.ExtraFiles start at 3).

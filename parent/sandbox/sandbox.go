@@ -48,6 +48,10 @@ type Spec struct {
 	// "rootfs/.cloister" is refused. The files are opened by the parent
 	// (root), so they need not be readable by the sandbox's ids.
 	Ramdisks []string
+	// RamdiskSections, when set instead of Ramdisks, are the archives as
+	// byte ranges of open files (the sections of the daemon's sealed image):
+	// the sandbox reads them in place, and nothing is copied.
+	RamdiskSections []Section
 	// MemoryMiB limits the enclave's memory (cgroup, root tmpfs included)
 	// and sizes the root tmpfs; at least 32.
 	MemoryMiB int
@@ -130,3 +134,9 @@ const childMarker = "cloister-sandbox-child"
 // [Start]. The program's main must then call [ChildMain] before doing
 // anything else.
 func IsChild() bool { return len(os.Args) == 1 && os.Args[0] == childMarker }
+
+// Section is a byte range of an open file.
+type Section struct {
+	File         *os.File
+	Offset, Size int64
+}

@@ -177,11 +177,20 @@ func (s *Spec) check() error {
 	if s.PidsMax < 0 {
 		return fmt.Errorf("%w: pids max %d", ErrInvalidSpec, s.PidsMax)
 	}
-	if len(s.Ramdisks) == 0 {
+	n := len(s.Ramdisks) + len(s.RamdiskSections)
+	if n == 0 {
 		return fmt.Errorf("%w: no ramdisks", ErrInvalidSpec)
 	}
-	if len(s.Ramdisks) > 64 {
-		return fmt.Errorf("%w: %d ramdisks", ErrInvalidSpec, len(s.Ramdisks))
+	if len(s.Ramdisks) > 0 && len(s.RamdiskSections) > 0 {
+		return fmt.Errorf("%w: both ramdisk paths and sections", ErrInvalidSpec)
+	}
+	if n > 64 {
+		return fmt.Errorf("%w: %d ramdisks", ErrInvalidSpec, n)
+	}
+	for _, r := range s.RamdiskSections {
+		if r.File == nil || r.Offset < 0 || r.Size < 0 {
+			return fmt.Errorf("%w: ramdisk section %+v", ErrInvalidSpec, r)
+		}
 	}
 	if s.VsockDir == "" {
 		return fmt.Errorf("%w: no vsock directory", ErrInvalidSpec)
@@ -216,7 +225,8 @@ type starter struct {
 	spec     Spec
 	hostDir  *os.File // detached bind mount of the host listeners' directory
 	ramdisks []*os.File
-	slot     int // -1: none taken
+	ranges   []ramdiskRange // where each ramdisk lies in its descriptor
+	slot     int            // -1: none taken
 	hostID   int
 	guestDir *os.File
 	group    *cgroups.Group
@@ -267,6 +277,16 @@ func (s *starter) openRamdisks(context.Context) error {
 			return fmt.Errorf("%w: ramdisk: %w", ErrInvalidSpec, err)
 		}
 		s.ramdisks = append(s.ramdisks, f)
+		s.ranges = append(s.ranges, ramdiskRange{Size: -1})
+	}
+	for _, r := range s.spec.RamdiskSections {
+		// A descriptor of its own per section (the child closes each).
+		fd, err := unix.FcntlInt(r.File.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("sandbox: ramdisk section: %w", err)
+		}
+		s.ramdisks = append(s.ramdisks, os.NewFile(uintptr(fd), "ramdisk"))
+		s.ranges = append(s.ranges, ramdiskRange{Offset: r.Offset, Size: r.Size})
 	}
 	return nil
 }
@@ -404,7 +424,7 @@ func (s *starter) stopLauncher() {
 // once it is in its cgroup.
 func (s *starter) releaseLauncher(context.Context) error {
 	cfg, _ := json.Marshal(childConfig{
-		CID: s.spec.CID, MemoryMiB: s.spec.MemoryMiB, PidsMax: s.spec.PidsMax, Ramdisks: len(s.spec.Ramdisks), Debug: s.spec.Debug,
+		CID: s.spec.CID, MemoryMiB: s.spec.MemoryMiB, PidsMax: s.spec.PidsMax, Ramdisks: s.ranges, Debug: s.spec.Debug,
 	})
 	if _, err := s.cfgW.Write(cfg); err != nil {
 		return fmt.Errorf("%w: release child: %w", ErrSetup, err)
