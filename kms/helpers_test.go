@@ -28,6 +28,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/cloister/cloister/attest"
+	"github.com/cloister/cloister/internal/testenv"
 	"github.com/cloister/cloister/kms/sigv4"
 	"github.com/cloister/cloister/kms/store"
 )
@@ -36,24 +37,6 @@ const (
 	account     = "111122223333"
 	enclaveRole = "arn:aws:iam::111122223333:role/enclave"
 )
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // env is a loopback key service with an admin and an enclave principal.
 type env struct {
@@ -64,7 +47,7 @@ type env struct {
 	enclave *awskms.Client
 	other   *awskms.Client // a principal of another account
 	issuer  *attest.Issuer
-	logs    *syncBuffer
+	logs    *testenv.SyncBuffer
 	store   store.Store
 }
 
@@ -108,7 +91,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	srv, err := NewServer(Config{
 		Store: st, Credentials: creds, Attestation: av,
 		Logger: slog.New(slog.NewJSONHandler(logs, nil)),

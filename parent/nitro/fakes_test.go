@@ -1,7 +1,6 @@
 package nitro
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/cloister/cloister/enclave/eif"
+	"github.com/cloister/cloister/internal/testenv"
 	"github.com/cloister/cloister/parent/backend"
 	"github.com/cloister/cloister/parent/nitro/hugepage/hugepagetest"
 	"github.com/cloister/cloister/parent/nitro/nedev/nedevtest"
@@ -107,24 +107,6 @@ func (a cidAddr) CID() uint32     { return uint32(a) }
 
 var _ CIDAddr = cidAddr(0)
 
-// syncBuffer is a console sink safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // testEIF writes a valid EIF whose ramdisk has extra bytes and returns its path.
 func testEIF(t testing.TB, dir string, kernel []byte, extra int) string {
 	t.Helper()
@@ -178,7 +160,7 @@ type rig struct {
 	vs      *fakeVsock
 	b       *Backend
 	spec    backend.Spec
-	console *syncBuffer
+	console *testenv.SyncBuffer
 	free0   map[uint64]int
 	// testingT is the running (sub)test, for setup functions.
 	testingT *testing.T
@@ -194,7 +176,7 @@ func newRig(t *testing.T, simCfg nedevtest.SimConfig, free map[uint64]int) *rig 
 	simCfg.Memory = mem
 	sim := nedevtest.NewSim(simCfg)
 	vs := &fakeVsock{dir: dir}
-	r := &rig{sim: sim, mem: mem, vs: vs, console: &syncBuffer{}, free0: mem.FreePages()}
+	r := &rig{sim: sim, mem: mem, vs: vs, console: &testenv.SyncBuffer{}, free0: mem.FreePages()}
 	r.b = New(Config{OpenDevice: sim.Open, Mapper: mem, Vsock: vs, PageSizes: []uint64{1 << 30, 2 << 20}})
 	r.spec = backend.Spec{
 		ID: "i-0123456789abcdef0-enc0123456789abcdef", Name: "app", CID: 20, CPUs: []int{1, 5}, MemoryMiB: 64,

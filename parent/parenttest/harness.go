@@ -7,7 +7,6 @@
 package parenttest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -176,27 +175,9 @@ type Daemon struct {
 	backend  string
 	bin      string // the cloister binary Start runs
 	cmd      *exec.Cmd
-	log      *syncBuffer
+	log      *testenv.SyncBuffer
 	Client   *parent.Client
 	waitDone chan struct{}
-}
-
-// syncBuffer is a bytes.Buffer safe for the daemon's writes and the test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // Log returns what the daemon has logged so far.
@@ -253,7 +234,7 @@ func StartDaemonFrom(t testing.TB, binary, backend, configYAML string) *Daemon {
 // Start starts (or restarts) the daemon process and waits for its API.
 func (d *Daemon) Start() {
 	d.t.Helper()
-	d.log = &syncBuffer{}
+	d.log = &testenv.SyncBuffer{}
 	d.cmd = exec.Command(d.bin, "daemon", "--backend", d.backend, "--config", d.config,
 		"--state-dir", d.State, "--socket", d.Socket)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log

@@ -3,7 +3,6 @@
 package sandbox
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -142,24 +141,6 @@ func images(t testing.TB) (bootstrap, customer string) {
 	return bootstrap, customer
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // vsockDir creates D with D/host (serving the boot heartbeat on
 // vsock_9000, as the daemon does) and D/guest.
 func vsockDir(t testing.TB) string {
@@ -216,7 +197,7 @@ func run(t *testing.T, o runOpts, args ...string) (ExitStatus, map[string]string
 		o.memoryMiB = 128
 	}
 	d := vsockDir(t)
-	console := &syncBuffer{}
+	console := &testenv.SyncBuffer{}
 	id := fmt.Sprintf("test-%d", runCounter.Add(1))
 	spec := Spec{
 		ID: id, CID: 5, Ramdisks: []string{bootstrap, customer, cmdRamdisk},
@@ -419,7 +400,7 @@ func TestSandboxSignalAndKill(t *testing.T) {
 		{"kill", func(p *Process) error { return p.Kill() }, ExitStatus{Signal: syscall.SIGKILL}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			console := &syncBuffer{}
+			console := &testenv.SyncBuffer{}
 			d := vsockDir(t)
 			spec := Spec{ID: "signal-" + tc.name, CID: 6, Ramdisks: []string{bootstrap, customer, cmdRamdisk},
 				MemoryMiB: 64, VsockDir: d, Console: console, CgroupParent: testCgroupParent}
