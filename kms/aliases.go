@@ -19,16 +19,26 @@ func validAliasName(name string) error {
 	return nil
 }
 
-func (s *Server) createAlias(c *call) (any, error) {
+// aliasRequest decodes a CreateAlias or UpdateAlias request and checks
+// its alias name and target, which must name a key, not another alias.
+func aliasRequest(c *call) (createAliasInput, error) {
 	var in createAliasInput
 	if err := decode(c.body, &in); err != nil {
-		return nil, err
+		return in, err
 	}
 	if err := validAliasName(in.AliasName); err != nil {
-		return nil, err
+		return in, err
 	}
 	if strings.HasPrefix(in.TargetKeyID, "alias/") || strings.Contains(in.TargetKeyID, ":alias/") {
-		return nil, apiErr(CodeValidation, "TargetKeyId must be a key id or key ARN, not an alias")
+		return in, apiErr(CodeValidation, "TargetKeyId must be a key id or key ARN, not an alias")
+	}
+	return in, nil
+}
+
+func (s *Server) createAlias(c *call) (any, error) {
+	in, err := aliasRequest(c)
+	if err != nil {
+		return nil, err
 	}
 	k, err := s.resolveKey(c, in.TargetKeyID)
 	if err != nil {

@@ -184,15 +184,9 @@ func keyKind(k store.Key) string {
 // updateAlias points an alias at another key of the same kind and usage,
 // as AWS requires; the caller needs kms:UpdateAlias on both keys.
 func (s *Server) updateAlias(c *call) (any, error) {
-	var in createAliasInput
-	if err := decode(c.body, &in); err != nil {
+	in, err := aliasRequest(c)
+	if err != nil {
 		return nil, err
-	}
-	if err := validAliasName(in.AliasName); err != nil {
-		return nil, err
-	}
-	if strings.HasPrefix(in.TargetKeyID, "alias/") || strings.Contains(in.TargetKeyID, ":alias/") {
-		return nil, apiErr(CodeValidation, "TargetKeyId must be a key id or key ARN, not an alias")
 	}
 	old, err := s.resolveKey(c, in.AliasName)
 	if err != nil {
