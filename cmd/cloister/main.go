@@ -45,9 +45,11 @@ attestation documents, and serves an attestation-gated key service.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	setVersion(root)
 	for _, f := range subcommands {
 		root.AddCommand(f())
 	}
+	registerCompletions(root)
 	return root
 }
 

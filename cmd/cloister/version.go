@@ -2,9 +2,10 @@ package main
 
 import (
 	"fmt"
-	"runtime/debug"
 
 	"github.com/spf13/cobra"
+
+	"github.com/cloister/cloister/internal/buildinfo"
 )
 
 func init() { register(newVersionCmd) }
@@ -12,20 +13,23 @@ func init() { register(newVersionCmd) }
 func newVersionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print the cloister version",
-		Long:  "version prints the module version this binary was built from, or (devel) for a source build.",
-		Args:  cobra.NoArgs,
+		Short: "Print the cloister version and the commit it was built from",
+		Long: `version prints the version of this build and the commit it was built from,
+as cloister --version does: the release version set by the package build, or
+the module version ((devel) for a source build), and the VCS revision.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := fmt.Fprintln(cmd.OutOrStdout(), "cloister", buildVersion())
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), "cloister version", buildinfo.String())
 			return err
 		},
 	}
 }
 
-// buildVersion is the module version this binary was built from.
-func buildVersion() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
+// setVersion gives the root command nitro-cli's --version flag.
+func setVersion(root *cobra.Command) {
+	root.Version = buildinfo.String()
+	root.SetVersionTemplate("cloister version {{.Version}}\n")
 }
+
+// buildVersion is this build's version (daemon info, verifier tokens).
+func buildVersion() string { return buildinfo.Version() }
