@@ -4,12 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/attest/verifier"
+	"github.com/cloister/cloister/internal/sdnotify"
 )
 
 func init() { register(newAttestCmd) }
@@ -45,8 +44,8 @@ type attestServeFlags struct {
 	tokenTTL          time.Duration
 	challengeTTL      time.Duration
 	issuer            string
-	logFormat         string
 	store             string
+	log               *logFlags
 
 	maxChallengesPerClient int
 	maxSessionsPerClient   int
@@ -122,7 +121,6 @@ The server stops gracefully on SIGINT or SIGTERM.`,
 	fl.DurationVar(&f.challengeTTL, "challenge-ttl", verifier.DefaultChallengeTTL, "lifetime of nonces from POST /v1/challenges")
 	fl.StringVar(&f.issuer, "issuer", "", "token issuer URL, as relying parties reach this server (default: http(s)://ADDR from --addr; never the request's Host header)")
 	fl.StringVar(&f.store, "store", "", "where challenges and sessions live: empty for this process's memory, or postgres://... shared by replicas (needs --signing-key)")
-	fl.StringVar(&f.logFormat, "log-format", "text", "access log format on stderr: text or json")
 	fl.IntVar(&f.maxChallengesPerClient, "max-challenges-per-client", verifier.DefaultMaxChallengesPerClient, "challenges one client may hold at once (negative: no limit)")
 	fl.IntVar(&f.maxSessionsPerClient, "max-sessions-per-client", verifier.DefaultMaxSessionsPerClient, "Veraison sessions one client may hold at once (negative: no limit)")
 	fl.Float64Var(&f.clientRate, "client-rate", verifier.DefaultClientRate, "challenges and sessions one client may create per second, sustained (negative: no limit)")
@@ -131,18 +129,14 @@ The server stops gracefully on SIGINT or SIGTERM.`,
 	fl.IntVar(&f.clientIPv6Prefix, "client-ipv6-prefix", verifier.DefaultClientIPv6Prefix, "leading bits of an IPv6 source address that name a client")
 	fl.IntVar(&f.maxClients, "max-clients", verifier.DefaultMaxClients, "clients tracked for the per-client limits")
 	fl.StringArrayVar(&f.trustedProxies, "trusted-proxy", nil, "address or CIDR block of a reverse proxy whose X-Forwarded-For names the client; repeatable (default: none, the header is ignored)")
+	f.log = addLogFlags(cmd, "text")
 	return cmd
 }
 
 func runAttestServe(cmd *cobra.Command, f attestServeFlags) error {
-	var h slog.Handler
-	switch f.logFormat {
-	case "text":
-		h = slog.NewTextHandler(cmd.ErrOrStderr(), nil)
-	case "json":
-		h = slog.NewJSONHandler(cmd.ErrOrStderr(), nil)
-	default:
-		return fmt.Errorf("--log-format %q: want text or json", f.logFormat)
+	logger, err := f.log.logger(cmd.ErrOrStderr())
+	if err != nil {
+		return err
 	}
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return fmt.Errorf("--tls-cert and --tls-key go together")
@@ -153,8 +147,8 @@ func runAttestServe(cmd *cobra.Command, f attestServeFlags) error {
 		TokenTTL:               f.tokenTTL,
 		ChallengeTTL:           f.challengeTTL,
 		Issuer:                 f.issuer,
-		Build:                  "cloister " + attestServeVersion(),
-		Logger:                 slog.New(h),
+		Build:                  "cloister " + buildVersion(),
+		Logger:                 logger,
 		MaxChallengesPerClient: f.maxChallengesPerClient,
 		MaxSessionsPerClient:   f.maxSessionsPerClient,
 		ClientRate:             f.clientRate,
@@ -267,18 +261,15 @@ func runAttestServe(cmd *cobra.Command, f attestServeFlags) error {
 	}
 	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := srv.Serve(ctx, ln, tlsCfg); err != nil {
+	// The listener is open: connections queue until Serve accepts them.
+	notify(logger, sdnotify.Ready)
+	stopping := notifyStopping(ctx, logger)
+	err = srv.Serve(ctx, ln, tlsCfg)
+	stopping()
+	if err != nil {
 		return fail(err)
 	}
 	return nil
-}
-
-// attestServeVersion is the module version this binary was built from.
-func attestServeVersion() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }
 
 // attestStoreName names the store for the log, without credentials.
