@@ -276,11 +276,8 @@ func (s *Server) getPublicKey(c *call) (any, error) {
 	if err := s.checkGrantTokens(in.GrantTokens); err != nil {
 		return nil, err
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:GetPublicKey")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:GetPublicKey", nil, nil); err != nil {
 		return nil, err
 	}
 	if err := usable(k); err != nil {

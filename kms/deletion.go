@@ -20,11 +20,8 @@ func (s *Server) scheduleKeyDeletion(c *call) (any, error) {
 			return nil, apiErr(CodeValidation, "PendingWindowInDays must be between 7 and 30")
 		}
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:ScheduleKeyDeletion")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:ScheduleKeyDeletion", nil, nil); err != nil {
 		return nil, err
 	}
 	if err := notPendingDeletion(k); err != nil {

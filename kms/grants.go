@@ -272,11 +272,8 @@ func (s *Server) createGrant(c *call) (any, error) {
 	if err := s.checkGrantTokens(in.GrantTokens); err != nil {
 		return nil, err
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:CreateGrant")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:CreateGrant", nil, nil); err != nil {
 		return nil, err
 	}
 	if err := notPendingDeletion(k); err != nil {
@@ -374,11 +371,8 @@ func (s *Server) listGrants(c *call) (any, error) {
 	if in.GranteeServicePrincipal != nil {
 		return nil, apiErr(CodeUnsupportedOperation, "service principals are not supported by this key service")
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:ListGrants")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:ListGrants", nil, nil); err != nil {
 		return nil, err
 	}
 	var sel []grantListEntry
@@ -527,11 +521,8 @@ func (s *Server) revokeGrant(c *call) (any, error) {
 	if !grantIDOK(in.GrantID) {
 		return nil, apiErr(CodeInvalidGrantID, "The grant ID is not valid.")
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:RevokeGrant")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:RevokeGrant", nil, nil); err != nil {
 		return nil, err
 	}
 	if in.DryRun {

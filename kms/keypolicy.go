@@ -21,11 +21,8 @@ func (s *Server) getKeyPolicy(c *call) (any, error) {
 	if err := checkPolicyName(in.PolicyName); err != nil {
 		return nil, err
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:GetKeyPolicy")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:GetKeyPolicy", nil, nil); err != nil {
 		return nil, err
 	}
 	return getKeyPolicyOutput{Policy: k.Policy, PolicyName: "default"}, nil
@@ -39,11 +36,8 @@ func (s *Server) putKeyPolicy(c *call) (any, error) {
 	if err := checkPolicyName(in.PolicyName); err != nil {
 		return nil, err
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:PutKeyPolicy")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:PutKeyPolicy", nil, nil); err != nil {
 		return nil, err
 	}
 	if err := s.checkNewPolicy(c, k, in.Policy, in.BypassPolicyLockoutSafetyCheck); err != nil {

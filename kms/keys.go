@@ -88,12 +88,11 @@ func (s *Server) checkNewPolicy(c *call, k store.Key, doc string, bypass bool) e
 	return nil
 }
 
-func (s *Server) keyOp(c *call, action string) (store.Key, error) {
-	var in keyIDInput
-	if err := decode(c.body, &in); err != nil {
-		return store.Key{}, err
-	}
-	k, err := s.resolveKey(c, in.KeyID)
+// authorizedKey resolves keyID (an id, ARN or alias) and checks that the
+// caller may perform action on it, with no encryption context or
+// attestation involved.
+func (s *Server) authorizedKey(c *call, keyID, action string) (store.Key, error) {
+	k, err := s.resolveKey(c, keyID)
 	if err != nil {
 		return store.Key{}, err
 	}
@@ -101,6 +100,14 @@ func (s *Server) keyOp(c *call, action string) (store.Key, error) {
 		return store.Key{}, err
 	}
 	return k, nil
+}
+
+func (s *Server) keyOp(c *call, action string) (store.Key, error) {
+	var in keyIDInput
+	if err := decode(c.body, &in); err != nil {
+		return store.Key{}, err
+	}
+	return s.authorizedKey(c, in.KeyID, action)
 }
 
 func (s *Server) describeKey(c *call) (any, error) {
@@ -111,11 +118,8 @@ func (s *Server) describeKey(c *call) (any, error) {
 	if err := s.checkGrantTokens(in.GrantTokens); err != nil {
 		return nil, err
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:DescribeKey")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:DescribeKey", nil, nil); err != nil {
 		return nil, err
 	}
 	return keyMetadataOutput{s.metadata(k)}, nil

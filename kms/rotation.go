@@ -20,11 +20,8 @@ func (s *Server) enableKeyRotation(c *call) (any, error) {
 			return nil, apiErr(CodeValidation, "RotationPeriodInDays must be between 90 and 2560")
 		}
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:EnableKeyRotation")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:EnableKeyRotation", nil, nil); err != nil {
 		return nil, err
 	}
 	if err := usable(k); err != nil {

@@ -50,11 +50,8 @@ func (s *Server) tagResource(c *call) (any, error) {
 	if _, err := validTags(in.Tags); err != nil {
 		return nil, err
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:TagResource")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:TagResource", nil, nil); err != nil {
 		return nil, err
 	}
 	_, err = s.cfg.Store.UpdateKey(c.ctx, k.ID, func(k *store.Key) error {
@@ -88,11 +85,8 @@ func (s *Server) untagResource(c *call) (any, error) {
 	if len(in.TagKeys) == 0 {
 		return nil, apiErr(CodeValidation, "1 validation error detected: Value null at 'tagKeys' failed to satisfy constraint: Member must not be null")
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:UntagResource")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:UntagResource", nil, nil); err != nil {
 		return nil, err
 	}
 	_, err = s.cfg.Store.UpdateKey(c.ctx, k.ID, func(k *store.Key) error {
@@ -118,11 +112,8 @@ func (s *Server) listResourceTags(c *call) (any, error) {
 	if err := decode(c.body, &in); err != nil {
 		return nil, err
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:ListResourceTags")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:ListResourceTags", nil, nil); err != nil {
 		return nil, err
 	}
 	keys := slices.Sorted(maps.Keys(k.Tags))
@@ -148,11 +139,8 @@ func (s *Server) updateKeyDescription(c *call) (any, error) {
 	if len(*in.Description) > 8192 {
 		return nil, apiErr(CodeValidation, "Description is longer than 8192 characters")
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:UpdateKeyDescription")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:UpdateKeyDescription", nil, nil); err != nil {
 		return nil, err
 	}
 	_, err = s.cfg.Store.UpdateKey(c.ctx, k.ID, func(k *store.Key) error {
@@ -235,11 +223,7 @@ func (s *Server) listKeyPolicies(c *call) (any, error) {
 	if err := decode(c.body, &in); err != nil {
 		return nil, err
 	}
-	k, err := s.resolveKey(c, in.KeyID)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:ListKeyPolicies", nil, nil); err != nil {
+	if _, err := s.authorizedKey(c, in.KeyID, "kms:ListKeyPolicies"); err != nil {
 		return nil, err
 	}
 	start, end, next, err := page(in.Limit, in.Marker, []string{"default"})
@@ -259,11 +243,8 @@ func (s *Server) listKeyRotations(c *call) (any, error) {
 			return nil, err
 		}
 	}
-	k, err := s.resolveKey(c, in.KeyID)
+	k, err := s.authorizedKey(c, in.KeyID, "kms:ListKeyRotations")
 	if err != nil {
-		return nil, err
-	}
-	if err := s.authorize(c, k, "kms:ListKeyRotations", nil, nil); err != nil {
 		return nil, err
 	}
 	if err := rotatable(k); err != nil {
