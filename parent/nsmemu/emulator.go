@@ -376,6 +376,9 @@ func (e *Emulator) serveConn(ctx context.Context, c net.Conn) {
 		req, err := nsm.ReadFrame(c, nsm.MaxRequestSize)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil {
+				// Close before counting: a caller that sees the count
+				// may rely on the connection being gone.
+				c.Close()
 				e.idleClosed.Add(1)
 				e.log.DebugContext(ctx, "nsm emulator: idle connection closed", "after", e.idle)
 				return
