@@ -102,12 +102,101 @@ func ParseAllowlist(b []byte) (*Allowlist, error) {
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%w: allowlist: %v", ErrConfig, err)
 	}
-	for i, e := range doc.Allowlist {
+	return NewAllowlist(doc.Allowlist)
+}
+
+// NewAllowlist checks entries as ParseAllowlist does and returns them as
+// an allowlist.
+func NewAllowlist(entries []Entry) (*Allowlist, error) {
+	for i, e := range entries {
 		if _, err := parseEntry(e); err != nil {
 			return nil, fmt.Errorf("%w: allowlist entry %d: %v", ErrConfig, i, err)
 		}
 	}
-	return &Allowlist{Entries: doc.Allowlist}, nil
+	return &Allowlist{Entries: entries}, nil
+}
+
+// ParseEntry parses one entry written HOST:PORT, as in the flag or
+// annotation form of an allowlist: kms.us-east-1.amazonaws.com:443,
+// 10.0.0.5:5432, 10.0.0.0/8:5432, [::1]:443, [fd00::/8]:443. The address
+// is checked as ParseAllowlist checks an entry's; the port is decimal,
+// 1..65535.
+func ParseEntry(s string) (Entry, error) {
+	s = strings.TrimSpace(s)
+	host, ps, err := net.SplitHostPort(s)
+	if err != nil {
+		return Entry{}, fmt.Errorf("%w: %q is not HOST:PORT (an IPv6 address or prefix goes in brackets, [fd00::/8]:443): %v", ErrConfig, s, err)
+	}
+	if host != strings.TrimSpace(host) {
+		return Entry{}, fmt.Errorf("%w: %q has blank space inside", ErrConfig, s)
+	}
+	port, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil || port == 0 {
+		return Entry{}, fmt.Errorf("%w: %q: port %q is not a number in 1..65535", ErrConfig, s, ps)
+	}
+	e := Entry{Address: host, Port: int(port)}
+	if _, err := parseEntry(e); err != nil {
+		return Entry{}, fmt.Errorf("%w: %q: %v", ErrConfig, s, err)
+	}
+	return e, nil
+}
+
+// String is the entry written HOST:PORT, as ParseEntry reads it.
+func (e Entry) String() string {
+	return net.JoinHostPort(strings.TrimSpace(e.Address), strconv.Itoa(e.Port))
+}
+
+// Outside returns the entries of a that are not within outer: those
+// that could permit a destination outer does not. Checked without DNS, an
+// entry is within outer when outer has an entry for the same port that
+//
+//   - names the same host (case-insensitive, ignoring a trailing dot), for
+//     an entry naming a host; or, as a name may resolve to any address,
+//     outer lists both 0.0.0.0/0 and ::/0 for the port;
+//   - is an IP address or prefix containing the entry's address or whole
+//     prefix, for an IP or prefix entry (an address that a name of outer
+//     resolves to is not within it: DNS may change).
+//
+// A nil outer permits nothing, so every entry is outside it; an invalid
+// entry is outside any list. Outside tells at launch that an entry would
+// widen outer; it does not replace checking every connection against both
+// lists with ResolveAll.
+func (a *Allowlist) Outside(outer *Allowlist) []Entry {
+	var out []Entry
+	for _, e := range a.Entries {
+		r, err := parseEntry(e)
+		if err != nil || !outer.covers(r, e.Port) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// covers reports whether the rule r of an entry for port is within a.
+func (a *Allowlist) covers(r rule, port int) bool {
+	if a == nil {
+		return false
+	}
+	all4, all6 := false, false
+	for _, e := range a.Entries {
+		if e.Port != port {
+			continue
+		}
+		o, err := parseEntry(e)
+		if err != nil {
+			continue // only reachable when Entries was built by hand
+		}
+		switch {
+		case r.name != "" && o.name == r.name:
+			return true
+		case r.name == "" && o.prefix.IsValid() && o.prefix.Bits() <= r.prefix.Bits() && o.prefix.Contains(r.prefix.Addr()):
+			return true
+		case o.prefix.IsValid() && o.prefix.Bits() == 0:
+			all4 = all4 || o.prefix.Addr().Is4()
+			all6 = all6 || o.prefix.Addr().Is6()
+		}
+	}
+	return r.name != "" && all4 && all6
 }
 
 // Resolve decides where host:port may be reached. It resolves host once (an
@@ -134,84 +223,51 @@ func ParseAllowlist(b []byte) (*Allowlist, error) {
 // ErrNotAllowed when nothing is permitted, or ErrResolve when host's lookup
 // fails.
 func (a *Allowlist) Resolve(ctx context.Context, host string, port int) ([]netip.Addr, error) {
+	return ResolveAll(ctx, host, port, a)
+}
+
+// ResolveAll is [Allowlist.Resolve] for the intersection of lists (an
+// operator's allowlist and an enclave's own, narrower one): host is looked
+// up once, with the first list's resolver, and an address of that one
+// answer is returned only when every list permits it by Resolve's rules.
+// A list that is nil, or has no entry for port, permits nothing, and then
+// host is not even looked up. With no list at all nothing is permitted.
+func ResolveAll(ctx context.Context, host string, port int, lists ...*Allowlist) ([]netip.Addr, error) {
 	dest := net.JoinHostPort(host, strconv.Itoa(port))
-	if a == nil {
+	if len(lists) == 0 || slices.Contains(lists, nil) {
 		return nil, fmt.Errorf("%w: %s (no allowlist configured)", ErrNotAllowed, dest)
 	}
 	name, ip, err := parseHost(host)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrNotAllowed, dest, err)
 	}
-	// An entry naming host permits all its addresses: no other entry
-	// matters. name is a valid host name, so an entry equal to it is one.
-	byName := false
-	for _, e := range a.Entries {
-		if e.Port == port && name != "" && strings.EqualFold(strings.TrimSuffix(strings.TrimSpace(e.Address), "."), name) {
-			byName = true
-			break
-		}
+	var buf [2]portRules // an operator's list and an enclave's
+	checks := buf[:0]
+	for _, a := range lists {
+		checks = append(checks, a.rulesFor(name, port))
 	}
-	var rules []rule
-	if !byName {
-		rules = make([]rule, 0, len(a.Entries))
-	}
-	for _, e := range a.Entries {
-		if byName || e.Port != port {
-			continue
+	for i := range lists {
+		if !checks[i].byName && len(checks[i].rules) == 0 {
+			// Not even resolved: the proxy is no DNS oracle for other ports.
+			return nil, fmt.Errorf("%w: %s (no entry for port %d)", ErrNotAllowed, dest, port)
 		}
-		r, err := parseEntry(e)
-		if err != nil {
-			continue // only reachable when Entries was built by hand
-		}
-		rules = append(rules, r)
-	}
-	if !byName && len(rules) == 0 {
-		// Not even resolved: the proxy is no DNS oracle for other ports.
-		return nil, fmt.Errorf("%w: %s (no entry for port %d)", ErrNotAllowed, dest, port)
 	}
 
 	addrs := []netip.Addr{ip}
 	if name != "" {
-		if addrs, err = a.lookup(ctx, host); err != nil {
+		if addrs, err = lists[0].lookup(ctx, host); err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrResolve, host, err)
 		}
 	}
-	// permitted[i] says whether addrs[i] may be dialled; pending counts the
-	// dialable addresses no entry has permitted yet.
-	permitted := make([]bool, len(addrs))
-	pending := 0
+	// permitted[i] says whether addrs[i] may be dialled: every list
+	// narrows it in turn.
+	flags := make([]bool, 2*len(addrs))
+	permitted, scratch := flags[:len(addrs)], flags[len(addrs):]
 	for i, ad := range addrs {
-		if !dialable(ad) {
-			continue
-		}
-		permitted[i] = byName
-		for _, r := range rules {
-			if r.prefix.IsValid() && r.prefix.Contains(ad) {
-				permitted[i] = true
-				break
-			}
-		}
-		if !permitted[i] {
-			pending++
-		}
+		permitted[i] = dialable(ad)
 	}
-	for _, r := range rules {
-		if pending == 0 {
-			break
-		}
-		if r.name == "" {
-			continue
-		}
-		entryAddrs, err := a.lookup(ctx, r.name)
-		if err != nil {
-			continue // an entry that does not resolve permits nothing
-		}
-		for i, ad := range addrs {
-			if !permitted[i] && dialable(ad) && slices.Contains(entryAddrs, ad) {
-				permitted[i] = true
-				pending--
-			}
-		}
+	for i, a := range lists {
+		a.narrow(ctx, checks[i], addrs, permitted, scratch)
 	}
 
 	var ok []netip.Addr
@@ -227,6 +283,86 @@ func (a *Allowlist) Resolve(ctx context.Context, host string, port int) ([]netip
 		return nil, fmt.Errorf("%w: %s", ErrNotAllowed, dest)
 	default:
 		return nil, fmt.Errorf("%w: %s (it resolves to %v; none is allowed on port %d)", ErrNotAllowed, dest, addrs, port)
+	}
+}
+
+// portRules are the entries of one allowlist for one destination's port:
+// byName when an entry names the destination itself (then every address
+// of its lookup is permitted and no other entry matters), else the rules
+// of the port's entries.
+type portRules struct {
+	byName bool
+	rules  []rule
+}
+
+// rulesFor collects the entries for port, for the destination host name
+// (canonical; "" for an IP address).
+func (a *Allowlist) rulesFor(name string, port int) portRules {
+	// An entry naming host permits all its addresses: no other entry
+	// matters. name is a valid host name, so an entry equal to it is one.
+	for _, e := range a.Entries {
+		if e.Port == port && name != "" && strings.EqualFold(strings.TrimSuffix(strings.TrimSpace(e.Address), "."), name) {
+			return portRules{byName: true}
+		}
+	}
+	pr := portRules{rules: make([]rule, 0, len(a.Entries))}
+	for _, e := range a.Entries {
+		if e.Port != port {
+			continue
+		}
+		r, err := parseEntry(e)
+		if err != nil {
+			continue // only reachable when Entries was built by hand
+		}
+		pr.rules = append(pr.rules, r)
+	}
+	return pr
+}
+
+// narrow clears permitted[i] for every address addrs[i] the rules pr (of
+// this list) do not permit. Entry names are looked up (vsock-proxy's rule)
+// only while a still-permitted address is left undecided. ok is scratch
+// space of len(addrs).
+func (a *Allowlist) narrow(ctx context.Context, pr portRules, addrs []netip.Addr, permitted, ok []bool) {
+	if pr.byName {
+		return
+	}
+	clear(ok)
+	pending := 0
+	for i, ad := range addrs {
+		if !permitted[i] {
+			continue
+		}
+		for _, r := range pr.rules {
+			if r.prefix.IsValid() && r.prefix.Contains(ad) {
+				ok[i] = true
+				break
+			}
+		}
+		if !ok[i] {
+			pending++
+		}
+	}
+	for _, r := range pr.rules {
+		if pending == 0 {
+			break
+		}
+		if r.name == "" {
+			continue
+		}
+		entryAddrs, err := a.lookup(ctx, r.name)
+		if err != nil {
+			continue // an entry that does not resolve permits nothing
+		}
+		for i, ad := range addrs {
+			if permitted[i] && !ok[i] && slices.Contains(entryAddrs, ad) {
+				ok[i] = true
+				pending--
+			}
+		}
+	}
+	for i := range permitted {
+		permitted[i] = permitted[i] && ok[i]
 	}
 }
 

@@ -35,20 +35,28 @@ func BenchmarkAllowlistResolve(b *testing.B) {
 	for _, bb := range []struct {
 		name    string
 		entries []Entry
+		narrow  []Entry // an enclave's own list, checked too when set
 		host    string
 		port    int
 	}{
-		{"by-name", kmsEntries, "kms.us-east-1.amazonaws.com", 443},
-		{"ip-entry", []Entry{{"127.0.0.1", 8443}, {"10.0.0.0/8", 8443}}, "127.0.0.1", 8443},
-		{"name-against-ip-entries", []Entry{{"127.0.0.1", 8443}, {"10.0.0.0/8", 8443}}, "svc.example", 8443},
-		{"address-against-named-entries", kmsEntries, "52.94.0.2", 443},
+		{"by-name", kmsEntries, nil, "kms.us-east-1.amazonaws.com", 443},
+		{"ip-entry", []Entry{{"127.0.0.1", 8443}, {"10.0.0.0/8", 8443}}, nil, "127.0.0.1", 8443},
+		{"name-against-ip-entries", []Entry{{"127.0.0.1", 8443}, {"10.0.0.0/8", 8443}}, nil, "svc.example", 8443},
+		{"address-against-named-entries", kmsEntries, nil, "52.94.0.2", 443},
+		{"narrowed/by-name", kmsEntries, []Entry{{"kms.us-east-1.amazonaws.com", 443}}, "kms.us-east-1.amazonaws.com", 443},
+		{"narrowed/ip-entry", []Entry{{"127.0.0.1", 8443}, {"10.0.0.0/8", 8443}}, []Entry{{"10.0.0.5", 8443}}, "10.0.0.5", 8443},
+		{"narrowed/name-against-ip-entries", []Entry{{"127.0.0.1", 8443}, {"10.0.0.0/8", 8443}}, []Entry{{"10.0.0.5", 8443}}, "svc.example", 8443},
 	} {
 		b.Run(bb.name, func(b *testing.B) {
-			al := &Allowlist{Entries: bb.entries, Resolver: &countingResolver{answers: answers, n: map[string]int{}}}
+			r := &countingResolver{answers: answers, n: map[string]int{}}
+			lists := []*Allowlist{{Entries: bb.entries, Resolver: r}}
+			if bb.narrow != nil {
+				lists = append(lists, &Allowlist{Entries: bb.narrow, Resolver: r})
+			}
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := al.Resolve(ctx, bb.host, bb.port); err != nil {
+				if _, err := ResolveAll(ctx, bb.host, bb.port, lists...); err != nil {
 					b.Fatal(err)
 				}
 			}

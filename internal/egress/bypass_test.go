@@ -130,6 +130,8 @@ func TestDNSCannotBypassAllowlist(t *testing.T) {
 	tests := []struct {
 		name    string
 		entries func(port int) []Entry
+		// narrow, when set, is an enclave's own list (Proxy.Narrow).
+		narrow func(port int) []Entry
 		// answers are the destination name's A records per query.
 		answers func(n int) []netip.Addr
 		// The outcomes of the attempts, through a CONNECT proxy and through
@@ -167,6 +169,32 @@ func TestDNSCannotBypassAllowlist(t *testing.T) {
 		answers:     alternate(listedIP, secretIP),
 		wantConnect: []string{"allowed", "refused", "allowed", "refused"},
 		wantFixed:   []string{"refused", "allowed", "refused", "allowed"},
+	}, {
+		// The operator's list permits both services; the enclave's own
+		// narrows it to one, and the one lookup of each connection is
+		// checked against both.
+		name:        "several addresses, narrowed by the enclave's list",
+		entries:     func(p int) []Entry { return []Entry{{"127.0.0.0/8", p}} },
+		narrow:      func(p int) []Entry { return []Entry{{"127.0.0.1", p}} },
+		answers:     func(int) []netip.Addr { return both },
+		wantConnect: []string{"allowed", "allowed", "allowed", "allowed"},
+		wantFixed:   []string{"allowed", "allowed", "allowed", "allowed"},
+	}, {
+		// Validate checks the operator's list alone, which permits both
+		// answers: it takes the first, and each connection the next.
+		name:        "rebinding, narrowed by the enclave's list",
+		entries:     func(p int) []Entry { return []Entry{{"127.0.0.0/8", p}} },
+		narrow:      func(p int) []Entry { return []Entry{{"127.0.0.1", p}} },
+		answers:     alternate(listedIP, secretIP),
+		wantConnect: []string{"allowed", "refused", "allowed", "refused"},
+		wantFixed:   []string{"refused", "allowed", "refused", "allowed"},
+	}, {
+		name:        "rebinding, narrowed through a named entry's addresses",
+		entries:     func(p int) []Entry { return []Entry{{"127.0.0.0/8", p}} },
+		narrow:      func(p int) []Entry { return []Entry{{"svc.test", p}} },
+		answers:     alternate(listedIP, secretIP),
+		wantConnect: []string{"allowed", "refused", "allowed", "refused"},
+		wantFixed:   []string{"refused", "allowed", "refused", "allowed"},
 	}}
 	for _, tt := range tests {
 		for _, mode := range []string{"connect", "fixed"} {
@@ -184,17 +212,21 @@ func TestDNSCannotBypassAllowlist(t *testing.T) {
 				})
 				r := NewResolver(netip.MustParseAddrPort(dns.Addr()))
 				al := &Allowlist{Entries: tt.entries(port), Resolver: r}
+				var narrow *Allowlist
+				if tt.narrow != nil {
+					narrow = &Allowlist{Entries: tt.narrow(port), Resolver: r}
+				}
 				target := net.JoinHostPort(evil, strconv.Itoa(port))
 				var got, want []string
 				lookups := attempts
 				if mode == "connect" {
-					sock := startProxy(t, &Proxy{Allowlist: al, Dial: dialVia(t, r)})
+					sock := startProxy(t, &Proxy{Allowlist: al, Narrow: narrow, Dial: dialVia(t, r)})
 					for range attempts {
 						got = append(got, connectAttempt(t, sock, target))
 					}
 					want = tt.wantConnect
 				} else {
-					p := &Proxy{Allowlist: al, Target: target, Dial: dialVia(t, r)}
+					p := &Proxy{Allowlist: al, Narrow: narrow, Target: target, Dial: dialVia(t, r)}
 					// vsock-proxy's startup check, as the daemon's monitor
 					// runs it.
 					if err := p.Validate(context.Background()); err != nil {

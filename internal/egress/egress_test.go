@@ -156,6 +156,168 @@ func TestResolve(t *testing.T) {
 	}
 }
 
+// TestResolveAll: the intersection of an operator's list and an enclave's
+// own. The destination is looked up once; an address passes only when
+// every list permits it; a list without an entry for the port stops the
+// check before any lookup.
+func TestResolveAll(t *testing.T) {
+	ip := netip.MustParseAddr
+	answers := map[string][]netip.Addr{
+		"kms.example":   {ip("192.0.2.7"), ip("2001:db8::7")},
+		"alias.example": {ip("192.0.2.7")},
+		"mixed.example": {ip("192.0.2.8"), ip("10.9.1.1"), ip("::ffff:10.9.2.2"), ip("fd00::1")},
+	}
+	outer := []Entry{{"kms.example", 443}, {"10.0.0.0/8", 5432}, {"10.9.0.0/16", 8443}, {"fd00::/8", 8443}, {"127.0.0.1", 80}}
+	tests := []struct {
+		name    string
+		inner   []Entry
+		host    string
+		port    int
+		want    []netip.Addr
+		wantErr error
+		lookups map[string]int
+	}{
+		{"address inside the prefix", []Entry{{"10.0.0.5", 5432}}, "10.0.0.5", 5432, []netip.Addr{ip("10.0.0.5")}, nil, map[string]int{}},
+		{"another address of the prefix", []Entry{{"10.0.0.5", 5432}}, "10.0.0.6", 5432, nil, ErrNotAllowed, map[string]int{}},
+		{"name narrowed to one address", []Entry{{"10.9.1.1", 8443}}, "mixed.example", 8443,
+			[]netip.Addr{ip("10.9.1.1")}, nil, map[string]int{"mixed.example": 1}},
+		{"name narrowed to a family", []Entry{{"fd00::/16", 8443}}, "mixed.example", 8443,
+			[]netip.Addr{ip("fd00::1")}, nil, map[string]int{"mixed.example": 1}},
+		{"by name in both", []Entry{{"kms.example", 443}}, "kms.example", 443,
+			[]netip.Addr{ip("192.0.2.7"), ip("2001:db8::7")}, nil, map[string]int{"kms.example": 1}},
+		{"named by the operator, narrowed to one address", []Entry{{"192.0.2.7", 443}}, "kms.example", 443,
+			[]netip.Addr{ip("192.0.2.7")}, nil, map[string]int{"kms.example": 1}},
+		// vsock-proxy's rule in both lists: each looks its entry up.
+		{"another name of a listed name", []Entry{{"kms.example", 443}}, "alias.example", 443,
+			[]netip.Addr{ip("192.0.2.7")}, nil, map[string]int{"alias.example": 1, "kms.example": 2}},
+		// The enclave's list has no entry for the port: not even looked up.
+		{"port the enclave does not list", []Entry{{"10.0.0.5", 5432}}, "kms.example", 443, nil, ErrNotAllowed, map[string]int{}},
+		{"empty own list", []Entry{}, "kms.example", 443, nil, ErrNotAllowed, map[string]int{}},
+		// Wider than the operator's (Outside refuses it at launch): the
+		// operator's list still decides.
+		{"wider own list", []Entry{{"0.0.0.0/0", 5432}}, "192.0.2.8", 5432, nil, ErrNotAllowed, map[string]int{}},
+		{"wider own list, name", []Entry{{"0.0.0.0/0", 8443}}, "mixed.example", 8443,
+			[]netip.Addr{ip("10.9.1.1"), ip("10.9.2.2")}, nil, map[string]int{"mixed.example": 1}},
+		{"own list on a port the operator does not list", []Entry{{"127.0.0.1", 81}}, "127.0.0.1", 81, nil, ErrNotAllowed, map[string]int{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &countingResolver{answers: answers, n: map[string]int{}}
+			o := &Allowlist{Entries: outer, Resolver: r}
+			in := &Allowlist{Entries: tt.inner, Resolver: r}
+			for _, order := range [][]*Allowlist{{o, in}, {in, o}} {
+				clear(r.n)
+				got, err := ResolveAll(context.Background(), tt.host, tt.port, order...)
+				if !errors.Is(err, tt.wantErr) || (err == nil) != (tt.wantErr == nil) {
+					t.Errorf("ResolveAll(%s, %d) error = %v, want %v", tt.host, tt.port, err, tt.wantErr)
+				}
+				if diff := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+					t.Errorf("ResolveAll(%s, %d) (-want +got):\n%s", tt.host, tt.port, diff)
+				}
+				if diff := cmp.Diff(tt.lookups, r.n); diff != "" {
+					t.Errorf("ResolveAll(%s, %d) lookups (-want +got):\n%s", tt.host, tt.port, diff)
+				}
+			}
+		})
+	}
+	ctx := context.Background()
+	o := &Allowlist{Entries: outer}
+	for _, lists := range [][]*Allowlist{nil, {nil}, {o, nil}, {nil, o}} {
+		if _, err := ResolveAll(ctx, "127.0.0.1", 80, lists...); !errors.Is(err, ErrNotAllowed) {
+			t.Errorf("ResolveAll with lists %v: %v, want ErrNotAllowed", lists, err)
+		}
+	}
+}
+
+func TestOutside(t *testing.T) {
+	outer := &Allowlist{Entries: []Entry{
+		{"kms.example", 443}, {"10.0.0.0/8", 5432}, {"10.1.2.3", 6379}, {"fd00::/8", 8443}, {"::ffff:192.0.2.0/120", 25},
+		{"0.0.0.0/0", 9000}, {"::/0", 9000}, {"0.0.0.0/0", 9001},
+	}}
+	tests := []struct {
+		name    string
+		entries []Entry
+		outside []Entry
+	}{
+		{"same name", []Entry{{"kms.example", 443}, {"KMS.Example.", 443}}, nil},
+		{"name on another port", []Entry{{"kms.example", 444}}, []Entry{{"kms.example", 444}}},
+		{"another name", []Entry{{"evil.example", 443}, {"sub.kms.example", 443}}, []Entry{{"evil.example", 443}, {"sub.kms.example", 443}}},
+		{"addresses and prefixes inside", []Entry{{"10.0.0.5", 5432}, {"10.20.0.0/16", 5432}, {"10.0.0.0/8", 5432}, {"10.1.2.3", 6379}, {"fd00:1::/32", 8443}, {"192.0.2.9", 25}}, nil},
+		{"wider prefix", []Entry{{"10.0.0.0/7", 5432}, {"0.0.0.0/0", 5432}, {"10.1.2.0/24", 6379}}, []Entry{{"10.0.0.0/7", 5432}, {"0.0.0.0/0", 5432}, {"10.1.2.0/24", 6379}}},
+		{"other family", []Entry{{"::ffff:10.0.0.5", 5432}, {"fd00::1", 5432}}, []Entry{{"fd00::1", 5432}}},
+		// A name may resolve anywhere: within only every address of both
+		// families, or the same name.
+		{"name within everything", []Entry{{"anything.example", 9000}}, nil},
+		{"name within IPv4 only", []Entry{{"anything.example", 9001}}, []Entry{{"anything.example", 9001}}},
+		{"address of a listed name", []Entry{{"192.0.2.7", 443}}, []Entry{{"192.0.2.7", 443}}},
+		{"invalid entry", []Entry{{"not a host", 443}, {"kms.example", 0}}, []Entry{{"not a host", 443}, {"kms.example", 0}}},
+		{"empty", nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := &Allowlist{Entries: tt.entries}
+			if diff := cmp.Diff(tt.outside, in.Outside(outer)); diff != "" {
+				t.Errorf("Outside (-want +got):\n%s", diff)
+			}
+		})
+	}
+	if got := (&Allowlist{Entries: []Entry{{"127.0.0.1", 80}}}).Outside(nil); len(got) != 1 {
+		t.Errorf("Outside(nil) = %v, want the entry: no list permits nothing", got)
+	}
+}
+
+func TestParseEntry(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want Entry
+	}{
+		{"kms.us-east-1.amazonaws.com:443", Entry{"kms.us-east-1.amazonaws.com", 443}},
+		{" 10.0.0.5:5432 ", Entry{"10.0.0.5", 5432}},
+		{"10.0.0.0/8:5432", Entry{"10.0.0.0/8", 5432}},
+		{"[::1]:443", Entry{"::1", 443}},
+		{"[fd00::/8]:443", Entry{"fd00::/8", 443}},
+		{"localhost:1", Entry{"localhost", 1}},
+	} {
+		got, err := ParseEntry(tt.in)
+		if err != nil {
+			t.Errorf("ParseEntry(%q): %v", tt.in, err)
+			continue
+		}
+		if got != tt.want {
+			t.Errorf("ParseEntry(%q) = %+v, want %+v", tt.in, got, tt.want)
+		}
+		if again, err := ParseEntry(got.String()); err != nil || again != got {
+			t.Errorf("ParseEntry(%q) = %+v, %v; want %+v", got.String(), again, err, got)
+		}
+	}
+	for _, bad := range []string{
+		"", "kms.example", "kms.example:", ":443", "kms.example:0", "kms.example:65536", "kms.example:+443", "kms.example:https",
+		"::1:443", "0.0.0.0:443", "127.1:443", "10.0.0.1/8:443", "bad host:443", "[fe80::1%eth0]:443", "a:1,b:2", "kms.example :443",
+	} {
+		if e, err := ParseEntry(bad); !errors.Is(err, ErrConfig) {
+			t.Errorf("ParseEntry(%q) = %+v, %v; want ErrConfig", bad, e, err)
+		}
+	}
+}
+
+func FuzzParseEntry(f *testing.F) {
+	for _, s := range []string{"kms.us-east-1.amazonaws.com:443", "10.0.0.0/8:5432", "[fd00::/8]:443", "[::1]:1", "a:0", "::1:443", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		e, err := ParseEntry(s)
+		if err != nil {
+			return
+		}
+		if _, err := NewAllowlist([]Entry{e}); err != nil {
+			t.Fatalf("ParseEntry(%q) = %+v, which NewAllowlist refuses: %v", s, e, err)
+		}
+		if again, err := ParseEntry(e.String()); err != nil || again != e {
+			t.Fatalf("ParseEntry(%q) = %+v, but ParseEntry(%q) = %+v, %v", s, e, e.String(), again, err)
+		}
+	})
+}
+
 func FuzzParseHost(f *testing.F) {
 	for _, s := range []string{"kms.example", "KMS.Example.", "127.0.0.1", "::ffff:127.0.0.1", "2130706433", "0x7f.1", "fe80::1%lo", "a..b", "-", ""} {
 		f.Add(s)

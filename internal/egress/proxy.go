@@ -23,6 +23,12 @@ import (
 type Proxy struct {
 	// Allowlist gates every destination.
 	Allowlist *Allowlist
+	// Narrow, when set, gates every destination too: an enclave's own
+	// allowlist, which can only narrow Allowlist. Each connection's
+	// destination is resolved once and only the addresses both permit
+	// are dialled (ResolveAll). A fixed proxy's Validate checks Allowlist
+	// alone: a target Narrow refuses is refused per connection.
+	Narrow *Allowlist
 	// Target, when set, makes this a fixed proxy to host:port (vsock-proxy
 	// mode). When empty the proxy expects an HTTP CONNECT request first.
 	Target string
@@ -44,10 +50,13 @@ const maxConnectHeader = 8 << 10
 // connect before the next is tried (as net.Dialer splits its deadline).
 const minDialShare = 2 * time.Second
 
-// Validate checks a fixed proxy's target against the allowlist, as
-// vsock-proxy does at startup: the target must resolve and at least one of
-// its addresses be permitted. This does not make later connections safe by
-// itself: every connection is checked again, against its own lookup.
+// Validate checks a fixed proxy's target against Allowlist, as vsock-proxy
+// does at startup: the target must resolve and at least one of its
+// addresses be permitted. Narrow is not consulted: an enclave that narrows
+// its egress still starts next to the operator's fixed proxies, whose
+// connections its own list then refuses. This does not make later
+// connections safe by itself: every connection is checked again, against
+// its own lookup.
 func (p *Proxy) Validate(ctx context.Context) error {
 	if p.Target == "" {
 		return nil
@@ -162,7 +171,11 @@ func (p *Proxy) dialChecked(ctx context.Context, target string) (net.Conn, netip
 	if err != nil {
 		return nil, netip.AddrPort{}, fmt.Errorf("%w: destination %q: %v", ErrNotAllowed, target, err)
 	}
-	addrs, err := p.Allowlist.Resolve(ctx, host, port)
+	lists := []*Allowlist{p.Allowlist}
+	if p.Narrow != nil {
+		lists = append(lists, p.Narrow)
+	}
+	addrs, err := ResolveAll(ctx, host, port, lists...)
 	if err != nil {
 		return nil, netip.AddrPort{}, err
 	}
