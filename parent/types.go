@@ -30,6 +30,29 @@ type RunRequest struct {
 	// files; the CLI, not the daemon, attaches the console.
 	AttachConsole bool   `json:"attach_console,omitempty"`
 	EnclaveName   string `json:"enclave_name,omitempty"`
+	// Egress, when set, is the enclave's own egress allowlist (Cloister's
+	// addition): its egress proxies reach a destination only when both the
+	// daemon's allowlist and this one permit it. It can only narrow the
+	// daemon's: an entry the daemon's allowlist does not cover fails the
+	// launch (ErrInvalidArgument). Nil means the daemon's allowlist alone;
+	// an empty list allows no destination.
+	Egress *EgressPolicy `json:"egress,omitempty"`
+}
+
+// MaxEgressEntries bounds an enclave's own egress allowlist.
+const MaxEgressEntries = 256
+
+// EgressPolicy is an enclave's own egress allowlist, in the JSON form of
+// vsock-proxy's allowlist file ({"allowlist": [{"address": …, "port": …}]}).
+type EgressPolicy struct {
+	Allowlist []EgressEntry `json:"allowlist"`
+}
+
+// EgressEntry is one destination of an egress allowlist: Address is a host
+// name, an IP address or a CIDR prefix; Port is the TCP port.
+type EgressEntry struct {
+	Address string `json:"address"`
+	Port    int    `json:"port"`
 }
 
 // RunResult is run-enclave's output, field for field as nitro-cli prints it.
@@ -98,6 +121,9 @@ type EnclaveDescription struct {
 	HostListenerBase string `json:"HostListenerBase,omitempty"`
 	// ConsoleLog is the enclave's kept console log on the parent (root only).
 	ConsoleLog string `json:"ConsoleLog,omitempty"`
+	// Egress is the enclave's own egress allowlist, which narrows the
+	// daemon's (absent when the enclave has none: the daemon's applies).
+	Egress *EgressPolicy `json:"Egress,omitempty"`
 }
 
 // TerminateResult is terminate-enclave's output.

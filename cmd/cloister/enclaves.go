@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloister/cloister/internal/egress"
 	"github.com/cloister/cloister/parent"
 )
 
@@ -68,6 +69,8 @@ func newRunEnclaveCmd() *cobra.Command {
 		cpuIDs                            []int
 		cid                               uint64
 		debug, attach                     bool
+		egressAllow                       []string
+		egressAllowlist                   string
 	)
 	cmd := &cobra.Command{
 		Use:   "run-enclave",
@@ -76,14 +79,23 @@ func newRunEnclaveCmd() *cobra.Command {
 CPUs and memory from the daemon's pool, and prints nitro-cli's JSON:
 {EnclaveName, EnclaveID, ProcessID, EnclaveCID, NumberOfCPUs, CPUIDs, MemoryMiB}.
 
+--egress-allow HOST:PORT (repeatable, or comma-separated) and
+--egress-allowlist FILE (vsock-proxy's allowlist format) give the enclave its
+own egress allowlist: its egress proxies reach a destination only when both
+the daemon's allowlist and this one permit it. It can only narrow the
+daemon's: an entry the daemon's allowlist does not cover is refused. An
+address is a host name, an IP address or a CIDR prefix; IPv6 goes in
+brackets ([fd00::/8]:443). --egress-allow '' allows no destination at all.
+
 --config takes nitro-cli's JSON file (eif_path, memory_mib, cpu_count or
-cpu_ids, enclave_cid, debug_mode, attach_console, enclave_name) and conflicts
+cpu_ids, enclave_cid, debug_mode, attach_console, enclave_name, and
+Cloister's egress: {"allowlist": [{"address": …, "port": …}]}) and conflicts
 with every other flag except --attach-console.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var req parent.RunRequest
 			if configFile != "" {
-				for _, f := range []string{"eif-path", "memory", "cpu-count", "cpu-ids", "enclave-cid", "enclave-name", "debug-mode"} {
+				for _, f := range []string{"eif-path", "memory", "cpu-count", "cpu-ids", "enclave-cid", "enclave-name", "debug-mode", "egress-allow", "egress-allowlist"} {
 					if cmd.Flags().Changed(f) {
 						return fmt.Errorf("--config cannot be combined with --%s", f)
 					}
@@ -107,6 +119,11 @@ with every other flag except --attach-console.`,
 				}
 				req = parent.RunRequest{EIFPath: eifPath, MemoryMiB: mem, CPUCount: cpuCount, CPUIDs: cpuIDs,
 					EnclaveCID: cid, DebugMode: debug, EnclaveName: name}
+				if cmd.Flags().Changed("egress-allow") || egressAllowlist != "" {
+					if req.Egress, err = egressPolicy(egressAllow, egressAllowlist); err != nil {
+						return err
+					}
+				}
 			}
 			if attach {
 				req.DebugMode, req.AttachConsole = true, true
@@ -137,9 +154,38 @@ with every other flag except --attach-console.`,
 	f.BoolVar(&debug, "debug-mode", false, "debug mode: console available, PCRs reported as zeros in attestations")
 	f.BoolVar(&attach, "attach-console", false, "follow the console after launch (implies --debug-mode)")
 	f.StringVar(&configFile, "config", "", "nitro-cli JSON config file with the launch parameters")
+	f.StringArrayVar(&egressAllow, "egress-allow", nil, "the enclave's own egress allowlist: HOST:PORT, repeatable or comma-separated; within the daemon's")
+	f.StringVar(&egressAllowlist, "egress-allowlist", "", "the enclave's own egress allowlist from a file in vsock-proxy's format; within the daemon's")
 	cmd.MarkFlagsMutuallyExclusive("cpu-count", "cpu-ids")
 	sock = socketFlag(cmd)
 	return cmd
+}
+
+// egressPolicy is the enclave's own egress allowlist from --egress-allow
+// values (comma-separated HOST:PORT lists) and an --egress-allowlist file
+// (vsock-proxy's format): the entries of both.
+func egressPolicy(allow []string, file string) (*parent.EgressPolicy, error) {
+	p := &parent.EgressPolicy{Allowlist: []parent.EgressEntry{}}
+	for _, v := range allow {
+		q, err := parent.ParseEgressPolicy(v)
+		if err != nil {
+			return nil, fmt.Errorf("--egress-allow %q: %w", v, err)
+		}
+		p.Allowlist = append(p.Allowlist, q.Allowlist...)
+	}
+	if file != "" {
+		al, err := egress.LoadAllowlist(file)
+		if err != nil {
+			return nil, fmt.Errorf("--egress-allowlist: %w", err)
+		}
+		for _, e := range al.Entries {
+			p.Allowlist = append(p.Allowlist, parent.EgressEntry{Address: e.Address, Port: e.Port})
+		}
+	}
+	if len(p.Allowlist) > parent.MaxEgressEntries {
+		return nil, fmt.Errorf("the enclave's egress allowlist has %d entries; at most %d", len(p.Allowlist), parent.MaxEgressEntries)
+	}
+	return p, nil
 }
 
 func newDescribeEnclavesCmd() *cobra.Command {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/cloister/cloister/enclave/eif"
+	"github.com/cloister/cloister/internal/egress"
 	"github.com/cloister/cloister/parent"
 	"github.com/cloister/cloister/parent/backend"
 )
@@ -25,8 +26,27 @@ func newRecord(req parent.RunRequest, id, slot, name string, cid uint32, cpus []
 		ID: id, Slot: slot, Name: name, CID: cid, CPUs: cpus, MemoryMiB: req.MemoryMiB,
 		Debug: req.DebugMode || req.AttachConsole, EIFPath: eifPath, EIFSize: img.size,
 		Measurements: img.measurements, ImageName: img.name, ImageVersion: img.version, Metadata: img.metadata,
-		Backend: kind.String(), StartTime: now.UTC(),
+		Backend: kind.String(), StartTime: now.UTC(), Egress: cloneEgress(req.Egress),
 	}
+}
+
+// cloneEgress copies an enclave's own egress allowlist (nil stays nil, an
+// empty list stays empty: it allows nothing).
+func cloneEgress(p *parent.EgressPolicy) *parent.EgressPolicy {
+	if p == nil {
+		return nil
+	}
+	return &parent.EgressPolicy{Allowlist: append([]parent.EgressEntry{}, p.Allowlist...)}
+}
+
+// egressEntries are the entries of an enclave's own egress allowlist as
+// the egress proxies read them.
+func egressEntries(p *parent.EgressPolicy) []egress.Entry {
+	out := make([]egress.Entry, len(p.Allowlist))
+	for i, e := range p.Allowlist {
+		out[i] = egress.Entry{Address: e.Address, Port: e.Port}
+	}
+	return out
 }
 
 // spec is what the backend is told about the enclave of r in dir. image is
@@ -39,12 +59,13 @@ func (r record) spec(dir backend.Dir, image *os.File) backend.Spec {
 	}
 }
 
-// newMonitorSpec is the monitor's job: the validated Spec, the daemon's
-// configuration, the heartbeat timeout, the image's PCRs for the emulated
-// security module and the development root's file ("" when the backend
-// has a real security module).
-func newMonitorSpec(spec backend.Spec, cfg Config, heartbeat time.Duration, pcrs pcrSet, issuerFile string) monitorSpec {
-	return monitorSpec{Spec: spec, Config: cfg, HeartbeatTimeout: heartbeat, PCRs: pcrs, IssuerFile: issuerFile}
+// newMonitorSpec is the monitor's job for the enclave of r: the validated
+// Spec, the daemon's configuration, the enclave's own egress allowlist,
+// the heartbeat timeout, the image's PCRs for the emulated security module
+// and the development root's file ("" when the backend has a real
+// security module).
+func (r record) newMonitorSpec(spec backend.Spec, cfg Config, heartbeat time.Duration, pcrs pcrSet, issuerFile string) monitorSpec {
+	return monitorSpec{Spec: spec, Config: cfg, Egress: cloneEgress(r.Egress), HeartbeatTimeout: heartbeat, PCRs: pcrs, IssuerFile: issuerFile}
 }
 
 // runResult is run-enclave's answer for the launched enclave of r.
@@ -67,7 +88,7 @@ func (r record) describe(dir backend.Dir, st State, exit *parent.ExitStatus, cap
 		State: st.String(), Flags: flags, Measurements: r.Measurements,
 		ImageName: r.ImageName, ImageVersion: r.ImageVersion, Metadata: r.Metadata,
 		Backend: r.Backend, EIFPath: r.EIFPath, StartTime: r.StartTime,
-		ConsoleLog: dir.Console(),
+		ConsoleLog: dir.Console(), Egress: cloneEgress(r.Egress),
 	}
 	if st != StateExited {
 		desc.VsockSocket = dir.VsockSock()

@@ -215,6 +215,9 @@ func (d *Daemon) Run(ctx context.Context, req parent.RunRequest) (parent.RunResu
 	if req.EnclaveCID != 0 && (req.EnclaveCID < wellknown.MinEnclaveCID || req.EnclaveCID > wellknown.MaxEnclaveCID) {
 		return parent.RunResult{}, newErr("E03", parent.ErrInvalidArgument, "enclave CID %d is outside %d..%d (0 or omitted picks one)", req.EnclaveCID, wellknown.MinEnclaveCID, uint64(wellknown.MaxEnclaveCID))
 	}
+	if err := d.checkEgress(req.Egress); err != nil {
+		return parent.RunResult{}, err
+	}
 	eifPath, err := filepath.Abs(req.EIFPath)
 	if err != nil {
 		return parent.RunResult{}, newErr("E19", parent.ErrInvalidArgument, "EIF path %q: %v", req.EIFPath, err)

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/cloister/cloister/enclave/eif"
 	"github.com/cloister/cloister/parent"
 	"github.com/cloister/cloister/parent/backend"
@@ -232,6 +234,97 @@ func TestRunValidation(t *testing.T) {
 	// Nothing was leaked by the failures.
 	if _, free, total, freeMem := d.pool.snapshot(); freeMem != total || len(free) != len(d.pool.cpus) {
 		t.Errorf("pool not intact after failed launches: free=%v freeMem=%d", free, freeMem)
+	}
+}
+
+// TestRunEgress: an enclave's own egress allowlist is checked at launch
+// against the daemon's (it can only narrow it), kept in record.json and
+// monitor.json, and described.
+func TestRunEgress(t *testing.T) {
+	state := shortTempDir(t)
+	allow := filepath.Join(state, "allow.yaml")
+	if err := os.WriteFile(allow, []byte("allowlist:\n- {address: 10.0.0.0/8, port: 5432}\n- {address: kms.example, port: 443}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := newTestDaemon(t, state, Config{Egress: EgressConfig{Allowlist: allow}})
+	eifPath := writeTestEIF(t, state, "egress", []byte("x"))
+	ctx := context.Background()
+	own := func(entries ...parent.EgressEntry) *parent.EgressPolicy {
+		return &parent.EgressPolicy{Allowlist: entries}
+	}
+	many := make([]parent.EgressEntry, parent.MaxEgressEntries+1)
+	for i := range many {
+		many[i] = parent.EgressEntry{Address: "10.0.0.1", Port: 5432}
+	}
+	for _, tt := range []struct {
+		name    string
+		egress  *parent.EgressPolicy
+		message string // in the refusal
+	}{
+		{"outside", own(parent.EgressEntry{Address: "10.0.0.5", Port: 5432}, parent.EgressEntry{Address: "evil.example", Port: 443}),
+			"egress allowlist entry evil.example:443 is not within the daemon's egress allowlist"},
+		{"wider prefix", own(parent.EgressEntry{Address: "10.0.0.0/7", Port: 5432}), "10.0.0.0/7:5432 is not within"},
+		{"other port", own(parent.EgressEntry{Address: "kms.example", Port: 80}, parent.EgressEntry{Address: "10.0.0.5", Port: 80}),
+			"entries kms.example:80, 10.0.0.5:80 are not within"},
+		{"invalid", own(parent.EgressEntry{Address: "0.0.0.0", Port: 443}), "the enclave's egress allowlist is invalid"},
+		{"too many", &parent.EgressPolicy{Allowlist: many}, "at most 256"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := d.Run(ctx, parent.RunRequest{EIFPath: eifPath, MemoryMiB: 64, CPUCount: 1, Egress: tt.egress})
+			var de *parent.Error
+			if !errors.As(err, &de) || de.Code != "E03" || !errors.Is(err, parent.ErrInvalidArgument) || !strings.Contains(err.Error(), tt.message) {
+				t.Fatalf("Run = %v, want an invalid-argument error saying %q", err, tt.message)
+			}
+		})
+	}
+	if list := d.Describe(true); len(list) != 0 {
+		t.Fatalf("refused launches left enclaves: %+v", list)
+	}
+
+	want := own(parent.EgressEntry{Address: "10.0.0.5", Port: 5432}, parent.EgressEntry{Address: "KMS.example.", Port: 443})
+	res, err := d.Run(ctx, parent.RunRequest{EIFPath: eifPath, MemoryMiB: 64, CPUCount: 1, Egress: want})
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := d.DescribeOne(res.EnclaveID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, desc.Egress); diff != "" {
+		t.Errorf("described egress (-want +got):\n%s", diff)
+	}
+	e, err := d.lookup(res.EnclaveID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := readRecord(e.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := readMonitorSpec(e.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]*parent.EgressPolicy{want, want}, []*parent.EgressPolicy{rec.Egress, ms.Egress}); diff != "" {
+		t.Errorf("record.json, monitor.json egress (-want +got):\n%s", diff)
+	}
+}
+
+// TestRunEgressWithoutDaemonAllowlist: a daemon without an egress
+// allowlist allows nothing, so an enclave's own list can hold no entry.
+func TestRunEgressWithoutDaemonAllowlist(t *testing.T) {
+	state := shortTempDir(t)
+	d := newTestDaemon(t, state, Config{})
+	eifPath := writeTestEIF(t, state, "egress", []byte("x"))
+	_, err := d.Run(context.Background(), parent.RunRequest{EIFPath: eifPath, MemoryMiB: 64, CPUCount: 1,
+		Egress: &parent.EgressPolicy{Allowlist: []parent.EgressEntry{{Address: "10.0.0.5", Port: 5432}}}})
+	if !errors.Is(err, parent.ErrInvalidArgument) || !strings.Contains(err.Error(), "the daemon has no egress allowlist") {
+		t.Fatalf("Run = %v, want an invalid-argument error", err)
+	}
+	// An empty own list narrows nothing away that was allowed: it runs.
+	if _, err := d.Run(context.Background(), parent.RunRequest{EIFPath: eifPath, MemoryMiB: 64, CPUCount: 1,
+		Egress: &parent.EgressPolicy{}}); err != nil {
+		t.Fatal(err)
 	}
 }
 

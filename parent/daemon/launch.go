@@ -31,7 +31,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 	if d.issuer != nil {
 		issuerFile = d.issuerPath()
 	}
-	ms := newMonitorSpec(spec, d.cfg, hbTimeout, img.info.pcrs, issuerFile)
+	ms := e.rec.newMonitorSpec(spec, d.cfg, hbTimeout, img.info.pcrs, issuerFile)
 	if err := writeMonitorSpec(e.dir, ms); err != nil {
 		return fmt.Errorf("daemon: write monitor spec: %w", err)
 	}

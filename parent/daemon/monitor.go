@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -27,12 +26,15 @@ import (
 
 // monitorSpec is what the daemon hands a monitor in <dir>/monitor.json.
 type monitorSpec struct {
-	FormatVersion    int           `json:"format_version"` // see record.FormatVersion
-	Spec             backend.Spec  `json:"spec"`
-	Config           Config        `json:"config"`
-	HeartbeatTimeout time.Duration `json:"heartbeat_timeout"`
-	IssuerFile       string        `json:"issuer_file,omitempty"`
-	PCRs             pcrSet        `json:"pcrs,omitempty"` // measured PCRs for the emulated NSM (hex in JSON)
+	FormatVersion int          `json:"format_version"` // see record.FormatVersion
+	Spec          backend.Spec `json:"spec"`
+	Config        Config       `json:"config"`
+	// Egress is the enclave's own egress allowlist, which narrows the
+	// configured one (format version 2; nil: the configured one alone).
+	Egress           *parent.EgressPolicy `json:"egress,omitempty"`
+	HeartbeatTimeout time.Duration        `json:"heartbeat_timeout"`
+	IssuerFile       string               `json:"issuer_file,omitempty"`
+	PCRs             pcrSet               `json:"pcrs,omitempty"` // measured PCRs for the emulated NSM (hex in JSON)
 }
 
 // monitorStatus is the monitor's answer to GET /status, /wait and
@@ -306,22 +308,17 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 		go func() { defer wg.Done(); _ = emu.Serve(ctx, l) }()
 	}
 
-	var al *egress.Allowlist
-	if p := m.spec.Config.Egress.Allowlist; p != "" {
-		var err error
-		if al, err = egress.LoadAllowlist(p); err != nil {
-			return err
-		}
-		if ns := m.spec.Config.Egress.Nameserver; ns != "" {
-			ap, err := netip.ParseAddrPort(ns)
-			if err != nil {
-				return fmt.Errorf("egress nameserver %q: %w", ns, err)
-			}
-			al.Resolver = egress.NewResolver(ap)
-		}
+	al, err := m.spec.Config.egressAllowlist()
+	if err != nil {
+		return err
+	}
+	// The enclave's own allowlist narrows the daemon's on every connection.
+	own, err := m.spec.Config.enclaveAllowlist(m.spec.Egress)
+	if err != nil {
+		return fmt.Errorf("the enclave's egress allowlist: %w", err)
 	}
 	for _, pc := range m.spec.Config.Egress.Proxies {
-		p := &egress.Proxy{Allowlist: al, Logger: m.log.With("service", "egress", "port", pc.Port)}
+		p := &egress.Proxy{Allowlist: al, Narrow: own, Logger: m.log.With("service", "egress", "port", pc.Port)}
 		if pc.RemoteAddr != "" {
 			p.Target = net.JoinHostPort(pc.RemoteAddr, fmt.Sprint(pc.RemotePort))
 			if err := p.Validate(ctx); err != nil {

@@ -37,6 +37,9 @@ type record struct {
 	StartTime     time.Time           `json:"start_time"`
 	MonitorPID    int                 `json:"monitor_pid"`
 	EnclavePID    int                 `json:"enclave_pid"`
+	// Egress is the enclave's own egress allowlist (format version 2;
+	// nil: the daemon's allowlist alone).
+	Egress *parent.EgressPolicy `json:"egress,omitempty"`
 }
 
 // newSlot returns a random 64-bit slot id in hex, used for the EnclaveID

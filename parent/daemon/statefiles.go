@@ -15,8 +15,14 @@ import (
 // existed (the same fields, no format_version); a daemon reads every
 // version up to its own, so a new daemon adopts the enclaves an older one
 // started (e2e TestUpgradeAdoptsEnclaves). Bump it, and convert on read,
-// when a field changes meaning.
-const formatVersion = 1
+// when a field changes meaning, or when a daemon that ignored a new field
+// would be less safe than one refusing the file.
+//
+// Version 2 adds the enclave's own egress allowlist ("egress" in
+// record.json and monitor.json), which narrows the daemon's: a daemon of
+// version 1 would silently drop it, so it must refuse these files instead.
+// Versions 0 and 1 have no such field and are read as they are.
+const formatVersion = 2
 
 // maxStateFile bounds the state files read back (they are a few KiB).
 const maxStateFile = 4 << 20

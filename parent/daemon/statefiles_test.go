@@ -3,9 +3,11 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,7 +79,7 @@ func TestStateFilesReadVersions(t *testing.T) {
 		t.Errorf("exit v0 (-want +got):\n%s", diff)
 	}
 
-	// What this daemon writes is version 1 and reads back the same.
+	// What this daemon writes is its version and reads back the same.
 	if err := writeRecord(dir, rec); err != nil {
 		t.Fatal(err)
 	}
@@ -99,15 +101,67 @@ func TestStateFilesReadVersions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantRec.FormatVersion, wantExit.FormatVersion = 1, 1
+	wantRec.FormatVersion, wantExit.FormatVersion = formatVersion, formatVersion
 	if diff := cmp.Diff(wantRec, rec1); diff != "" {
-		t.Errorf("record v1 (-want +got):\n%s", diff)
+		t.Errorf("record v%d (-want +got):\n%s", formatVersion, diff)
 	}
 	if diff := cmp.Diff(wantExit, x1); diff != "" {
-		t.Errorf("exit v1 (-want +got):\n%s", diff)
+		t.Errorf("exit v%d (-want +got):\n%s", formatVersion, diff)
 	}
-	if ms1.FormatVersion != 1 || ms1.HeartbeatTimeout != time.Minute {
-		t.Errorf("monitor spec v1 = %+v", ms1)
+	if ms1.FormatVersion != formatVersion || ms1.HeartbeatTimeout != time.Minute {
+		t.Errorf("monitor spec v%d = %+v", formatVersion, ms1)
+	}
+
+	// Version 1 (the field, no egress) is read as it is.
+	if err := os.WriteFile(dir.Record(), []byte(strings.Replace(recordV0, "{", `{"format_version": 1,`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	recV1, err := readRecord(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRec.FormatVersion = 1
+	if diff := cmp.Diff(wantRec, recV1); diff != "" {
+		t.Errorf("record v1 (-want +got):\n%s", diff)
+	}
+}
+
+// TestStateFilesEgress: the enclave's own egress allowlist survives
+// record.json and monitor.json, and an empty one (which allows nothing)
+// stays distinct from none (the daemon's allowlist alone).
+func TestStateFilesEgress(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		own  *parent.EgressPolicy
+	}{
+		{"none", nil},
+		{"empty", &parent.EgressPolicy{Allowlist: []parent.EgressEntry{}}},
+		{"two", &parent.EgressPolicy{Allowlist: []parent.EgressEntry{{Address: "kms.us-east-1.amazonaws.com", Port: 443}, {Address: "10.0.0.0/8", Port: 5432}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := backend.Dir(t.TempDir())
+			rec := record{ID: "x", Egress: tc.own}
+			if err := writeRecord(dir, rec); err != nil {
+				t.Fatal(err)
+			}
+			if err := writeMonitorSpec(dir, rec.newMonitorSpec(backend.Spec{}, Config{}, time.Minute, nil, "")); err != nil {
+				t.Fatal(err)
+			}
+			got, err := readRecord(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ms, err := readMonitorSpec(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.own, got.Egress); diff != "" {
+				t.Errorf("record.json egress (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.own, ms.Egress); diff != "" {
+				t.Errorf("monitor.json egress (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
@@ -116,7 +170,7 @@ func TestStateFilesRefuseNewerAndMalformed(t *testing.T) {
 		name, body string
 		newer      bool
 	}{
-		{"newer", `{"format_version": 2, "id": "x"}`, true},
+		{"newer", fmt.Sprintf(`{"format_version": %d, "id": "x"}`, formatVersion+1), true},
 		{"negative", `{"format_version": -1}`, true},
 		{"not json", `{"id": `, false},
 		{"wrong type", `{"format_version": "1"}`, false},
