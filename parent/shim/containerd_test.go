@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,16 +62,17 @@ type node struct {
 	app     string // enclaveapp, static
 }
 
-func startNode(t testing.TB) *node { return startNodeWith(t, "") }
+func startNode(t testing.TB) *node { return startNodeWith(t, "", "") }
 
-// startNodeWith starts a node; criPlugin, when not empty, is the CRI
-// plugin's configuration (the plugin is disabled otherwise).
-func startNodeWith(t testing.TB, criPlugin string) *node {
+// startNodeWith starts a node; daemonExtra is added to the daemon's
+// configuration; criPlugin, when not empty, is the CRI plugin's
+// configuration (the plugin is disabled otherwise).
+func startNodeWith(t testing.TB, daemonExtra, criPlugin string) *node {
 	t.Helper()
 	testenv.RequireRoot(t)
 	ctd := testenv.LookPath(t, "containerd", "apt-get install containerd")
 	ctrPath := testenv.LookPath(t, "ctr", "apt-get install containerd")
-	d := parenttest.StartDaemon(t, "sandbox", daemonConfig)
+	d := parenttest.StartDaemon(t, "sandbox", daemonConfig+daemonExtra)
 	dir := parenttest.ShortTemp(t)
 	bin := filepath.Join(dir, "bin")
 	if err := os.MkdirAll(bin, 0o755); err != nil {
@@ -156,6 +158,42 @@ state = %q
 		time.Sleep(100 * time.Millisecond)
 	}
 	return n
+}
+
+// egressServers are three HTTP servers on loopback, each answering its
+// name ("server-a", …), of which the daemon's egress allowlist permits
+// the first two.
+type egressServers struct {
+	a, b, c string // host:port
+	// config is the daemon configuration's egress section.
+	config string
+}
+
+func startEgressServers(t testing.TB) egressServers {
+	t.Helper()
+	var s egressServers
+	var doc strings.Builder
+	doc.WriteString("allowlist:\n")
+	for i, addr := range []*string{&s.a, &s.b, &s.c} {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := "server-" + string(rune('a'+i))
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, body) })}
+		go func() { _ = srv.Serve(l) }()
+		t.Cleanup(func() { srv.Close() })
+		*addr = l.Addr().String()
+		if i < 2 {
+			fmt.Fprintf(&doc, "- {address: 127.0.0.1, port: %d}\n", l.Addr().(*net.TCPAddr).Port)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "egress-allowlist.yaml")
+	if err := os.WriteFile(path, []byte(doc.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.config = "egress:\n  allowlist: " + path + "\n"
+	return s
 }
 
 func tail(s string, lines int) string {
@@ -289,7 +327,8 @@ func echo(t testing.TB, c net.Conn, msg string) string {
 // runtime io.containerd.cloister.v2: each is an enclave of the local
 // daemon, built from the container's root file system and process.
 func TestContainerd(t *testing.T) {
-	n := startNode(t)
+	srv := startEgressServers(t)
+	n := startNodeWith(t, srv.config, "")
 	rootfs := n.rootfs("rootfs")
 
 	t.Run("output-and-exit-code", func(t *testing.T) {
@@ -447,6 +486,42 @@ func TestContainerd(t *testing.T) {
 			"cloister.test/app:1", "fromimage", "/bin/enclaveapp", "crash", "3")
 		if code != 3 || !strings.Contains(out, "crashing with status 3") {
 			t.Fatalf("ctr run of an imported image: exit %d:\n%s", code, out)
+		}
+	})
+
+	t.Run("egress-annotation", func(t *testing.T) {
+		// The daemon permits servers a and b; the container's annotation
+		// narrows its enclave's egress to a alone.
+		out, code, err := n.ctr("run", "--rm", "--runtime", runtimeType, "--annotation", shim.AnnotationDebug+"=true",
+			"--annotation", shim.AnnotationEgressAllow+"="+srv.a, "--rootfs", rootfs, "egress", "/bin/enclaveapp", "egress", srv.a, srv.b)
+		if code != 0 || !strings.Contains(out, "EGRESS DONE") {
+			t.Fatalf("ctr run: exit %d, %v:\n%s", code, err, out)
+		}
+		for _, want := range []string{"EGRESS " + srv.a + ": ok: server-a", "EGRESS " + srv.b + ": refused: 403"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("egress of a container allowed %s: want %q in its output:\n%s", srv.a, want, out)
+			}
+		}
+		// Without the annotation the daemon's allowlist applies.
+		out, code, err = n.ctr("run", "--rm", "--runtime", runtimeType, "--annotation", shim.AnnotationDebug+"=true",
+			"--rootfs", rootfs, "egress-all", "/bin/enclaveapp", "egress", srv.a, srv.b)
+		if code != 0 || !strings.Contains(out, "EGRESS "+srv.b+": ok: server-b") {
+			t.Errorf("container without the annotation: exit %d, %v:\n%s\nwant server b reached", code, err, out)
+		}
+		// An annotation cannot widen the daemon's allowlist: the start fails.
+		_, code, err = n.ctr("run", "--rm", "--runtime", runtimeType, "--annotation", shim.AnnotationEgressAllow+"="+srv.a+","+srv.c,
+			"--rootfs", rootfs, "egress-wider", "/bin/enclaveapp", "egress", srv.c)
+		if code == 0 || err == nil || !strings.Contains(err.Error(), "not within the daemon's egress allowlist") || !strings.Contains(err.Error(), srv.c) {
+			t.Errorf("annotation wider than the daemon's allowlist: exit %d, %v; want the launch refused, naming %s", code, err, srv.c)
+		}
+		if d, err := n.d.Client.DescribeEnclave(context.Background(), "test-egress-wider"); err == nil {
+			t.Errorf("an enclave was launched for the refused container: %s", d.State)
+		}
+		// An invalid annotation fails Create.
+		_, code, err = n.ctr("run", "--rm", "--runtime", runtimeType, "--annotation", shim.AnnotationEgressAllow+"=kms.example",
+			"--rootfs", rootfs, "egress-bad", "/bin/enclaveapp", "egress", srv.a)
+		if code == 0 || err == nil || !strings.Contains(err.Error(), shim.AnnotationEgressAllow) {
+			t.Errorf("invalid annotation: exit %d, %v; want Create refused, naming the annotation", code, err)
 		}
 	})
 

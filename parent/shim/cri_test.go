@@ -71,7 +71,8 @@ func freePort(t testing.TB) int {
 // path as TestContainerd's --with-ns network namespace.
 func TestCRI(t *testing.T) {
 	dir := t.TempDir()
-	n := startNodeWith(t, criPlugin(t, dir))
+	srv := startEgressServers(t)
+	n := startNodeWith(t, srv.config, criPlugin(t, dir))
 	archive := filepath.Join(n.dir, "app.tar")
 	writeImage(t, archive, n.app, criImage)
 	if _, _, err := n.ctrIn("k8s.io", "image", "import", archive); err != nil {
@@ -110,7 +111,7 @@ func TestCRI(t *testing.T) {
 	}
 	podID := pod.PodSandboxId
 
-	create := func(name string, args []string, annotations map[string]string, res *runtimeapi.LinuxContainerResources) string {
+	createOnly := func(name string, args []string, annotations map[string]string, res *runtimeapi.LinuxContainerResources) string {
 		t.Helper()
 		c, err := rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
 			PodSandboxId: podID,
@@ -127,10 +128,15 @@ func TestCRI(t *testing.T) {
 		if err != nil {
 			t.Fatalf("CreateContainer %s: %v", name, err)
 		}
-		if _, err := rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+		return c.ContainerId
+	}
+	create := func(name string, args []string, annotations map[string]string, res *runtimeapi.LinuxContainerResources) string {
+		t.Helper()
+		id := createOnly(name, args, annotations, res)
+		if _, err := rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: id}); err != nil {
 			t.Fatalf("StartContainer %s: %v", name, err)
 		}
-		return c.ContainerId
+		return id
 	}
 	status := func(id string) *runtimeapi.ContainerStatus {
 		t.Helper()
@@ -174,6 +180,41 @@ func TestCRI(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
+	// A container whose annotation narrows its enclave's egress to server
+	// a (the daemon permits a and b): its log shows a reached, b refused.
+	egressID := create("egress", []string{"/bin/enclaveapp", "egress", srv.a, srv.b},
+		map[string]string{shim.AnnotationDebug: "true", shim.AnnotationEgressAllow: srv.a}, nil)
+	if st := waitExited(egressID); st.ExitCode != 0 {
+		t.Fatalf("egress container: exit code %d", st.ExitCode)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(filepath.Join(logs, "egress.log"))
+		if strings.Contains(string(b), "EGRESS DONE") {
+			for _, want := range []string{"EGRESS " + srv.a + ": ok: server-a", "EGRESS " + srv.b + ": refused: 403"} {
+				if !strings.Contains(string(b), want) {
+					t.Errorf("egress container log: want %q in:\n%s", want, b)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("egress container log:\n%s\nwant the egress outcomes", b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// One whose annotation would widen the daemon's allowlist does not
+	// start, and says why in its CRI status.
+	widerID := createOnly("egress-wider", []string{"/bin/enclaveapp", "egress", srv.c},
+		map[string]string{shim.AnnotationEgressAllow: srv.c}, nil)
+	_, err = rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: widerID})
+	if err == nil || !strings.Contains(err.Error(), "not within the daemon's egress allowlist") {
+		t.Fatalf("StartContainer with an annotation wider than the daemon's allowlist: %v; want it refused", err)
+	}
+	if st := status(widerID); st.State != runtimeapi.ContainerState_CONTAINER_EXITED || !strings.Contains(st.Message, "not within the daemon's egress allowlist") {
+		t.Fatalf("status of the refused container: %s, reason %q, message %q; want EXITED with the daemon's refusal", st.State, st.Reason, st.Message)
+	}
+
 	// An echo server: 2 CPUs and 300 MiB from its limits, its vsock port
 	// 5000 on the pod's TCP port.
 	echoID := create("echo", []string{"/bin/enclaveapp", "echo"}, nil,
@@ -206,7 +247,7 @@ func TestCRI(t *testing.T) {
 	if d, err := n.d.Client.DescribeEnclave(ctx, "k8s.io-"+echoID); err != nil || d.State != parent.StateExited {
 		t.Fatalf("enclave after StopContainer: %+v %v", d.State, err)
 	}
-	for _, id := range []string{echoID, crashID} {
+	for _, id := range []string{echoID, crashID, egressID, widerID} {
 		if _, err := rs.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: id}); err != nil {
 			t.Fatal(err)
 		}

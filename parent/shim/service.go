@@ -81,6 +81,7 @@ type taskState struct {
 	image                  *Image
 	cpus, memMiB           int
 	ports                  []Port
+	egress                 *parent.EgressPolicy
 	status                 task.Status
 	pid                    uint32
 	enclaveID, enclaveName string
@@ -166,6 +167,9 @@ func (s *Service) prepare(ctx context.Context, t *taskState, rootfs []*types.Mou
 	if t.ports, err = t.spec.Ports(); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
+	if t.egress, err = t.spec.Egress(); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
 	if len(t.ports) > 0 && t.spec.Linux != nil && t.spec.NetNS() == "" && hasNetNS(t.spec) {
 		return status.Errorf(codes.InvalidArgument, "shim: %s needs the path of the network namespace to publish into (a pod's, or ctr --with-ns network:PATH), or host networking", AnnotationPorts)
 	}
@@ -248,9 +252,13 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 		return &taskapi.StartResponse{Pid: t.pid}, nil
 	}
 	res, err := s.cfg.Daemon.Run(ctx, parent.RunRequest{EIFPath: t.image.Path, MemoryMiB: t.memMiB, CPUCount: t.cpus,
-		DebugMode: t.spec.Debug(), EnclaveName: s.enclaveName(t.id)})
+		DebugMode: t.spec.Debug(), EnclaveName: s.enclaveName(t.id), Egress: t.egress})
 	if err != nil {
-		return nil, status.Errorf(codes.Unknown, "shim: run the enclave: %v", err)
+		code := codes.Unknown
+		if errors.Is(err, parent.ErrInvalidArgument) {
+			code = codes.InvalidArgument // e.g. an egress annotation wider than the daemon's allowlist
+		}
+		return nil, status.Errorf(code, "shim: run the enclave: %v", err)
 	}
 	t.enclaveID, t.enclaveName, t.pid = res.EnclaveID, res.EnclaveName, uint32(res.ProcessID)
 	if err := writeState(t.bundle, persisted{EnclaveID: t.enclaveID, Pid: t.pid}); err != nil {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/cloister/cloister/internal/cpulist"
+	"github.com/cloister/cloister/parent"
 )
 
 // Annotations the shim reads from the OCI spec (with containerd's CRI
@@ -29,6 +30,14 @@ const (
 	// container has no CPU or memory limit ("2", "512" MiB).
 	AnnotationCPUs   = "cloister.dev/cpu-count"
 	AnnotationMemory = "cloister.dev/memory-mib"
+	// AnnotationEgressAllow gives the enclave its own egress allowlist,
+	// which narrows the daemon's: comma-separated HOST:PORT entries
+	// ("kms.us-east-1.amazonaws.com:443,10.0.0.5:5432"; an address is a
+	// host name, an IP address or a CIDR prefix, IPv6 in brackets). The
+	// enclave's egress proxies then reach a destination only when both
+	// lists permit it; an empty value allows none. An entry the daemon's
+	// allowlist does not cover fails the container's start.
+	AnnotationEgressAllow = "cloister.dev/egress-allow"
 
 	// criContainerType is set by containerd's CRI plugin: "sandbox" for
 	// the pod's sandbox (pause) container, "container" otherwise.
@@ -193,6 +202,20 @@ func (s *Spec) MemoryMiB() (int, error) {
 		return n, nil
 	}
 	return 0, nil
+}
+
+// Egress is the enclave's own egress allowlist from AnnotationEgressAllow:
+// nil without the annotation (the daemon's allowlist alone applies).
+func (s *Spec) Egress() (*parent.EgressPolicy, error) {
+	v, ok := s.Annotations[AnnotationEgressAllow]
+	if !ok {
+		return nil, nil
+	}
+	p, err := parent.ParseEgressPolicy(v)
+	if err != nil {
+		return nil, fmt.Errorf("%w: annotation %s: %w; want comma-separated HOST:PORT entries", ErrSpec, AnnotationEgressAllow, err)
+	}
+	return p, nil
 }
 
 // Port is a TCP port published for an enclave vsock port.

@@ -6,10 +6,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/cloister/cloister/parent"
 )
 
 func parseSpec(t testing.TB, js string) *Spec {
@@ -86,6 +89,42 @@ func TestSpecPorts(t *testing.T) {
 		if diff := cmp.Diff(tt.want, got); diff != "" {
 			t.Errorf("%q (-want +got):\n%s", tt.in, diff)
 		}
+	}
+}
+
+func TestSpecEgress(t *testing.T) {
+	many := strings.Repeat("10.0.0.1:1,", parent.MaxEgressEntries) + "10.0.0.1:1"
+	tests := []struct {
+		name        string
+		annotations map[string]string
+		want        *parent.EgressPolicy
+		wantErr     bool
+	}{
+		{"none", nil, nil, false},
+		{"empty: allows nothing", map[string]string{AnnotationEgressAllow: ""}, &parent.EgressPolicy{Allowlist: []parent.EgressEntry{}}, false},
+		{"two", map[string]string{AnnotationEgressAllow: "kms.us-east-1.amazonaws.com:443, 10.0.0.5:5432"},
+			&parent.EgressPolicy{Allowlist: []parent.EgressEntry{{Address: "kms.us-east-1.amazonaws.com", Port: 443}, {Address: "10.0.0.5", Port: 5432}}}, false},
+		{"prefixes", map[string]string{AnnotationEgressAllow: "10.0.0.0/8:5432,[fd00::/8]:443"},
+			&parent.EgressPolicy{Allowlist: []parent.EgressEntry{{Address: "10.0.0.0/8", Port: 5432}, {Address: "fd00::/8", Port: 443}}}, false},
+		{"no port", map[string]string{AnnotationEgressAllow: "kms.us-east-1.amazonaws.com"}, nil, true},
+		{"bad port", map[string]string{AnnotationEgressAllow: "a.example:0"}, nil, true},
+		{"empty entry", map[string]string{AnnotationEgressAllow: "a.example:443,,b.example:443"}, nil, true},
+		{"this host", map[string]string{AnnotationEgressAllow: "0.0.0.0:443"}, nil, true},
+		{"non-canonical IPv4", map[string]string{AnnotationEgressAllow: "2130706433:443"}, nil, true},
+		{"host bits", map[string]string{AnnotationEgressAllow: "10.0.0.1/8:443"}, nil, true},
+		{"IPv6 without brackets", map[string]string{AnnotationEgressAllow: "fd00::1:443"}, nil, true},
+		{"too many", map[string]string{AnnotationEgressAllow: many}, nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := (&Spec{Annotations: tt.annotations}).Egress()
+			if (err != nil) != tt.wantErr || (err != nil && (!errors.Is(err, ErrSpec) || !strings.Contains(err.Error(), AnnotationEgressAllow))) {
+				t.Fatalf("error %v, want error %v naming the annotation", err, tt.wantErr)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
