@@ -93,12 +93,15 @@ func (d *Daemon) checkEgress(p *parent.EgressPolicy) error {
 	if len(names) > 1 {
 		what = "egress allowlist entries " + strings.Join(names, ", ") + " are"
 	}
-	which := "the daemon has no egress allowlist (egress.allowlist), so it allows no destination"
-	if outer != nil {
-		which = "the daemon's allowlist is " + d.cfg.Egress.Allowlist
+	// The message names the refused entries only: neither the daemon's
+	// entries nor its file's path reach whoever launched the enclave (a
+	// pod's owner reads it in the container's status).
+	if outer == nil {
+		return newErr("E03", parent.ErrInvalidArgument,
+			"%s not within the daemon's egress allowlist: the daemon has none (egress.allowlist in its configuration), so it allows no destination and an enclave's own allowlist can hold no entry", what)
 	}
 	return newErr("E03", parent.ErrInvalidArgument,
-		"%s not within the daemon's egress allowlist (%s): an enclave's own allowlist can only narrow it; "+
+		"%s not within the daemon's egress allowlist: an enclave's own allowlist can only narrow it; "+
 			"list a host name the daemon lists, or an address or prefix inside one of its addresses or prefixes, for the same port",
-		what, which)
+		what)
 }

@@ -211,7 +211,8 @@ func TestCRI(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not within the daemon's egress allowlist") {
 		t.Fatalf("StartContainer with an annotation wider than the daemon's allowlist: %v; want it refused", err)
 	}
-	if st := status(widerID); st.State != runtimeapi.ContainerState_CONTAINER_EXITED || !strings.Contains(st.Message, "not within the daemon's egress allowlist") {
+	if st := status(widerID); st.State != runtimeapi.ContainerState_CONTAINER_EXITED || st.Reason != "StartError" ||
+		!strings.Contains(st.Message, "not within the daemon's egress allowlist") || !strings.Contains(st.Message, srv.c) {
 		t.Fatalf("status of the refused container: %s, reason %q, message %q; want EXITED with the daemon's refusal", st.State, st.Reason, st.Message)
 	}
 
