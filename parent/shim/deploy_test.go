@@ -12,6 +12,9 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/cloister/cloister/internal/egress"
+	"github.com/cloister/cloister/parent"
+	"github.com/cloister/cloister/parent/daemon"
 	"github.com/cloister/cloister/parent/deviceplugin"
 	"github.com/cloister/cloister/parent/parenttest"
 	"github.com/cloister/cloister/parent/shim"
@@ -20,14 +23,18 @@ import (
 // TestDeployManifests keeps deploy/kubernetes true to the code: every
 // document parses, the RuntimeClass names the handler of
 // deploy/containerd/cloister.toml (which TestCRI runs), pod annotations
-// are ones the shim reads, and extended resources are the device plugin's.
+// are ones the shim reads and accepts, a pod's egress allowlist is within
+// the node's (the daemon's ConfigMap), and extended resources are the
+// device plugin's.
 func TestDeployManifests(t *testing.T) {
 	root := parenttest.RepoRoot()
 	files, err := filepath.Glob(filepath.Join(root, "deploy", "kubernetes", "*.yaml"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no manifests: %v", err)
 	}
-	known := []string{shim.AnnotationPorts, shim.AnnotationDebug, shim.AnnotationCPUs, shim.AnnotationMemory}
+	known := []string{shim.AnnotationPorts, shim.AnnotationDebug, shim.AnnotationCPUs, shim.AnnotationMemory, shim.AnnotationEgressAllow}
+	var nodeEgress *egress.Allowlist // the daemon ConfigMap's egress-allowlist.yaml
+	var podEgress []*parent.EgressPolicy
 	resources := []string{"cpu", "memory", deviceplugin.ResourceNitroEnclaves, deviceplugin.ResourceCPU, deviceplugin.ResourceMemory}
 	kinds := map[string]int{}
 	for _, f := range files {
@@ -38,8 +45,9 @@ func TestDeployManifests(t *testing.T) {
 		dec := yaml.NewDecoder(bytes.NewReader(b))
 		for {
 			var doc struct {
-				Kind     string `yaml:"kind"`
-				Handler  string `yaml:"handler"`
+				Kind     string            `yaml:"kind"`
+				Handler  string            `yaml:"handler"`
+				Data     map[string]string `yaml:"data"`
 				Metadata struct {
 					Annotations map[string]string `yaml:"annotations"`
 				} `yaml:"metadata"`
@@ -66,6 +74,31 @@ func TestDeployManifests(t *testing.T) {
 					t.Errorf("%s: annotation %s is not read by the shim", f, k)
 				}
 			}
+			if doc.Kind == "Pod" {
+				s := &shim.Spec{Annotations: doc.Metadata.Annotations}
+				if _, err := s.Ports(); err != nil {
+					t.Errorf("%s: %v", f, err)
+				}
+				p, err := s.Egress()
+				if err != nil {
+					t.Errorf("%s: %v", f, err)
+				}
+				if p != nil {
+					podEgress = append(podEgress, p)
+				}
+			}
+			if doc.Kind == "ConfigMap" {
+				if y, ok := doc.Data["daemon.yaml"]; ok {
+					if _, err := daemon.ParseConfig([]byte(y)); err != nil {
+						t.Errorf("%s: daemon.yaml: %v", f, err)
+					}
+				}
+				if y, ok := doc.Data["egress-allowlist.yaml"]; ok {
+					if nodeEgress, err = egress.ParseAllowlist([]byte(y)); err != nil {
+						t.Errorf("%s: egress-allowlist.yaml: %v", f, err)
+					}
+				}
+			}
 			if doc.Kind == "Pod" && doc.Spec.RuntimeClassName != "cloister" {
 				t.Errorf("%s: pod without runtimeClassName cloister", f)
 			}
@@ -76,6 +109,15 @@ func TestDeployManifests(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+	for _, p := range podEgress {
+		own := &egress.Allowlist{}
+		for _, e := range p.Allowlist {
+			own.Entries = append(own.Entries, egress.Entry{Address: e.Address, Port: e.Port})
+		}
+		if out := own.Outside(nodeEgress); len(out) > 0 {
+			t.Errorf("a pod's %s entries %v are not within the node's egress allowlist: the daemon would refuse the pod", shim.AnnotationEgressAllow, out)
 		}
 	}
 	for _, k := range []string{"RuntimeClass", "DaemonSet", "Pod", "Service", "Deployment"} {
