@@ -14,7 +14,14 @@
 //
 // Usage:
 //
-//	nsmprobe [-device /dev/nsm]
+//	nsmprobe [-device /dev/nsm] [-skip case,case] [-listen-vsock PORT]
+//
+// -skip leaves cases out (listed under "skipped" in the output): QEMU's
+// virtio-nsm device, for one, stops answering for good after an empty
+// request, so the request_len_0 cases are skipped there. -listen-vsock
+// serves the JSON to every connection on that AF_VSOCK port instead of
+// printing it, after printing "NSMPROBE READY", for a probe inside an
+// enclave.
 //
 // The flag -child is internal: the probe re-executes itself to test a
 // descriptor inherited across exec or received over a Unix socket.
@@ -30,6 +37,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -66,6 +74,7 @@ type Report struct {
 	DescribeNSM *DescribeNSM `json:"describe_nsm,omitempty"`
 	PCRs        []PCR        `json:"pcrs"`
 	Cases       []Case       `json:"cases"`
+	Skipped     []string     `json:"skipped,omitempty"`
 	Error       string       `json:"error,omitempty"`
 }
 
@@ -118,19 +127,65 @@ type childResult struct {
 func main() {
 	device := flag.String("device", "/dev/nsm", "the NSM device")
 	child := flag.String("child", "", "internal: exec|scm")
+	skip := flag.String("skip", "", "comma-separated names of cases not to run")
+	listen := flag.Uint("listen-vsock", 0, "serve the JSON on this AF_VSOCK port instead of printing it")
 	flag.Parse()
 	if *child != "" {
 		os.Exit(runChild(*child))
 	}
-	r := run(*device)
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(r); err != nil {
+	skipped := map[string]bool{}
+	for _, n := range strings.Split(*skip, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			skipped[n] = true
+		}
+	}
+	r := run(*device, skipped)
+	out, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "nsmprobe:", err)
+		os.Exit(1)
+	}
+	out = append(out, '\n')
+	if *listen != 0 {
+		if err := serveVsock(uint32(*listen), out); err != nil {
+			fmt.Fprintln(os.Stderr, "nsmprobe:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if _, err := os.Stdout.Write(out); err != nil {
 		os.Exit(1)
 	}
 	if r.Error != "" {
 		os.Exit(1)
+	}
+}
+
+// serveVsock writes b to every connection accepted on the AF_VSOCK port,
+// forever.
+func serveVsock(port uint32, b []byte) error {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("vsock socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port}); err != nil {
+		return fmt.Errorf("vsock bind port %d: %w", port, err)
+	}
+	if err := unix.Listen(fd, 16); err != nil {
+		return fmt.Errorf("vsock listen: %w", err)
+	}
+	fmt.Println("NSMPROBE READY")
+	for {
+		c, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+		if err == unix.EINTR || err == unix.ECONNABORTED {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("vsock accept: %w", err)
+		}
+		f := os.NewFile(uintptr(c), "vsock")
+		_, _ = f.Write(b)
+		f.Close()
 	}
 }
 
@@ -338,7 +393,7 @@ func kind(b []byte) string {
 	return "undecodable"
 }
 
-func run(device string) *Report {
+func run(device string, skip map[string]bool) *Report {
 	rep := &Report{Device: device, IoctlRaw: fmt.Sprintf("%#x", ioctlRaw)}
 	f, err := os.OpenFile(device, os.O_RDWR, 0)
 	if err != nil {
@@ -365,6 +420,10 @@ func run(device string) *Report {
 	}()
 	p := &prober{fd: fd, device: device, ref: ref}
 	for _, tc := range p.cases() {
+		if skip[tc.name] {
+			rep.Skipped = append(rep.Skipped, tc.name)
+			continue
+		}
 		cs, err := tc.run()
 		if err != nil {
 			rep.Error = fmt.Sprintf("nsmprobe: case %s: %v", tc.name, err)
@@ -483,6 +542,9 @@ func (p *prober) simple(req []byte, respSize int, edit func(c *call) (cmd, arg u
 
 func (p *prober) cases() []probeCase {
 	full := responseMaxSize
+	// The edge cases send DescribePCR 0: its answer has the same length in
+	// every world (DescribeNSM's depends on the module ID).
+	req := describePCR(0)
 	reqAt := func(c *call) uint64 { return binary.LittleEndian.Uint64(c.raw[0:]) }
 	respAt := func(c *call) uint64 { return binary.LittleEndian.Uint64(c.raw[16:]) }
 	const kernelAddr = 0xffff800000000000
@@ -493,98 +555,98 @@ func (p *prober) cases() []probeCase {
 	return []probeCase{
 		{"ok_describe_nsm", p.simple(reqDescribeNSM, full, nil)},
 		{"ok_describe_pcr0", p.simple(describePCR(0), full, nil)},
-		{"ok_response_len_huge", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
-			c.set(reqAt(c), uint64(len(reqDescribeNSM)), respAt(c), 1<<40)
+		{"ok_response_len_huge", p.simple(req, full, func(c *call) (uintptr, uintptr) {
+			c.set(reqAt(c), uint64(len(req)), respAt(c), 1<<40)
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"cmd_other_nr", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"cmd_other_nr", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			return ioc(iocRead|iocWrite, nsmMagic, 1, nsmRawSize), addr(c.raw)
 		})},
-		{"cmd_other_size", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"cmd_other_size", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			return ioc(iocRead|iocWrite, nsmMagic, 0, 16), addr(c.raw)
 		})},
-		{"cmd_other_type", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"cmd_other_type", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			return ioc(iocRead|iocWrite, 0x0B, 0, nsmRawSize), addr(c.raw)
 		})},
-		{"cmd_other_dir_read", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"cmd_other_dir_read", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			return ioc(iocRead, nsmMagic, 0, nsmRawSize), addr(c.raw)
 		})},
-		{"cmd_other_dir_none", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"cmd_other_dir_none", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			return ioc(0, nsmMagic, 0, nsmRawSize), addr(c.raw)
 		})},
-		{"cmd_tcgets", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"cmd_tcgets", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			return unix.TCGETS, addr(c.raw)
 		})},
-		{"cmd_fionread", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"cmd_fionread", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			return 0x541B, addr(c.raw) // FIONREAD
 		})},
-		{"cmd_high_bits", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"cmd_high_bits", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			// The kernel takes cmd as unsigned int: bits above 31 are dropped.
 			return ioctlRaw | 1<<32, addr(c.raw)
 		})},
-		{"arg_null", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"arg_null", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			return ioctlRaw, 0
 		})},
-		{"arg_unmapped", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"arg_unmapped", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			return ioctlRaw, c.edge.guard
 		})},
-		{"arg_kernel_address", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"arg_kernel_address", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			return ioctlRaw, kernelAddr
 		})},
-		{"arg_straddles_unmapped", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"arg_straddles_unmapped", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			// The first 16 bytes (request) readable, the rest in the guard page.
 			tail := c.tail(16)
 			copy(tail, c.raw[:16])
 			return ioctlRaw, addr(tail)
 		})},
-		{"arg_readonly", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"arg_readonly", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			// The driver reads the struct, runs the request, writes the
 			// response buffer, then fails to write response.len back.
 			_ = unix.Mprotect(c.r.mem[:pageSize], unix.PROT_READ)
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"request_addr_null", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
-			c.set(0, uint64(len(reqDescribeNSM)), respAt(c), uint64(full))
+		{"request_addr_null", p.simple(req, full, func(c *call) (uintptr, uintptr) {
+			c.set(0, uint64(len(req)), respAt(c), uint64(full))
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"request_addr_unmapped", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
-			c.set(uint64(c.edge.guard), uint64(len(reqDescribeNSM)), respAt(c), uint64(full))
+		{"request_addr_unmapped", p.simple(req, full, func(c *call) (uintptr, uintptr) {
+			c.set(uint64(c.edge.guard), uint64(len(req)), respAt(c), uint64(full))
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"request_straddles_unmapped", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"request_straddles_unmapped", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			tail := c.tail(4)
-			copy(tail, reqDescribeNSM)
-			c.set(uint64(addr(tail)), uint64(len(reqDescribeNSM)), respAt(c), uint64(full))
+			copy(tail, req)
+			c.set(uint64(addr(tail)), uint64(len(req)), respAt(c), uint64(full))
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"request_ends_at_unmapped", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"request_ends_at_unmapped", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			// Exactly len bytes readable: the driver must not read past them.
-			tail := c.tail(len(reqDescribeNSM))
-			copy(tail, reqDescribeNSM)
-			c.set(uint64(addr(tail)), uint64(len(reqDescribeNSM)), respAt(c), uint64(full))
+			tail := c.tail(len(req))
+			copy(tail, req)
+			c.set(uint64(addr(tail)), uint64(len(req)), respAt(c), uint64(full))
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"request_addr_kernel", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
-			c.set(kernelAddr, uint64(len(reqDescribeNSM)), respAt(c), uint64(full))
+		{"request_addr_kernel", p.simple(req, full, func(c *call) (uintptr, uintptr) {
+			c.set(kernelAddr, uint64(len(req)), respAt(c), uint64(full))
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"response_addr_null", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
-			c.set(reqAt(c), uint64(len(reqDescribeNSM)), 0, uint64(full))
+		{"response_addr_null", p.simple(req, full, func(c *call) (uintptr, uintptr) {
+			c.set(reqAt(c), uint64(len(req)), 0, uint64(full))
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"response_addr_unmapped", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
-			c.set(reqAt(c), uint64(len(reqDescribeNSM)), uint64(c.edge.guard), uint64(full))
+		{"response_addr_unmapped", p.simple(req, full, func(c *call) (uintptr, uintptr) {
+			c.set(reqAt(c), uint64(len(req)), uint64(c.edge.guard), uint64(full))
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"response_straddles_unmapped", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"response_straddles_unmapped", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			// 16 writable bytes before the guard page, response.len full.
 			c.watch = c.tail(16)
-			c.set(reqAt(c), uint64(len(reqDescribeNSM)), uint64(addr(c.watch)), uint64(full))
+			c.set(reqAt(c), uint64(len(req)), uint64(addr(c.watch)), uint64(full))
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"response_addr_readonly", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"response_addr_readonly", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			_ = unix.Mprotect(c.r.mem[pageSize:2*pageSize], unix.PROT_READ)
-			c.set(reqAt(c), uint64(len(reqDescribeNSM)), reqAt(c), uint64(full))
+			c.set(reqAt(c), uint64(len(req)), reqAt(c), uint64(full))
 			return ioctlRaw, addr(c.raw)
 		})},
 		{"request_len_0", p.simple(nil, full, nil)},
@@ -598,37 +660,38 @@ func (p *prober) cases() []probeCase {
 			c.set(uint64(c.edge.guard), uint64(len(big4097)), respAt(c), uint64(full))
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"request_len_huge", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"request_len_huge", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			c.set(reqAt(c), 1<<63, respAt(c), uint64(full))
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"request_len_longer_than_cbor", p.simple(append(bytes.Clone(reqDescribeNSM), 0, 0, 0, 0), full, nil)},
-		{"response_len_0", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
-			c.set(reqAt(c), uint64(len(reqDescribeNSM)), respAt(c), 0)
+		{"request_len_longer_than_cbor", p.simple(append(bytes.Clone(req), 0, 0, 0, 0), full, nil)},
+		{"request_two_cbor_items", p.simple(append(bytes.Clone(req), req...), full, nil)},
+		{"response_len_0", p.simple(req, full, func(c *call) (uintptr, uintptr) {
+			c.set(reqAt(c), uint64(len(req)), respAt(c), 0)
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"response_len_0_addr_null", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
-			c.set(reqAt(c), uint64(len(reqDescribeNSM)), 0, 0)
+		{"response_len_0_addr_null", p.simple(req, full, func(c *call) (uintptr, uintptr) {
+			c.set(reqAt(c), uint64(len(req)), 0, 0)
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"response_len_0_addr_unmapped", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
-			c.set(reqAt(c), uint64(len(reqDescribeNSM)), uint64(c.edge.guard), 0)
+		{"response_len_0_addr_unmapped", p.simple(req, full, func(c *call) (uintptr, uintptr) {
+			c.set(reqAt(c), uint64(len(req)), uint64(c.edge.guard), 0)
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"response_len_10", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
-			c.set(reqAt(c), uint64(len(reqDescribeNSM)), respAt(c), 10)
+		{"response_len_10", p.simple(req, full, func(c *call) (uintptr, uintptr) {
+			c.set(reqAt(c), uint64(len(req)), respAt(c), 10)
 			return ioctlRaw, addr(c.raw)
 		})},
-		{"response_len_10_then_unmapped", p.simple(reqDescribeNSM, full, func(c *call) (uintptr, uintptr) {
+		{"response_len_10_then_unmapped", p.simple(req, full, func(c *call) (uintptr, uintptr) {
 			// Ten writable bytes end at the guard page: a driver that writes
 			// only response.len bytes succeeds.
 			c.watch = c.tail(10)
-			c.set(reqAt(c), uint64(len(reqDescribeNSM)), uint64(addr(c.watch)), 10)
+			c.set(reqAt(c), uint64(len(req)), uint64(addr(c.watch)), 10)
 			return ioctlRaw, addr(c.raw)
 		})},
 		{"request_not_cbor", p.simple([]byte{0xff, 0xff, 0xff, 0xff}, full, nil)},
 		{"request_text_not_cbor", p.simple([]byte("hello, nsm"), full, nil)},
-		{"request_truncated_cbor", p.simple(reqDescribeNSM[:5], full, nil)},
+		{"request_truncated_cbor", p.simple(req[:5], full, nil)},
 		{"request_unknown_operation", p.simple(textHead("NoSuchOperation"), full, nil)},
 		{"request_unknown_operation_map", p.simple(unknownMap, full, nil)},
 		{"request_describe_pcr_out_of_range", p.simple(describePCR(4096), full, nil)},
