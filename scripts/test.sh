@@ -3,8 +3,10 @@
 # .ci/run both run exactly this script.
 #
 # It installs what the tests need (Debian packages, a Linux kernel image for
-# the microVM tests, staticcheck) when missing, so a second run does no
-# installing. Then it checks formatting, go vet and staticcheck, runs every
+# the microVM tests, staticcheck) when missing, and builds QEMU's
+# nitro-enclave machine with the 6.12 kernel for the cross-check
+# (scripts/build-qemu-nitro.sh, cached), so a second run does no installing
+# or building. Then it checks formatting, go vet and staticcheck, runs every
 # test under the race detector, and runs each fuzz target briefly from its
 # seed corpus.
 #
@@ -62,12 +64,32 @@ install_prereqs() {
 	fi
 }
 
+nitro_kver=""
 if [ "${SKIP_INSTALL:-}" != 1 ]; then
 	install_prereqs
+	# QEMU's own Nitro model, built from Debian's QEMU source package (about
+	# 5 minutes on 2 cores, once; cached under /var/cache/cloister/qemu-nitro),
+	# and the bookworm-backports 6.12 kernel, which has nsm.ko.
+	step "QEMU nitro-enclave machine and the 6.12 kernel (scripts/build-qemu-nitro.sh)"
+	nitro_out=$(bash scripts/build-qemu-nitro.sh)
+	export CLOISTER_TEST_QEMU_NITRO=$(sed -n 's/^QEMU_NITRO=//p' <<< "$nitro_out")
+	nitro_kver=$(sed -n 's/^NITRO_KERNEL=//p' <<< "$nitro_out")
+fi
+if [ -z "$nitro_kver" ]; then
+	# Already set up (SKIP_INSTALL=1): the newest installed kernel with nsm.ko.
+	for k in $(ls -1 /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V); do
+		v=${k#/boot/vmlinuz-}
+		if compgen -G "/lib/modules/$v/kernel/drivers/misc/nsm.ko*" >/dev/null; then nitro_kver=$v; fi
+	done
+fi
+if [ -n "$nitro_kver" ]; then
+	export CLOISTER_TEST_NITRO_KERNEL="/boot/vmlinuz-$nitro_kver"
+	export CLOISTER_TEST_NITRO_MODULES="/lib/modules/$nitro_kver"
 fi
 
-# The newest Debian cloud kernel on this machine, for the microVM tests.
-kernel=$(ls -1 /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+# The newest Debian cloud kernel on this machine other than the 6.12 one
+# above (Debian 12's own), for the microVM tests.
+kernel=$(ls -1 /boot/vmlinuz-*-cloud-amd64 2>/dev/null | grep -vxF "/boot/vmlinuz-${nitro_kver:-none}" | sort -V | tail -n 1 || true)
 if [ -n "$kernel" ]; then
 	kver=${kernel#/boot/vmlinuz-}
 	export CLOISTER_TEST_KERNEL="$kernel"

@@ -18,7 +18,7 @@ func newBackend(cfg daemon.Config) (backend.Backend, error) {
 	case "", "sandbox":
 		return &sandbox.Backend{}, nil
 	case "qemu":
-		return &qemu.Backend{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel,
+		return &qemu.Backend{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel, Machine: cfg.QEMU.Machine,
 			Logger: slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}, nil
 	case "nitro":
 		return nitro.New(nitro.Config{Logger: slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}), nil

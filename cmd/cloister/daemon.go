@@ -61,7 +61,7 @@ Running enclaves survive a daemon restart.`,
 			defer cancel()
 			if cfg.Backend == "qemu" {
 				// Decide KVM or TCG once; monitors get the result.
-				accel, why, err := (&qemu.Backend{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel}).ResolveAccel(ctx)
+				accel, why, err := (&qemu.Backend{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel, Machine: cfg.QEMU.Machine}).ResolveAccel(ctx)
 				if err != nil {
 					return withExit(1, err)
 				}

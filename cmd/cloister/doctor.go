@@ -20,7 +20,8 @@ func newDoctorCmd() *cobra.Command {
 		Short: "Check this host's prerequisites for each backend",
 		Long: `doctor checks what each backend needs on this host — the process sandbox
 (user namespaces, seccomp, cgroups), the QEMU microVM (QEMU with microvm and
-vhost-user-vsock, KVM, a kernel) and real Nitro Enclaves (/dev/nitro_enclaves,
+vhost-user-vsock, KVM, a kernel; and whether a QEMU with the optional
+nitro-enclave machine is available) and real Nitro Enclaves (/dev/nitro_enclaves,
 the CPU pool, hugepages, vsock) — and prints the exact command that fixes
 each missing piece.
 

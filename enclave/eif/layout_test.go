@@ -3,6 +3,7 @@ package eif
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -112,5 +113,41 @@ func TestExtractSections(t *testing.T) {
 	got, _ := os.ReadFile(out)
 	if string(got) != "first ramdisk|second ramdisk" {
 		t.Fatalf("extracted %q", got)
+	}
+}
+
+func TestExtractImage(t *testing.T) {
+	b, err := Marshal(&Image{Sections: []Section{
+		{Type: SectionKernel, Data: []byte("KERNEL")},
+		{Type: SectionCmdline, Data: []byte("c")},
+		{Type: SectionMetadata, Data: []byte(`{}`)},
+		{Type: SectionRamdisk, Data: []byte("ramdisk")},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	p := filepath.Join(dir, "x.eif")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(7, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "copy.eif")
+	if err := ExtractImage(out, f); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(out)
+	if !bytes.Equal(got, b) {
+		t.Fatalf("copied %d bytes, not the %d-byte image", len(got), len(b))
+	}
+	if off, _ := f.Seek(0, io.SeekCurrent); off != 7 {
+		t.Errorf("source offset moved to %d", off)
 	}
 }

@@ -256,6 +256,29 @@ func ExtractSections(path string, src *os.File, secs ...SectionInfo) error {
 	return nil
 }
 
+// ExtractImage writes a copy of the whole image file src to a new file at
+// path (mode 0600), the kernel copying the bytes where it can, as
+// [ExtractSections] does; src's file offset is left alone. It is for a
+// loader that reads the EIF itself (QEMU's nitro-enclave machine).
+func ExtractImage(path string, src *os.File) error {
+	fi, err := src.Stat()
+	if err != nil {
+		return fmt.Errorf("eif: %w", err)
+	}
+	dst, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("eif: %w", err)
+	}
+	if err := copySection(dst, src, 0, fi.Size()); err != nil {
+		dst.Close()
+		return fmt.Errorf("eif: copy image: %w", err)
+	}
+	if err := dst.Close(); err != nil {
+		return fmt.Errorf("eif: %w", err)
+	}
+	return nil
+}
+
 // CopySections appends the data of secs, in order, from the image file src
 // to dst. Where the two files allow it the kernel copies the bytes
 // (copy_file_range) without passing them through this process. It reads

@@ -6,6 +6,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cloister/cloister/internal/kmod"
 )
 
 // Sys is the set of privileged system calls the VM flow makes. [RealSys]
@@ -46,8 +48,24 @@ func (RealSys) Mount(source, target, fstype string, flags uintptr, data string) 
 // Unmount calls umount2(2).
 func (RealSys) Unmount(target string, flags int) error { return unix.Unmount(target, flags) }
 
-// LoadModule calls finit_module(fd, "", 0).
-func (RealSys) LoadModule(f *os.File) error { return unix.FinitModule(int(f.Fd()), "", 0) }
+// LoadModule calls finit_module(fd, "", flags) with the flags
+// [moduleInitFlags] gives for the file's name.
+func (RealSys) LoadModule(f *os.File) error {
+	err := unix.FinitModule(int(f.Fd()), "", moduleInitFlags(f.Name()))
+	if err != nil && kmod.Compressed(f.Name()) && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL)) {
+		return fmt.Errorf("%w (a compressed module: the enclave kernel must be Linux 6.4 or later with CONFIG_MODULE_DECOMPRESS and this algorithm)", err)
+	}
+	return err
+}
+
+// moduleInitFlags is MODULE_INIT_COMPRESSED_FILE for a compressed module
+// file (kmod.Compressed: the kernel decompresses it), else 0.
+func moduleInitFlags(name string) int {
+	if kmod.Compressed(name) {
+		return unix.MODULE_INIT_COMPRESSED_FILE
+	}
+	return 0
+}
 
 // SwitchRoot does what Nitro's init does: bind-mounts newRoot on itself,
 // changes into it, moves the mount onto "/", chroots into "." and changes to

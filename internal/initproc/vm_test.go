@@ -296,3 +296,16 @@ func TestCmdlineParam(t *testing.T) {
 		}
 	}
 }
+
+func TestModuleInitFlags(t *testing.T) {
+	for name, want := range map[string]int{
+		"/modules/vsock.ko":  0,
+		"/modules/nsm.ko.xz": unix.MODULE_INIT_COMPRESSED_FILE,
+		"/nsm.ko":            0,
+		"/modules/a.ko.zst":  unix.MODULE_INIT_COMPRESSED_FILE,
+	} {
+		if got := moduleInitFlags(name); got != want {
+			t.Errorf("moduleInitFlags(%q) = %#x, want %#x", name, got, want)
+		}
+	}
+}

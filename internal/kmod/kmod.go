@@ -14,9 +14,6 @@ var (
 	// ErrNotFound means a requested module is neither in modules.dep nor
 	// built into the kernel.
 	ErrNotFound = errors.New("kmod: module not found")
-	// ErrCompressed means a needed module is stored compressed (.ko.xz,
-	// .ko.zst, .ko.gz); cloister-init loads plain .ko files only.
-	ErrCompressed = errors.New("kmod: module is compressed")
 	// ErrMalformed means modules.dep could not be parsed or its
 	// dependencies form a cycle.
 	ErrMalformed = errors.New("kmod: malformed modules.dep")
@@ -47,8 +44,8 @@ func VsockModules(modulesDir string) ([]string, error) {
 // once, requested modules in the order given. A name may use '-' or '_'
 // interchangeably and may carry a .ko suffix. A module built into the kernel
 // needs no file and is skipped. It fails with [ErrNotFound] for an unknown
-// module, [ErrCompressed] when a needed file is compressed, and [ErrMalformed]
-// for an unparsable modules.dep or a dependency cycle. It does not check that
+// module and [ErrMalformed] for an unparsable modules.dep or a dependency
+// cycle. Compressed module files are returned as they are (see [Compressed]). It does not check that
 // the .ko files exist.
 func Resolve(modulesDir string, names ...string) ([]string, error) {
 	deps, err := readDep(filepath.Join(modulesDir, "modules.dep"))
@@ -77,9 +74,6 @@ func Resolve(modulesDir string, names ...string) ([]string, error) {
 	}
 	out := make([]string, 0, len(r.order))
 	for _, rel := range r.order {
-		if ext := compressedExt(rel); ext != "" {
-			return nil, fmt.Errorf("%w: %s is stored as %s; decompress it (e.g. with unxz or unzstd) into a plain .ko file and point the builder at that tree", ErrCompressed, rel, ext)
-		}
 		if filepath.IsAbs(rel) {
 			out = append(out, rel)
 		} else {
@@ -104,13 +98,18 @@ func ModuleName(s string) string {
 	return strings.ReplaceAll(s, "-", "_")
 }
 
-func compressedExt(path string) string {
+// Compressed reports whether a module file is stored compressed (.ko.xz,
+// .ko.zst, .ko.gz, as Debian's 6.12 kernels ship them). cloister-init loads
+// such a file with finit_module's MODULE_INIT_COMPRESSED_FILE: the enclave
+// kernel decompresses it, which needs Linux 6.4 or later built with
+// CONFIG_MODULE_DECOMPRESS and the file's algorithm.
+func Compressed(path string) bool {
 	for _, ext := range []string{".ko.xz", ".ko.zst", ".ko.gz"} {
 		if strings.HasSuffix(path, ext) {
-			return ext
+			return true
 		}
 	}
-	return ""
+	return false
 }
 
 type depFile struct {

@@ -60,6 +60,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"egress:\n  proxies:\n  - port: 8001\n    remote_addr: x\n", "both remote_addr and remote_port"},
 		{"egress:\n  proxies:\n  - port: 9000\n", "reserved"},
 		{"qemu:\n  accel: hvf\n", "accel"},
+		{"qemu:\n  machine: pc\n", "qemu machine"},
 		{"egress:\n  nameserver: dns.example:53\n", "not IP:port"},
 		{"egress:\n  nameserver: 127.0.0.1\n", "not IP:port"},
 		{"console:\n  max_mib: -1\n", "max_mib"},

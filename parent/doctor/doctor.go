@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cloister/cloister/parent/qemu"
 )
 
 // Status is a check's outcome.
@@ -187,11 +189,13 @@ func cgroupCheck(h Host) Check {
 
 func qemuChecks(ctx context.Context, h Host, add func(Check)) {
 	const b = "qemu"
+	machines := ""
 	qemu, err := h.LookPath("qemu-system-x86_64")
 	if err != nil {
 		add(Check{Backend: b, Name: "qemu", Status: Missing, Detail: "qemu-system-x86_64 not found on PATH", Fix: "apt-get install qemu-system-x86"})
 	} else {
 		out, err := h.Output(ctx, qemu, "-machine", "help")
+		machines = string(out)
 		devs, err2 := h.Output(ctx, qemu, "-device", "help")
 		switch {
 		case err != nil || err2 != nil:
@@ -204,6 +208,7 @@ func qemuChecks(ctx context.Context, h Host, add func(Check)) {
 			add(Check{Backend: b, Name: "qemu", Status: OK, Detail: qemu + " with microvm and vhost-user-vsock-device"})
 		}
 	}
+	add(nitroEnclaveCheck(ctx, h, qemu, machines))
 	if err := h.OpenRW("/dev/kvm"); err != nil {
 		add(Check{Backend: b, Name: "kvm", Status: Warning, Detail: "/dev/kvm is not usable (" + err.Error() + "); microVMs run under TCG emulation, about 10–50× slower",
 			Fix: "on bare metal or a VM with nested virtualization: modprobe kvm_intel (or kvm_amd) and give the daemon access to /dev/kvm"})
@@ -216,6 +221,32 @@ func qemuChecks(ctx context.Context, h Host, add func(Check)) {
 		add(Check{Backend: b, Name: "kernel", Status: Warning, Detail: "no kernel for enclave images found (images built without one only run on the sandbox backend)",
 			Fix: "apt-get install linux-image-cloud-amd64, then build-enclave --kernel /boot/vmlinuz-<version>-cloud-amd64, or install AWS's blobs under /usr/share/nitro_enclaves/blobs"})
 	}
+}
+
+// nitroEnclaveCheck reports whether a QEMU with the nitro-enclave machine
+// (the optional qemu.machine: nitro-enclave) is available: a build of
+// scripts/build-qemu-nitro.sh, else the QEMU on PATH (pathQEMU, whose
+// "-machine help" is pathMachines) if it has the machine. Its absence is
+// a warning: the microvm machine does not need it.
+func nitroEnclaveCheck(ctx context.Context, h Host, pathQEMU, pathMachines string) Check {
+	const name = "qemu nitro-enclave"
+	if bin := qemu.FindNitroBinary(h.FS); bin != "" {
+		out, err := h.Output(ctx, bin, "-machine", "help")
+		if err == nil && qemu.HasMachine(string(out), qemu.MachineNitroEnclave) {
+			return Check{Backend: "qemu", Name: name, Status: OK,
+				Detail: bin + " has the nitro-enclave machine (qemu.machine: nitro-enclave; its attestation documents are unsigned)"}
+		}
+		return Check{Backend: "qemu", Name: name, Status: Warning,
+			Detail: fmt.Sprintf("%s does not run or lacks the nitro-enclave machine (%v)", bin, err),
+			Fix:    "rebuild it: rm -r " + filepath.Dir(filepath.Dir(bin)) + " && scripts/build-qemu-nitro.sh"}
+	}
+	if pathQEMU != "" && qemu.HasMachine(pathMachines, qemu.MachineNitroEnclave) {
+		return Check{Backend: "qemu", Name: name, Status: OK,
+			Detail: pathQEMU + " has the nitro-enclave machine (set qemu.binary to use it with qemu.machine: nitro-enclave)"}
+	}
+	return Check{Backend: "qemu", Name: name, Status: Warning,
+		Detail: "no QEMU with the nitro-enclave machine (optional: qemu.machine: nitro-enclave, the cross-check against QEMU's Nitro model; Debian's QEMU is built without it)",
+		Fix:    "scripts/build-qemu-nitro.sh (builds it from Debian's QEMU source package into " + qemu.NitroCacheDir + ")"}
 }
 
 // findKernel looks where build-enclave looks for a kernel, then in /boot.

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"strings"
 	"testing"
 	"testing/fstest"
+
+	"github.com/cloister/cloister/parent/qemu"
 )
 
 func file(s string) *fstest.MapFile { return &fstest.MapFile{Data: []byte(s)} }
@@ -133,5 +136,44 @@ func TestNitroReady(t *testing.T) {
 	}
 	if c := find(t, r, "qemu", "kernel"); c.Status != OK {
 		t.Errorf("kernel: %+v", c)
+	}
+}
+
+func TestNitroEnclaveCheck(t *testing.T) {
+	cached := strings.TrimPrefix(qemu.NitroCacheDir, "/") + "/10.0.13+ds-0+deb13u1/bin/qemu-system-x86_64"
+	for _, tc := range []struct {
+		name       string
+		files      fstest.MapFS
+		pathHas    bool // the QEMU on PATH lists nitro-enclave
+		cachedRuns bool
+		want       Status
+		detail     string
+	}{
+		{"none", nil, false, false, Warning, "no QEMU with the nitro-enclave machine"},
+		{"cached build", fstest.MapFS{cached: {Mode: 0o755}}, false, true, OK, "/" + cached + " has the nitro-enclave machine"},
+		{"cached build broken", fstest.MapFS{cached: {Mode: 0o755}}, false, false, Warning, "does not run or lacks"},
+		{"on PATH", nil, true, false, OK, "/usr/bin/qemu-system-x86_64 has the nitro-enclave machine"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := hostWith(tc.files, 0, map[string]bool{"qemu-system-x86_64": true})
+			h.Output = func(_ context.Context, name string, args ...string) ([]byte, error) {
+				machines := "microvm              microvm (i386)\n"
+				switch {
+				case name == "/"+cached && !tc.cachedRuns:
+					return nil, errors.New("exit status 1")
+				case name == "/"+cached || tc.pathHas:
+					machines += "nitro-enclave        AWS Nitro Enclave\n"
+				}
+				if args[0] == "-machine" {
+					return []byte(machines), nil
+				}
+				return []byte(`name "vhost-user-vsock-device", bus virtio-bus` + "\n"), nil
+			}
+			r := Run(context.Background(), h)
+			c := find(t, r, "qemu", "qemu nitro-enclave")
+			if c.Status != tc.want || !strings.Contains(c.Detail, tc.detail) {
+				t.Errorf("check = %+v, want status %s and detail containing %q", c, tc.want, tc.detail)
+			}
+		})
 	}
 }

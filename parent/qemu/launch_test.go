@@ -1,11 +1,15 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"testing/fstest"
+	"time"
 
 	"github.com/cloister/cloister/enclave/eif"
 	"github.com/cloister/cloister/parent/backend"
@@ -102,5 +106,102 @@ func TestLaunchSteps(t *testing.T) {
 				t.Errorf("%d descriptors open after the failed launch, %d before", got, fds)
 			}
 		})
+	}
+}
+
+// TestLaunchNitroEnclave launches with Machine nitro-enclave and a "QEMU"
+// that records its arguments and the file given with -kernel: QEMU must get
+// the whole image (it loads and measures the EIF itself), the machine with
+// the vhost-user chardev and the enclave ID as the NSM module ID, and only
+// the runtime command line (QEMU appends it to the image's own).
+func TestLaunchNitroEnclave(t *testing.T) {
+	b, spec, _ := launchRig(t, "a kernel")
+	out := t.TempDir()
+	script := filepath.Join(out, "fake-qemu")
+	if err := os.WriteFile(script, []byte(`#!/bin/sh
+printf '%s\n' "$@" > `+out+`/args
+while [ $# -gt 0 ]; do
+	if [ "$1" = -kernel ]; then cp "$2" `+out+`/kernel; fi
+	shift
+done
+`), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b.Binary, b.Machine, b.User = script, MachineNitroEnclave, "root"
+	inst, err := b.Launch(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-inst.Done()
+	args, err := os.ReadFile(filepath.Join(out, "args"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Split(strings.TrimSpace(string(args)), "\n")
+	value := func(flag string) string {
+		for i, a := range got {
+			if a == flag && i+1 < len(got) {
+				return got[i+1]
+			}
+		}
+		return ""
+	}
+	if m := value("-M"); m != "nitro-enclave,vsock=vsock0,id=launch-test,acpi=on,x-option-roms=off,rtc=on" {
+		t.Errorf("-M %q", m)
+	}
+	if c := value("-chardev"); !strings.HasPrefix(c, "socket,id=vsock0,path=") {
+		t.Errorf("-chardev %q", c)
+	}
+	if a := value("-append"); !strings.HasPrefix(a, runtimeCmdline) || strings.Contains(a, "console=ttyS0 console") {
+		t.Errorf("-append %q, want the runtime command line only", a)
+	}
+	for _, flag := range []string{"-initrd", "-device", "-object"} {
+		if v := value(flag); v != "" {
+			t.Errorf("%s %q given to nitro-enclave", flag, v)
+		}
+	}
+	want, err := os.ReadFile(spec.EIFPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernel, err := os.ReadFile(filepath.Join(out, "kernel"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(kernel, want) {
+		t.Errorf("-kernel got %d bytes, not the %d-byte image", len(kernel), len(want))
+	}
+}
+
+func TestFindNitroBinary(t *testing.T) {
+	root := strings.TrimPrefix(NitroCacheDir, "/")
+	old, recent := time.Unix(1000, 0), time.Unix(2000, 0)
+	fsys := fstest.MapFS{
+		root + "/10.0.2+ds-1/bin/qemu-system-x86_64":    {Mode: 0o755, ModTime: old},
+		root + "/10.0.13+ds-0/bin/qemu-system-x86_64":   {Mode: 0o755, ModTime: recent},
+		root + "/.stage-10.0.14/bin/qemu-system-x86_64": {Mode: 0o755, ModTime: recent.Add(time.Hour)},
+		root + "/11.0/bin/qemu-system-x86_64":           {Mode: 0o644, ModTime: recent.Add(time.Hour)},
+	}
+	if got, want := FindNitroBinary(fsys), "/"+root+"/10.0.13+ds-0/bin/qemu-system-x86_64"; got != want {
+		t.Errorf("FindNitroBinary = %q, want %q", got, want)
+	}
+	if got := FindNitroBinary(fstest.MapFS{}); got != "" {
+		t.Errorf("FindNitroBinary on an empty host = %q", got)
+	}
+}
+
+func TestUnknownMachine(t *testing.T) {
+	b := &Backend{Machine: "pc"}
+	if err := b.Check(context.Background()); err == nil || !strings.Contains(err.Error(), `unknown machine "pc"`) {
+		t.Errorf("Check with machine pc: %v", err)
+	}
+}
+
+func TestHasMachine(t *testing.T) {
+	help := "Supported machines are:\nmicrovm              microvm (i386)\nnitro-enclave        AWS Nitro Enclave\npc                   Standard PC\n"
+	for name, want := range map[string]bool{"nitro-enclave": true, "microvm": true, "nitro": false, "AWS": false} {
+		if got := HasMachine(help, name); got != want {
+			t.Errorf("HasMachine(%q) = %v, want %v", name, got, want)
+		}
 	}
 }

@@ -6,6 +6,14 @@
 // connections to CID 3 (Nitro's parent) and CID 2 to the daemon's
 // hybrid-vsock listeners, so an unmodified Nitro init's heartbeat works.
 //
+// With Machine "nitro-enclave" the VM is QEMU's own model of a Nitro enclave
+// instead (QEMU ≥ 9.2 built with libcbor and gnutls; Debian's packages are
+// not, scripts/build-qemu-nitro.sh builds one): QEMU loads the EIF itself,
+// measures PCR0/1/2 and gives the guest a virtio-nsm device that Linux's nsm
+// driver turns into /dev/nsm. Its attestation documents are unsigned, so they
+// never verify under the development root (nor AWS's): it is an independent
+// check of images and of the /dev/nsm ABI, not a way to release keys.
+//
 // QEMU uses KVM when /dev/kvm is usable and TCG emulation otherwise. It is
 // confined like any enclave process: it runs unprivileged (as nobody, with
 // the kvm group), in a cgroup with the enclave's CPUs and memory (plus
@@ -19,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -55,6 +64,64 @@ type Backend struct {
 	// "nobody" (with the kvm group when it exists, for /dev/kvm); "root"
 	// keeps root.
 	User string
+	// Machine is MachineMicroVM ("" means it) or MachineNitroEnclave.
+	// For MachineNitroEnclave an empty Binary means the newest build under
+	// NitroCacheDir ([FindNitroBinary]).
+	Machine string
+}
+
+// The machines a Backend can boot.
+const (
+	// MachineMicroVM is QEMU's microvm machine booting the EIF's kernel,
+	// command line and ramdisks, which this process extracts (QEMU ≥ 5.1;
+	// Debian 12's 7.2 will do).
+	MachineMicroVM = "microvm"
+	// MachineNitroEnclave is QEMU's nitro-enclave machine (QEMU ≥ 9.2
+	// with libcbor and gnutls): QEMU reads the EIF, computes its PCRs and
+	// serves an unsigned virtio-nsm device.
+	MachineNitroEnclave = "nitro-enclave"
+)
+
+// NitroCacheDir is where scripts/build-qemu-nitro.sh installs QEMU builds
+// with the nitro-enclave machine: <version>/bin/qemu-system-x86_64, one
+// directory per Debian source version.
+const NitroCacheDir = "/var/cache/cloister/qemu-nitro"
+
+// FindNitroBinary returns the absolute path of the most recently built
+// NitroCacheDir/<version>/bin/qemu-system-x86_64 in fsys (the host's root
+// file system, as os.DirFS("/")), or "" when there is none.
+func FindNitroBinary(fsys fs.FS) string {
+	root := strings.TrimPrefix(NitroCacheDir, "/")
+	ents, err := fs.ReadDir(fsys, root)
+	if err != nil {
+		return ""
+	}
+	var best string
+	var bestTime time.Time
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		rel := root + "/" + e.Name() + "/bin/qemu-system-x86_64"
+		fi, err := fs.Stat(fsys, rel)
+		if err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
+			continue
+		}
+		if best == "" || fi.ModTime().After(bestTime) {
+			best, bestTime = "/"+rel, fi.ModTime()
+		}
+	}
+	return best
+}
+
+func (b *Backend) machine() (string, error) {
+	switch b.Machine {
+	case "", MachineMicroVM:
+		return MachineMicroVM, nil
+	case MachineNitroEnclave:
+		return MachineNitroEnclave, nil
+	}
+	return "", fmt.Errorf("qemu: unknown machine %q (use %s or %s)", b.Machine, MachineMicroVM, MachineNitroEnclave)
 }
 
 // qemuCredential resolves the unprivileged account QEMU runs as, or nil to
@@ -101,7 +168,16 @@ func (*Backend) Capabilities() backend.Capabilities {
 }
 
 func (b *Backend) binary() (string, error) {
+	m, err := b.machine()
+	if err != nil {
+		return "", err
+	}
 	name := b.Binary
+	if name == "" && m == MachineNitroEnclave {
+		if name = FindNitroBinary(os.DirFS("/")); name == "" {
+			return "", fmt.Errorf("%w: no QEMU with the nitro-enclave machine under %s (run scripts/build-qemu-nitro.sh, or set qemu.binary)", backend.ErrUnavailable, NitroCacheDir)
+		}
+	}
 	if name == "" {
 		name = "qemu-system-x86_64"
 	}
@@ -189,13 +265,15 @@ func probeKVM(ctx context.Context, bin string, cred *syscall.Credential) error {
 	return nil
 }
 
-// Check verifies QEMU is installed with the microvm machine and the
-// vhost-user-vsock device, and that the requested accelerator works.
+// Check verifies QEMU is installed with the machine (microvm, or
+// nitro-enclave) and the vhost-user-vsock device, and that the requested
+// accelerator works.
 func (b *Backend) Check(ctx context.Context) error {
 	bin, err := b.binary()
 	if err != nil {
 		return err
 	}
+	m, _ := b.machine()
 	if _, err := b.accel(); err != nil {
 		return err
 	}
@@ -205,11 +283,24 @@ func (b *Backend) Check(ctx context.Context) error {
 	if err != nil || !strings.Contains(string(out), "microvm") {
 		return fmt.Errorf("%w: %s has no microvm machine (QEMU ≥ 4.2 needed): %v", backend.ErrUnavailable, bin, err)
 	}
+	if m == MachineNitroEnclave && !HasMachine(string(out), MachineNitroEnclave) {
+		return fmt.Errorf("%w: %s has no nitro-enclave machine (QEMU ≥ 9.2 built with libcbor and gnutls; run scripts/build-qemu-nitro.sh)", backend.ErrUnavailable, bin)
+	}
 	out, err = exec.CommandContext(ctx, bin, "-device", "help").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "vhost-user-vsock-device") {
 		return fmt.Errorf("%w: %s has no vhost-user-vsock-device (QEMU ≥ 5.1 needed): %v", backend.ErrUnavailable, bin, err)
 	}
 	return nil
+}
+
+// HasMachine reports whether "qemu -machine help" output lists name.
+func HasMachine(help, name string) bool {
+	for _, l := range strings.Split(help, "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == name {
+			return true
+		}
+	}
+	return false
 }
 
 // HostListen listens on the enclave's host-side socket for port; the
@@ -261,8 +352,11 @@ type launch struct {
 	logger *slog.Logger
 
 	bin, accel string
+	machine    string
 	secs       backend.Sections
-	cmdline    string
+	cmdline    string // the image's command line and runtimeCmdline (microvm)
+	extra      string // runtimeCmdline and what the accelerator adds
+	eif        string // the image, for QEMU to load (nitro-enclave)
 	cred       *syscall.Credential
 	vmDir      string // QEMU's files; D/vm links to it
 	linked     bool
@@ -292,6 +386,9 @@ func (l *launch) steps() []backend.Step {
 
 func (l *launch) findQEMU(context.Context) error {
 	var err error
+	if l.machine, err = l.b.machine(); err != nil {
+		return err
+	}
 	if l.bin, err = l.b.binary(); err != nil {
 		return err
 	}
@@ -317,12 +414,13 @@ func (l *launch) checkImage(context.Context) error {
 	if _, err := l.spec.Image.ReadAt(data, c.Offset); err != nil {
 		return fmt.Errorf("read command line: %w", err)
 	}
-	l.cmdline = strings.TrimSpace(string(data)) + " " + runtimeCmdline
+	l.extra = runtimeCmdline
 	if l.accel == "tcg" {
 		if khz := hostTSCkHz(); khz > 0 {
-			l.cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
+			l.extra += " tsc_early_khz=" + strconv.Itoa(khz)
 		}
 	}
+	l.cmdline = strings.TrimSpace(string(data)) + " " + l.extra
 	return nil
 }
 
@@ -365,18 +463,29 @@ func (l *launch) removeVMDir() {
 // stage copies the kernel out and concatenates the ramdisks into one
 // initramfs, exactly as the Nitro hypervisor presents them: QEMU 7.2
 // cannot load an EIF (copy_file_range: nothing passes through this
-// process's memory).
+// process's memory). For nitro-enclave it copies the whole image, which
+// QEMU loads and measures itself.
 func (l *launch) stage(context.Context) error {
-	l.kernel = filepath.Join(l.vmDir, "kernel")
-	l.initrd = filepath.Join(l.vmDir, "initrd")
-	if err := eif.ExtractSections(l.kernel, l.spec.Image, l.secs.Kernel); err != nil {
-		return fmt.Errorf("kernel: %w", err)
-	}
-	if err := eif.ExtractSections(l.initrd, l.spec.Image, l.secs.Ramdisks...); err != nil {
-		return fmt.Errorf("initrd: %w", err)
+	var files []string
+	if l.machine == MachineNitroEnclave {
+		l.eif = filepath.Join(l.vmDir, "image.eif")
+		if err := eif.ExtractImage(l.eif, l.spec.Image); err != nil {
+			return fmt.Errorf("image: %w", err)
+		}
+		files = []string{l.eif}
+	} else {
+		l.kernel = filepath.Join(l.vmDir, "kernel")
+		l.initrd = filepath.Join(l.vmDir, "initrd")
+		if err := eif.ExtractSections(l.kernel, l.spec.Image, l.secs.Kernel); err != nil {
+			return fmt.Errorf("kernel: %w", err)
+		}
+		if err := eif.ExtractSections(l.initrd, l.spec.Image, l.secs.Ramdisks...); err != nil {
+			return fmt.Errorf("initrd: %w", err)
+		}
+		files = []string{l.kernel, l.initrd}
 	}
 	if l.cred != nil {
-		for _, p := range []string{l.kernel, l.initrd} {
+		for _, p := range files {
 			if err := os.Chown(p, int(l.cred.Uid), int(l.cred.Gid)); err != nil {
 				return err
 			}
@@ -423,6 +532,10 @@ func (l *launch) stopDevice() {
 func (l *launch) startQEMU(context.Context) error {
 	args := Args(ArgsConfig{Accel: l.accel, MemoryMiB: l.spec.MemoryMiB, CPUs: len(l.spec.CPUs), Kernel: l.kernel, Initrd: l.initrd,
 		Cmdline: l.cmdline, VhostSocket: l.vhostSock})
+	if l.machine == MachineNitroEnclave {
+		args = NitroArgs(NitroArgsConfig{Accel: l.accel, MemoryMiB: l.spec.MemoryMiB, CPUs: len(l.spec.CPUs), EIF: l.eif,
+			ExtraCmdline: l.extra, VhostSocket: l.vhostSock, ModuleID: l.spec.ID})
+	}
 	cmd := exec.Command(l.bin, args...)
 	cmd.Dir = l.vmDir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL, Credential: l.cred}
@@ -524,6 +637,45 @@ func Args(c ArgsConfig) []string {
 		"-kernel", c.Kernel,
 		"-initrd", c.Initrd,
 		"-append", c.Cmdline,
+	}
+}
+
+// NitroArgsConfig describes one nitro-enclave VM's command line.
+type NitroArgsConfig struct {
+	Accel     string // kvm or tcg
+	MemoryMiB int
+	CPUs      int
+	EIF       string // QEMU loads and measures it
+	// ExtraCmdline is appended to the image's own command line.
+	ExtraCmdline string
+	VhostSocket  string
+	// ModuleID is what the virtio-nsm device answers in DescribeNSM.
+	ModuleID string
+}
+
+// NitroArgs returns QEMU's arguments for the nitro-enclave machine, locked
+// down as [Args] is. The machine creates its vhost-user-vsock device on the
+// chardev named by vsock= and its virtio-nsm device itself, and keeps guest
+// memory in a shared memfd. Nitro disables ACPI; here it is on (acpi=on)
+// because Debian's cloud kernels find virtio-mmio devices only through ACPI
+// (they lack CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, the other way).
+func NitroArgs(c NitroArgsConfig) []string {
+	mem := strconv.Itoa(c.MemoryMiB) + "M"
+	return []string{
+		"-M", "nitro-enclave,vsock=vsock0,id=" + c.ModuleID + ",acpi=on,x-option-roms=off,rtc=on",
+		"-accel", c.Accel,
+		"-cpu", cpuModel(c.Accel),
+		"-m", mem,
+		"-smp", strconv.Itoa(max(c.CPUs, 1)),
+		"-global", "virtio-mmio.force-legacy=false",
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-nic", "none",
+		"-monitor", "none",
+		"-serial", "stdio",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-chardev", "socket,id=vsock0,path=" + c.VhostSocket,
+		"-kernel", c.EIF,
+		"-append", c.ExtraCmdline,
 	}
 }
 
