@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/cloister/cloister/internal/testenv"
 	"github.com/cloister/cloister/parent"
@@ -140,6 +141,10 @@ func TestKubernetes(t *testing.T) {
 	if code, body := api.do(t, http.MethodPost, "/apis/node.k8s.io/v1/runtimeclasses", "application/yaml", rc); code != http.StatusCreated {
 		t.Fatalf("create the RuntimeClass: %d %s", code, body)
 	}
+
+	// Every other manifest of deploy/kubernetes passes the API server's
+	// validation, unknown fields refused (a dry run: nothing is stored).
+	dryRunManifests(t, api)
 
 	port := freePort(t)
 	pod := map[string]any{
@@ -460,6 +465,8 @@ func startAPIServer(t testing.TB, bin, dir string, pki *testPKI, etcdURL string)
 		"--tls-cert-file", pki.path("apiserver.crt"), "--tls-private-key-file", pki.path("apiserver.key"),
 		"--client-ca-file", pki.path("ca.crt"),
 		"--authorization-mode", "AlwaysAllow",
+		// deploy/kubernetes/node.yaml's DaemonSet is privileged.
+		"--allow-privileged=true",
 		"--service-cluster-ip-range", "10.96.0.0/24",
 		"--service-account-issuer", "https://kubernetes.default.svc",
 		"--service-account-key-file", pki.path("sa.pub"), "--service-account-signing-key-file", pki.path("sa.key"),
@@ -657,4 +664,55 @@ evictionHard: {memory.available: 1Mi, nodefs.available: 1%%, imagefs.available: 
 		code, body := api.do(t, http.MethodGet, "/api/v1/nodes/"+k8sNode, "", nil)
 		return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
 	})
+}
+
+// dryRunManifests sends every document of deploy/kubernetes/*.yaml but the
+// RuntimeClass (created for real) to the API server with dryRun=All and
+// fieldValidation=Strict.
+func dryRunManifests(t testing.TB, api *apiClient) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(parenttest.RepoRoot(), "deploy", "kubernetes", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no manifests: %v", err)
+	}
+	sent := 0
+	for _, f := range files {
+		if filepath.Base(f) == "runtimeclass.yaml" {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for doc := range strings.SplitSeq(string(b), "\n---\n") {
+			var meta struct {
+				APIVersion string `yaml:"apiVersion"`
+				Kind       string `yaml:"kind"`
+				Metadata   struct {
+					Name      string `yaml:"name"`
+					Namespace string `yaml:"namespace"`
+				} `yaml:"metadata"`
+			}
+			if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			if meta.Kind == "" {
+				continue
+			}
+			group := "/apis/" + meta.APIVersion
+			if meta.APIVersion == "v1" {
+				group = "/api/v1"
+			}
+			ns := meta.Metadata.Namespace
+			if ns == "" {
+				ns = "default"
+			}
+			path := group + "/namespaces/" + ns + "/" + strings.ToLower(meta.Kind) + "s?dryRun=All&fieldValidation=Strict"
+			if code, body := api.do(t, http.MethodPost, path, "application/yaml", []byte(doc)); code != http.StatusCreated {
+				t.Errorf("%s: %s %s refused by the API server: %d %s", filepath.Base(f), meta.Kind, meta.Metadata.Name, code, body)
+			}
+			sent++
+		}
+	}
+	t.Logf("deploy/kubernetes: %d objects pass the API server's validation (dry run)", sent)
 }
