@@ -16,7 +16,7 @@
 #                    duration: Go 1.26's fuzz coordinator can fail a duration-bounded run
 #                    with a spurious "context deadline exceeded" (golang/go#75804)
 #   TEST_TIMEOUT=45m the go test -timeout
-#   SKIP_INSTALL=1   do not install anything (for machines that are already set up)
+#   SKIP_INSTALL=1   do not install or build anything (for machines that are already set up)
 #   TEST_PACKAGES    the packages to check and test (default ./...)
 #   SKIP_DEMO=1      do not run the main job (scripts/demo.sh) at the end
 set -euo pipefail
@@ -43,7 +43,7 @@ as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else 
 # ---------------------------------------------------------------------------
 # Prerequisites
 # ---------------------------------------------------------------------------
-apt_packages=(qemu-system-x86 postgresql openssl chromium cpio ca-certificates python3-boto3 awscli containerd iproute2)
+apt_packages=(qemu-system-x86 postgresql openssl chromium cpio ca-certificates python3-boto3 awscli containerd iproute2 etcd-server)
 
 install_prereqs() {
 	local missing=()
@@ -85,6 +85,16 @@ fi
 if [ -n "$nitro_kver" ]; then
 	export CLOISTER_TEST_NITRO_KERNEL="/boot/vmlinuz-$nitro_kver"
 	export CLOISTER_TEST_NITRO_MODULES="/lib/modules/$nitro_kver"
+fi
+
+# kube-apiserver and kubelet for parent/shim TestKubernetes, built once from
+# k8s.io/kubernetes through the module proxy and cached (scripts/build-k8s.sh).
+if [ "${SKIP_INSTALL:-}" != 1 ]; then
+	step "kube-apiserver and kubelet (scripts/build-k8s.sh)"
+	CLOISTER_TEST_K8S_BIN=$(bash scripts/build-k8s.sh | tail -n 1)
+	export CLOISTER_TEST_K8S_BIN
+elif k8s_bin=$(bash scripts/build-k8s.sh --cached-only 2>/dev/null | tail -n 1); then
+	export CLOISTER_TEST_K8S_BIN=$k8s_bin
 fi
 
 # The newest Debian cloud kernel on this machine other than the 6.12 one
