@@ -64,8 +64,9 @@ func binaries(t testing.TB) string {
 			return
 		}
 		for name, pkg := range map[string]string{
-			"init":   "github.com/cloister/cloister/cmd/cloister-init",
-			"attack": "github.com/cloister/cloister/parent/sandbox/testdata/attack",
+			"init":       "github.com/cloister/cloister/cmd/cloister-init",
+			"attack":     "github.com/cloister/cloister/parent/sandbox/testdata/attack",
+			"vsockprobe": "github.com/cloister/cloister/parent/sandbox/testdata/vsockprobe",
 		} {
 			cmd := exec.Command(gobin, "build", "-trimpath", "-o", filepath.Join(binDir, name), pkg)
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
