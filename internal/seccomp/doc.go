@@ -24,8 +24,8 @@
 //     personality values other than the harmless ones fail with EPERM.
 //
 // [SupervisedPolicy] is the same policy for a sandbox supervised from
-// outside (parent/sandbox with internal/unotify): socket(AF_VSOCK), the
-// NSM and vsock-CID ioctls, the socket calls that take or return addresses
+// outside (parent/sandbox with internal/unotify): socket(AF_VSOCK),
+// ioctl (for /dev/nsm and /dev/vsock), the socket calls that take or return addresses
 // and AF_VSOCK-level socket options return SECCOMP_RET_USER_NOTIF, and the
 // supervisor that holds the filter's listener ([InstallListener]) answers
 // them; every other domain and dangerous call is refused exactly as by

@@ -174,9 +174,6 @@ const (
 	// NSMIoctlRaw is NSM_IOCTL_RAW = _IOWR(0x0A, 0, struct nsm_raw), the
 	// one ioctl of /dev/nsm.
 	NSMIoctlRaw = 0xc0200a00
-	// VsockGetLocalCID is IOCTL_VM_SOCKETS_GET_LOCAL_CID = _IO(7, 0xb9),
-	// the one ioctl of /dev/vsock.
-	VsockGetLocalCID = 0x7b9
 	// seccomp(2)'s SECCOMP_SET_MODE_FILTER and SECCOMP_FILTER_FLAG_NEW_LISTENER.
 	filterSetModeArg          = 1
 	seccompFlagNewListenerArg = 0x8
@@ -201,8 +198,11 @@ var NotifiedSocketCalls = []string{
 //     every other domain fails with EPERM;
 //   - socketpair(2): AF_UNIX is allowed, AF_VSOCK fails with EOPNOTSUPP
 //     (as Linux's vsock does), every other domain with EPERM;
-//   - ioctl(2): TIOCSTI and TIOCLINUX fail with EPERM, NSM_IOCTL_RAW and
-//     IOCTL_VM_SOCKETS_GET_LOCAL_CID are notified, everything else runs;
+//   - ioctl(2): TIOCSTI and TIOCLINUX fail with EPERM, every other
+//     ioctl is notified: the supervisor recognises /dev/nsm and /dev/vsock
+//     by the descriptor, and the real nsm driver answers EINVAL to every
+//     command but NSM_IOCTL_RAW (TCGETS, FIONREAD …), which /dev/nsm must
+//     do too; on any other descriptor the ioctl runs as it is;
 //   - [NotifiedSocketCalls] are notified; getsockopt and setsockopt are
 //     notified at level AF_VSOCK, and getsockopt(SOL_SOCKET, SO_DOMAIN);
 //   - seccomp(SECCOMP_SET_MODE_FILTER) with SECCOMP_FILTER_FLAG_NEW_LISTENER
@@ -223,9 +223,8 @@ func SupervisedPolicy() Policy {
 			{If: []Cond{{Arg: 0, Op: OpIn, Values: []uint32{afUnix}}}, Action: ActAllow},
 			{If: []Cond{{Arg: 0, Op: OpIn, Values: []uint32{afVsock}}}, Action: Errno(syscall.EOPNOTSUPP)},
 		}},
-		"ioctl": {Syscall: "ioctl", Default: ActAllow, Cases: []Case{
+		"ioctl": {Syscall: "ioctl", Default: ActNotify, Cases: []Case{
 			{If: []Cond{{Arg: 1, Op: OpIn, Values: []uint32{tiocsti, tioclinux}}}, Action: eperm},
-			{If: []Cond{{Arg: 1, Op: OpIn, Values: []uint32{NSMIoctlRaw, VsockGetLocalCID}}}, Action: ActNotify},
 		}},
 	}
 	var rules []Rule

@@ -5,11 +5,12 @@ package unotify
 import (
 	"context"
 	"encoding/binary"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// The notified ioctls (internal/seccomp's SupervisedPolicy).
+// The emulated ioctls.
 const (
 	// IoctlNSMRaw is NSM_IOCTL_RAW, /dev/nsm's one ioctl.
 	IoctlNSMRaw = 0xc0200a00
@@ -17,21 +18,39 @@ const (
 	IoctlVsockLocalCID = 0x7b9
 )
 
-// sysIoctl emulates the ioctls of the sandbox's /dev/nsm and /dev/vsock:
-// only on a descriptor of exactly that file (same device, inode and
-// mount); on any other descriptor the ioctl runs as it is.
+// vfsIoctls are the commands the kernel's VFS answers itself for a
+// character device (fs/ioctl.c, do_vfs_ioctl), whatever the driver: they
+// run as they are on /dev/nsm (a bind of /dev/null in the sandbox) with
+// the result they have on the real device. Every other command reaches
+// the nsm driver, which answers EINVAL unless it is NSM_IOCTL_RAW.
+// (Numbers of x86_64 and arm64, include/uapi/asm-generic/ioctls.h and
+// linux/fs.h.)
+var vfsIoctls = map[uint32]bool{
+	0x5451:     true, // FIOCLEX
+	0x5450:     true, // FIONCLEX
+	0x5421:     true, // FIONBIO
+	0x5452:     true, // FIOASYNC
+	0x5460:     true, // FIOQSIZE
+	0xc0045877: true, // FIFREEZE
+	0xc0045878: true, // FITHAW
+	0xc020660b: true, // FS_IOC_FIEMAP
+	0x2:        true, // FIGETBSZ
+	0x40049409: true, // FICLONE
+	0x4020940d: true, // FICLONERANGE
+	0xc0189436: true, // FIDEDUPERANGE
+	0x80111500: true, // FS_IOC_GETFSUUID
+	0x80811501: true, // FS_IOC_GETFSSYSFSPATH
+}
+
+// sysIoctl emulates the sandbox's /dev/nsm and /dev/vsock: ioctls on a
+// descriptor of exactly that file (same device, inode and mount). On any
+// other descriptor, and for the commands the VFS answers, the ioctl runs
+// as it is.
 func (s *Supervisor) sysIoctl(ctx context.Context, c *Caller, n *Notification) answer {
-	cmd, arg := uint32(n.Args[1]), n.Args[2]
-	var want *fileID
-	switch cmd {
-	case IoctlNSMRaw:
-		want = s.nsmID
-	case IoctlVsockLocalCID:
-		want = s.vsockID
-	}
-	if want == nil {
+	if s.nsmID == nil && s.vsockID == nil {
 		return cont
 	}
+	cmd, arg := uint32(n.Args[1]), n.Args[2]
 	fd, err := c.GetFD(int32(n.Args[0]))
 	if err != nil {
 		if err == ErrGone {
@@ -41,21 +60,54 @@ func (s *Supervisor) sysIoctl(ctx context.Context, c *Caller, n *Notification) a
 	}
 	id, err := identify(fd)
 	unix.Close(fd)
-	if err != nil || id != *want {
+	switch {
+	case err != nil:
 		return cont
-	}
-	if cmd == IoctlVsockLocalCID {
+	case s.vsockID != nil && id == *s.vsockID:
+		if cmd != IoctlVsockLocalCID {
+			return cont // /dev/null's ENOTTY is /dev/vsock's too
+		}
 		// vsock_dev_do_ioctl: put_user of the local CID.
 		b := binary.NativeEndian.AppendUint32(nil, s.cfg.CID)
 		if err := c.WriteAt(b, arg); err != nil {
 			return s.errAnswer("ioctl", err)
 		}
 		return ret(0)
+	case s.nsmID != nil && id == *s.nsmID:
+		if vfsIoctls[cmd] {
+			return cont
+		}
+		return s.nsm(ctx, c, cmd, arg)
 	}
+	return cont
+}
+
+// nsm performs one /dev/nsm ioctl; the request is abandoned (ctx
+// cancelled) if the caller goes away meanwhile.
+func (s *Supervisor) nsm(ctx context.Context, c *Caller, cmd uint32, arg uint64) answer {
 	if s.cfg.NSM == nil {
 		return fail(unix.ENODEV)
 	}
 	s.nsmCalls.Add(1)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watch := make(chan struct{})
+	defer close(watch)
+	go func() {
+		t := time.NewTicker(validPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-watch:
+				return
+			case <-t.C:
+				if !c.Valid() {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
 	if e := s.cfg.NSM(ctx, c, cmd, arg); e != 0 {
 		if !c.Valid() {
 			return s.gone()

@@ -5,6 +5,7 @@ package unotify
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cloister/cloister/internal/hybrid"
+	"github.com/cloister/cloister/internal/nsm/nsmdev"
 	"github.com/cloister/cloister/internal/seccomp"
 )
 
@@ -334,6 +336,52 @@ var scenarios = map[string]func(out map[string]string, arg string){
 		_, err = unix.IoctlGetUint32(g, unix.IOCTL_VM_SOCKETS_GET_LOCAL_CID)
 		out["cid on another file"] = outcome(err)
 	},
+	"nsm": func(out map[string]string, dev string) {
+		f, err := unix.Open(dev, unix.O_RDWR, 0)
+		if err != nil {
+			out["open"] = outcome(err)
+			return
+		}
+		// Buffers in a mapping whose pages the scenario protects.
+		page := unix.Getpagesize()
+		mem, err := unix.Mmap(-1, 0, 4*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			out["mmap"] = outcome(err)
+			return
+		}
+		base := uint64(uintptr(unsafe.Pointer(&mem[0])))
+		req, resp, raw := mem[0:page], mem[page:2*page], mem[2*page:3*page]
+		copy(req, "ping")
+		call := func(cmd uintptr, reqAddr, reqLen, respAddr, respLen uint64) (uint64, error) {
+			binary.LittleEndian.PutUint64(raw[0:], reqAddr)
+			binary.LittleEndian.PutUint64(raw[8:], reqLen)
+			binary.LittleEndian.PutUint64(raw[16:], respAddr)
+			binary.LittleEndian.PutUint64(raw[24:], respLen)
+			_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(f), cmd, uintptr(base)+uintptr(2*page))
+			return binary.LittleEndian.Uint64(raw[24:]), errnoErr(e)
+		}
+		n, err := call(IoctlNSMRaw, base, 4, base+uint64(page), 100)
+		out["raw"] = outcome(err)
+		out["response"] = string(resp[:n])
+		n, err = call(IoctlNSMRaw, base, 4, base+uint64(page), 3)
+		out["truncated"] = fmt.Sprintf("%s %q", outcome(err), resp[:n])
+		_, err = call(IoctlNSMRaw, base, 4097, base+uint64(page), 100)
+		out["request too long"] = outcome(err)
+		_, err = call(unix.TCGETS, base, 4, base+uint64(page), 100)
+		out["TCGETS"] = outcome(err)
+		_, err = call(0x5451 /* FIOCLEX */, base, 4, base+uint64(page), 100)
+		out["FIOCLEX"] = outcome(err)
+		_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(f), IoctlNSMRaw, 0)
+		out["arg null"] = outcome(errnoErr(e))
+		_ = unix.Mprotect(mem[3*page:], unix.PROT_NONE)
+		_, err = call(IoctlNSMRaw, base+uint64(3*page), 4, base+uint64(page), 100)
+		out["request unreadable"] = outcome(err)
+		_, err = call(IoctlNSMRaw, base+uint64(page)-2, 4, base+uint64(page), 100)
+		out["request straddles pages"] = outcome(err)
+		_ = unix.Mprotect(resp, unix.PROT_READ)
+		_, err = call(IoctlNSMRaw, base, 4, base+uint64(page), 100)
+		out["response read-only"] = outcome(err)
+	},
 	"cap": func(out map[string]string, _ string) {
 		var fds []int
 		var err error
@@ -409,6 +457,7 @@ func ioctlRaw(fd int, cmd uintptr) error {
 // env is one supervised child and its supervisor.
 type env struct {
 	parentDir, guestDir string
+	nsm                 NSMFunc
 	sup                 *Supervisor
 	out                 map[string]string
 	done                chan struct{}
@@ -473,7 +522,7 @@ func (e *env) start(t *testing.T, o envOpts, scenario, arg string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{CID: testCID, ParentDir: e.parentDir, GuestDir: gd, MaxSockets: o.maxSockets}
+	cfg := Config{CID: testCID, ParentDir: e.parentDir, GuestDir: gd, MaxSockets: o.maxSockets, NSM: e.nsm}
 	for _, d := range []struct {
 		path string
 		f    **os.File
@@ -752,6 +801,39 @@ func TestDevices(t *testing.T) {
 		t.Errorf("outcomes (-want +got):\n%s", diff)
 	}
 }
+
+// TestNSMDevice runs /dev/nsm ioctls through nsmdev with a fake module
+// that answers "resp:" and the request: the caller's memory is read and
+// written with the kernel's permissions (EFAULT for a protected page).
+func TestNSMDevice(t *testing.T) {
+	dir := t.TempDir()
+	dev := filepath.Join(dir, "nsm")
+	if err := os.WriteFile(dev, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t)
+	e.nsm = func(ctx context.Context, mem Memory, cmd uint32, arg uint64) syscall.Errno {
+		return nsmdev.Ioctl(ctx, mem, cmd, arg, roundTripFunc(func(_ context.Context, req []byte) ([]byte, error) {
+			return append([]byte("resp:"), req...), nil
+		}))
+	}
+	got := e.start(t, envOpts{nsmDevice: dev}, "nsm", dev).wait(t)
+	want := map[string]string{
+		"raw": "ok", "response": "resp:ping", "truncated": `ok "res"`, "request too long": "EMSGSIZE",
+		"TCGETS": "EINVAL", "FIOCLEX": "ok", "arg null": "EFAULT", "request unreadable": "EFAULT",
+		"request straddles pages": "ok", "response read-only": "EFAULT",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("outcomes (-want +got):\n%s", diff)
+	}
+	if st := e.sup.Stats(); st.NSM != 8 {
+		t.Errorf("NSM calls = %d, want 8 (every command but FIOCLEX)", st.NSM)
+	}
+}
+
+type roundTripFunc func(ctx context.Context, req []byte) ([]byte, error)
+
+func (f roundTripFunc) RoundTrip(ctx context.Context, req []byte) ([]byte, error) { return f(ctx, req) }
 
 func TestSocketCap(t *testing.T) {
 	e := start(t, envOpts{maxSockets: 12}, "cap", "")
