@@ -101,28 +101,6 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Stats are a supervisor's counters.
-type Stats struct {
-	// Notifications counts the calls received; Continued those let run
-	// as they were (not an emulated socket or device).
-	Notifications uint64 `json:"notifications"`
-	Continued     uint64 `json:"continued"`
-	// InFlight is the number of calls being handled; MaxInFlight the
-	// most at once since the start. Waiting counts handlers waiting for
-	// a connection.
-	InFlight    int64 `json:"in_flight"`
-	MaxInFlight int64 `json:"max_in_flight"`
-	Waiting     int64 `json:"waiting"`
-	// Sockets is the number of emulated sockets known; Refused counts
-	// sockets and accepts refused at MaxSockets.
-	Sockets int   `json:"sockets"`
-	Refused int64 `json:"refused"`
-	// Interrupted counts calls whose caller went away before the answer.
-	Interrupted uint64 `json:"interrupted"`
-	// NSM counts /dev/nsm ioctls performed.
-	NSM uint64 `json:"nsm"`
-}
-
 // fileID identifies an open file: device, inode and mount.
 type fileID struct {
 	dev, ino uint64
@@ -160,7 +138,7 @@ type Supervisor struct {
 	lastGC                time.Time
 
 	notifications, continued, interrupted, nsmCalls atomic.Uint64
-	inFlight, maxInFlight, waiting, refused        atomic.Int64
+	inFlight, maxInFlight, waiting, refused         atomic.Int64
 }
 
 // New returns a supervisor for the notifications of l. It does not own l.
@@ -312,7 +290,7 @@ var (
 	done = answer{kind: answerDone}
 )
 
-func ret(v int64) answer           { return answer{kind: answerReturn, val: v} }
+func ret(v int64) answer          { return answer{kind: answerReturn, val: v} }
 func fail(e syscall.Errno) answer { return answer{kind: answerFail, errno: e} }
 
 // handle answers one notification.

@@ -99,7 +99,9 @@ func child(scenario, arg string) int {
 }
 
 // vsockSocket is socket(AF_VSOCK, SOCK_STREAM|flags, 0).
-func vsockSocket(flags int) (int, error) { return unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|flags, 0) }
+func vsockSocket(flags int) (int, error) {
+	return unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|flags, 0)
+}
 
 // rawSockaddr calls a socket syscall with an address of exactly the
 // given bytes.
@@ -464,7 +466,7 @@ type env struct {
 }
 
 type envOpts struct {
-	maxSockets            int
+	maxSockets             int
 	vsockDevice, nsmDevice string
 }
 
@@ -773,7 +775,7 @@ func TestAcceptFromParent(t *testing.T) {
 		"accept0": "ok", "accept0 from": "vm(3,6000)", "accept0 getpeername": "vm(3,6000)",
 		"accept0 getsockname": fmt.Sprintf("vm(%d,6000)", testCID), "accept0 flags": "nonblock=false cloexec=false",
 		"accept0 read": "relayed",
-		"accept1": "ok", "accept1 from": "vm(3,6000)", "accept1 getpeername": "vm(3,6000)",
+		"accept1":      "ok", "accept1 from": "vm(3,6000)", "accept1 getpeername": "vm(3,6000)",
 		"accept1 getsockname": fmt.Sprintf("vm(%d,6000)", testCID), "accept1 flags": "nonblock=true cloexec=true",
 		"accept1 read":             "handoff",
 		"accept empty nonblocking": "EAGAIN",

@@ -22,6 +22,10 @@ type Backend struct {
 	CgroupParent string
 	// PidsMax bounds the processes of one enclave (0 means 1024).
 	PidsMax int
+	// NoNitro leaves out the emulation of a Nitro enclave's AF_VSOCK,
+	// /dev/nsm and /dev/vsock for programs that do not use the SDK
+	// (Spec.Nitro); by default every enclave has it.
+	NoNitro bool
 }
 
 var (
@@ -106,10 +110,14 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	if err != nil {
 		return nil, err
 	}
-	p, err := Start(ctx, Spec{
+	sspec := Spec{
 		ID: spec.ID, CID: spec.CID, RamdiskSections: ramdisks, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
 		PidsMax: b.PidsMax, VsockDir: spec.Dir.Path(), Console: spec.Console, Debug: spec.Debug, CgroupParent: b.CgroupParent,
-	})
+	}
+	if !b.NoNitro {
+		sspec.Nitro = &Nitro{NSM: spec.NSM}
+	}
+	p, err := Start(ctx, sspec)
 	if err != nil {
 		return nil, err
 	}
