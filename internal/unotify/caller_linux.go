@@ -62,8 +62,7 @@ func (c *Caller) PIDFD() (int, error) {
 		}
 		return -1, fmt.Errorf("unotify: pidfd of thread %d: %w", tid, err)
 	}
-	unix.CloseOnExec(fd)
-	if !c.Valid() {
+	if !c.Valid() { // pidfds are close-on-exec
 		unix.Close(fd)
 		return -1, ErrGone
 	}

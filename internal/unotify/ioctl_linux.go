@@ -77,7 +77,7 @@ func (s *Supervisor) sysIoctl(ctx context.Context, c *Caller, n *Notification) a
 		if vfsIoctls[cmd] {
 			return cont
 		}
-		return s.nsm(ctx, c, cmd, arg)
+		return later(func() answer { return s.nsm(ctx, c, cmd, arg) })
 	}
 	return cont
 }

@@ -241,14 +241,27 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		in := s.inFlight.Add(1)
 		for m := s.maxInFlight.Load(); in > m && !s.maxInFlight.CompareAndSwap(m, in); m = s.maxInFlight.Load() {
 		}
+		// Calls that cannot wait are answered here, on the receiving
+		// goroutine; those that may (accept, connect, /dev/nsm) get a
+		// goroutine of their own.
+		c := NewCaller(s.l, n)
+		a := s.dispatch(ctx, c, n)
+		if a.kind != answerSlow {
+			s.finish(n, a)
+			c.Close()
+			s.inFlight.Add(-1)
+			<-s.sem
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer func() {
+				c.Close()
 				s.inFlight.Add(-1)
 				<-s.sem
 				s.wg.Done()
 			}()
-			s.handle(ctx, n)
+			s.finish(n, a.slow())
 		}()
 	}
 }
@@ -274,6 +287,7 @@ type answer struct {
 	kind  answerKind
 	val   int64
 	errno syscall.Errno
+	slow  func() answer // answerSlow: the rest of the work, which may wait
 }
 
 type answerKind int
@@ -283,7 +297,11 @@ const (
 	answerReturn                     // return val
 	answerFail                       // fail with errno
 	answerDone                       // already answered (ADDFD with SEND) or gone
+	answerSlow                       // run slow in a goroutine of its own for the answer
 )
+
+// later defers work that may wait to a goroutine of its own.
+func later(f func() answer) answer { return answer{kind: answerSlow, slow: f} }
 
 var (
 	cont = answer{kind: answerContinue}
@@ -293,11 +311,8 @@ var (
 func ret(v int64) answer          { return answer{kind: answerReturn, val: v} }
 func fail(e syscall.Errno) answer { return answer{kind: answerFail, errno: e} }
 
-// handle answers one notification.
-func (s *Supervisor) handle(ctx context.Context, n *Notification) {
-	c := NewCaller(s.l, n)
-	defer c.Close()
-	a := s.dispatch(ctx, c, n)
+// finish sends a handler's answer.
+func (s *Supervisor) finish(n *Notification, a answer) {
 	var err error
 	switch a.kind {
 	case answerContinue:

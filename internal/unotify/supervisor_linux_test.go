@@ -471,18 +471,18 @@ type envOpts struct {
 }
 
 // newEnv makes the directories of a supervised child.
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	return &env{parentDir: t.TempDir(), guestDir: t.TempDir(), done: make(chan struct{})}
 }
 
 // start starts scenario in a supervised child and returns once its
 // supervisor runs; wait collects the child's outcomes.
-func start(t *testing.T, o envOpts, scenario, arg string) *env {
+func start(t testing.TB, o envOpts, scenario, arg string) *env {
 	t.Helper()
 	return newEnv(t).start(t, o, scenario, arg)
 }
 
-func (e *env) start(t *testing.T, o envOpts, scenario, arg string) *env {
+func (e *env) start(t testing.TB, o envOpts, scenario, arg string) *env {
 	t.Helper()
 	if err := os.Chmod(e.guestDir, 0o1777); err != nil {
 		t.Fatal(err)
@@ -571,7 +571,7 @@ func (e *env) start(t *testing.T, o envOpts, scenario, arg string) *env {
 	return e
 }
 
-func (e *env) wait(t *testing.T) map[string]string {
+func (e *env) wait(t testing.TB) map[string]string {
 	t.Helper()
 	select {
 	case <-e.done:

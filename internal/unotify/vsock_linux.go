@@ -208,18 +208,29 @@ func (s *Supervisor) sysOnSocket(ctx context.Context, c *Caller, n *Notification
 	if !ok {
 		return a
 	}
+	switch n.Nr {
+	case unix.SYS_CONNECT:
+		// A blocking connect waits while the parent's backlog is full.
+		return later(func() answer {
+			defer unix.Close(fd)
+			return s.sysConnect(c, n, fd, v)
+		})
+	case unix.SYS_ACCEPT, unix.SYS_ACCEPT4:
+		flags := int32(0)
+		if n.Nr == unix.SYS_ACCEPT4 {
+			flags = int32(n.Args[3])
+		}
+		return later(func() answer {
+			defer unix.Close(fd)
+			return s.sysAccept(ctx, c, n, fd, v, flags)
+		})
+	}
 	defer unix.Close(fd)
 	switch n.Nr {
 	case unix.SYS_BIND:
 		return s.sysBind(c, n, fd, v)
-	case unix.SYS_CONNECT:
-		return s.sysConnect(c, n, fd, v)
 	case unix.SYS_LISTEN:
 		return s.sysListen(c, n, fd, v)
-	case unix.SYS_ACCEPT:
-		return s.sysAccept(ctx, c, n, fd, v, 0)
-	case unix.SYS_ACCEPT4:
-		return s.sysAccept(ctx, c, n, fd, v, int32(n.Args[3]))
 	case unix.SYS_GETSOCKNAME, unix.SYS_GETPEERNAME:
 		return s.sysGetname(c, n, v)
 	case unix.SYS_SHUTDOWN:
