@@ -59,9 +59,12 @@ func (s *Supervisor) sysIoctl(ctx context.Context, c *Caller, n *Notification) a
 		return cont
 	}
 	id, err := identify(fd)
+	// An O_PATH descriptor cannot take ioctls at all (EBADF from the
+	// kernel), whatever file it names.
+	fl, ferr := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
 	unix.Close(fd)
 	switch {
-	case err != nil:
+	case err != nil || ferr != nil || fl&unix.O_PATH != 0:
 		return cont
 	case s.vsockID != nil && id == *s.vsockID:
 		if cmd != IoctlVsockLocalCID {

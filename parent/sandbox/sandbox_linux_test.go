@@ -67,6 +67,7 @@ func binaries(t testing.TB) string {
 			"init":       "github.com/cloister/cloister/cmd/cloister-init",
 			"attack":     "github.com/cloister/cloister/parent/sandbox/testdata/attack",
 			"vsockprobe": "github.com/cloister/cloister/parent/sandbox/testdata/vsockprobe",
+			"nsmprobe":   "github.com/cloister/cloister/e2e/testdata/nsmprobe",
 		} {
 			cmd := exec.Command(gobin, "build", "-trimpath", "-o", filepath.Join(binDir, name), pkg)
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

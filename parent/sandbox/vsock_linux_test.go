@@ -22,7 +22,8 @@ import (
 	"github.com/cloister/cloister/internal/testenv"
 )
 
-// probeRamdisk returns a ramdisk holding /bin/vsockprobe, built once.
+// probeRamdisk returns a ramdisk holding /bin/vsockprobe and
+// /bin/nsmprobe (e2e/testdata/nsmprobe), built once.
 func probeRamdisk(t testing.TB) string {
 	t.Helper()
 	bin := binaries(t)
@@ -30,7 +31,11 @@ func probeRamdisk(t testing.TB) string {
 	if _, err := os.Stat(p); err == nil {
 		return p
 	}
-	writeCpio(t, p+".tmp", []cpio.File{dir("rootfs"), dir("rootfs/bin"), diskFile(t, "rootfs/bin/vsockprobe", filepath.Join(bin, "vsockprobe"), 0o755)})
+	writeCpio(t, p+".tmp", []cpio.File{
+		dir("rootfs"), dir("rootfs/bin"),
+		diskFile(t, "rootfs/bin/vsockprobe", filepath.Join(bin, "vsockprobe"), 0o755),
+		diskFile(t, "rootfs/bin/nsmprobe", filepath.Join(bin, "nsmprobe"), 0o755),
+	})
 	if err := os.Rename(p+".tmp", p); err != nil {
 		t.Fatal(err)
 	}
@@ -50,6 +55,7 @@ type probeOpts struct {
 	memoryMiB, pidsMax int
 	cid                uint32
 	nitro              *Nitro
+	program            string // default /bin/vsockprobe
 	// before runs once D exists, before the sandbox starts (to listen on
 	// the parent's ports).
 	before func(d string)
@@ -62,7 +68,10 @@ func startProbe(t *testing.T, o probeOpts, args ...string) *probe {
 	testenv.RequireRoot(t)
 	bootstrap, customer := images(t)
 	cmdRamdisk := filepath.Join(t.TempDir(), "cmd.cpio")
-	writeCpio(t, cmdRamdisk, []cpio.File{dataFile("cmd", strings.Join(append([]string{"/bin/vsockprobe"}, args...), "\n")+"\n")})
+	if o.program == "" {
+		o.program = "/bin/vsockprobe"
+	}
+	writeCpio(t, cmdRamdisk, []cpio.File{dataFile("cmd", strings.Join(append([]string{o.program}, args...), "\n")+"\n")})
 	if o.memoryMiB == 0 {
 		o.memoryMiB = 128
 	}
@@ -426,7 +435,7 @@ func TestSandboxNitroNotificationFlood(t *testing.T) {
 	got := pr.results(t)
 	_ = unix.Getrusage(unix.RUSAGE_SELF, &after)
 	st, _ := pr.p.SupervisorStats()
-	cpu := time.Duration(after.Utime.Nano()+after.Stime.Nano()-before.Utime.Nano()-before.Stime.Nano())
+	cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
 	t.Logf("%s calls in 3 s; this process (the supervisor) used %v of CPU; supervisor %+v", got["calls"], cpu, st)
 	if got["error"] != "" {
 		t.Errorf("a flooding call failed: %s", got["error"])
