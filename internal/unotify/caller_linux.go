@@ -145,23 +145,33 @@ var errFault = fmt.Errorf("unotify: bad address in the caller: %w", unix.EFAULT)
 // ReadAt reads len(p) bytes of the caller's memory at addr. It fails with
 // an error wrapping EFAULT where the kernel's copy_from_user would (any
 // byte not in a readable mapping), and with [ErrGone] when the call is no
-// longer valid after the read (the bytes then need not be the caller's
-// current ones). It implements nsmdev.Memory.
+// longer valid after the read. It implements nsmdev.Memory.
+//
+// The read is process_vm_readv(2) on the caller's thread id, which honours
+// page protections as copy_from_user does. The thread id could name
+// another process only if the caller had died and the id been reused; the
+// check that the call is still valid, after the read, rules that out (a
+// waiting caller is alive), so bytes read from anyone else are never used.
 func (c *Caller) ReadAt(p []byte, addr uint64) error {
 	if len(p) == 0 {
 		return nil
 	}
-	if err := c.openMem(); err != nil {
-		return err
+	if end := addr + uint64(len(p)); end < addr || end > maxUserAddr {
+		return errFault
 	}
-	if err := c.access(addr, uint64(len(p)), procmapReadable); err != nil {
-		return err
-	}
-	if err := fullAt(c.mem.ReadAt, p, addr); err != nil {
-		return err
-	}
+	local := []unix.Iovec{{Base: &p[0]}}
+	local[0].SetLen(len(p))
+	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(p)}}
+	n, err := unix.ProcessVMReadv(int(c.n.Pid), local, remote, 0)
 	if !c.Valid() {
 		return ErrGone
+	}
+	if err != nil || n != len(p) {
+		if errors.Is(err, unix.EPERM) {
+			// The supervisor may not read the sandbox (not root?).
+			return fmt.Errorf("unotify: read the caller's memory: %v", err)
+		}
+		return errFault
 	}
 	return nil
 }
@@ -169,6 +179,12 @@ func (c *Caller) ReadAt(p []byte, addr uint64) error {
 // WriteAt writes p to the caller's memory at addr, failing with an error
 // wrapping EFAULT where copy_to_user would (a byte not in a writable
 // mapping). It implements nsmdev.Memory.
+//
+// A write by thread id could land in another process if the caller died
+// between a validity check and the write, so writes go through the
+// caller's /proc/<tid>/mem, opened and then checked valid (the open file
+// is bound to the caller's address space), after a check of the mapping's
+// permissions (writes through that file ignore them).
 func (c *Caller) WriteAt(p []byte, addr uint64) error {
 	if len(p) == 0 {
 		return nil

@@ -3,8 +3,10 @@
 package unotify
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,11 +19,22 @@ import (
 type NetNS struct {
 	req  chan nsRequest
 	done chan struct{}
+	// pool holds Unix stream sockets made ahead of need (blocking,
+	// close-on-exec): socket(AF_VSOCK) is answered without waiting for
+	// the namespace's thread.
+	pool chan int
+	// broken is set when AsIDs could not restore the thread's ids.
+	broken atomic.Bool
 }
+
+// poolSize is how many Unix stream sockets NetNS keeps ready.
+const poolSize = 16
 
 type nsRequest struct {
 	domain, typ, proto int
-	reply              chan nsReply
+	// do, when set, is run instead of making a socket (see AsIDs).
+	do    func() error
+	reply chan nsReply
 }
 
 type nsReply struct {
@@ -30,23 +43,50 @@ type nsReply struct {
 }
 
 // EnterNetNS starts the thread in the network namespace of the process
-// pidfd refers to. The caller needs CAP_SYS_ADMIN over that namespace.
+// pidfd refers to (pidfd -1: stay in this process's namespace). The
+// caller needs CAP_SYS_ADMIN over that namespace.
+//
+// The thread is never unlocked: it ends with Close, and the runtime then
+// ends it, so no other goroutine ever runs in the sandbox's namespace or
+// with the ids of AsIDs. Call Close only once the sandbox has ended: a
+// child started with Pdeathsig (the sandbox's launcher) is killed when
+// the thread that started it ends, which may be this one.
 func EnterNetNS(pidfd int) (*NetNS, error) {
-	n := &NetNS{req: make(chan nsRequest), done: make(chan struct{})}
+	n := &NetNS{req: make(chan nsRequest), done: make(chan struct{}), pool: make(chan int, poolSize)}
 	started := make(chan error, 1)
 	go func() {
-		// The thread is never unlocked: when this goroutine returns the
-		// runtime ends the thread, so no other goroutine ever runs in
-		// the sandbox's namespace.
 		runtime.LockOSThread()
-		if err := unix.Setns(pidfd, unix.CLONE_NEWNET); err != nil {
-			started <- fmt.Errorf("unotify: enter the sandbox's network namespace: %w", err)
-			return
+		if pidfd >= 0 {
+			if err := unix.Setns(pidfd, unix.CLONE_NEWNET); err != nil {
+				started <- fmt.Errorf("unotify: enter the sandbox's network namespace: %w", err)
+				return
+			}
 		}
 		started <- nil
+		next := -1
+		defer func() {
+			if next >= 0 {
+				unix.Close(next)
+			}
+		}()
 		for {
+			pool := n.pool
+			if next < 0 {
+				if fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err == nil {
+					next = fd
+				}
+			}
+			if next < 0 {
+				pool = nil // cannot make one now: serve requests only
+			}
 			select {
+			case pool <- next:
+				next = -1
 			case r := <-n.req:
+				if r.do != nil {
+					r.reply <- nsReply{-1, r.do()}
+					continue
+				}
 				fd, err := unix.Socket(r.domain, r.typ|unix.SOCK_CLOEXEC, r.proto)
 				r.reply <- nsReply{fd, err}
 			case <-n.done:
@@ -64,7 +104,7 @@ func EnterNetNS(pidfd int) (*NetNS, error) {
 func (n *NetNS) Socket(domain, typ, proto int) (int, error) {
 	reply := make(chan nsReply, 1)
 	select {
-	case n.req <- nsRequest{domain, typ, proto, reply}:
+	case n.req <- nsRequest{domain: domain, typ: typ, proto: proto, reply: reply}:
 	case <-n.done:
 		return -1, ErrClosed
 	}
@@ -72,11 +112,76 @@ func (n *NetNS) Socket(domain, typ, proto int) (int, error) {
 	return r.fd, r.err
 }
 
-// Close ends the thread.
+// AsIDs runs f on the namespace's thread with file-system ids uid and
+// gid, without this process's privileges over files (a non-zero
+// file-system uid drops CAP_DAC_OVERRIDE and friends), then restores the
+// thread's ids. If they cannot be restored, later calls fail (the thread
+// goes on making sockets, which does not depend on them; ending it could
+// kill a sandbox started from it, see EnterNetNS).
+func (n *NetNS) AsIDs(uid, gid int, f func() error) error {
+	if n.broken.Load() {
+		return errors.New("unotify: the namespace thread's file-system ids could not be restored")
+	}
+	var restored bool
+	do := func() error {
+		prevUID, _ := unix.SetfsuidRetUid(-1)
+		prevGID, _ := unix.SetfsgidRetGid(-1)
+		defer func() {
+			_, _ = unix.SetfsuidRetUid(prevUID)
+			_, _ = unix.SetfsgidRetGid(prevGID)
+			u, _ := unix.SetfsuidRetUid(-1)
+			g, _ := unix.SetfsgidRetGid(-1)
+			restored = u == prevUID && g == prevGID
+		}()
+		_, _ = unix.SetfsgidRetGid(gid)
+		_, _ = unix.SetfsuidRetUid(uid)
+		// setfsuid reports failure only through the ids it returns.
+		if cur, _ := unix.SetfsuidRetUid(-1); cur != uid {
+			return fmt.Errorf("unotify: file-system uid is %d, not %d", cur, uid)
+		}
+		if cur, _ := unix.SetfsgidRetGid(-1); cur != gid {
+			return fmt.Errorf("unotify: file-system gid is %d, not %d", cur, gid)
+		}
+		return f()
+	}
+	reply := make(chan nsReply, 1)
+	select {
+	case n.req <- nsRequest{do: do, reply: reply}:
+	case <-n.done:
+		return ErrClosed
+	}
+	r := <-reply
+	if !restored {
+		n.broken.Store(true)
+	}
+	return r.err
+}
+
+// UnixStream returns a Unix stream socket (close-on-exec, blocking) of
+// the namespace, from the sockets made ahead when there is one.
+func (n *NetNS) UnixStream() (int, error) {
+	select {
+	case fd := <-n.pool:
+		return fd, nil
+	default:
+		return n.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	}
+}
+
+// Close ends the thread and closes the sockets made ahead.
 func (n *NetNS) Close() {
 	select {
 	case <-n.done:
+		return
 	default:
 		close(n.done)
+	}
+	for {
+		select {
+		case fd := <-n.pool:
+			unix.Close(fd)
+		default:
+			return
+		}
 	}
 }

@@ -76,8 +76,9 @@ type Config struct {
 	// bound there as vsock_<port>, where the monitor's host connections
 	// (hybrid handoff) reach them.
 	GuestDir *os.File
-	// NetNS makes the emulated sockets in the sandbox's network namespace;
-	// nil makes them in this process's (tests).
+	// NetNS makes the emulated sockets in the sandbox's network namespace
+	// and binds listeners with the caller's ids; nil: this process's
+	// namespace (tests), on a thread of the supervisor's own.
 	NetNS *NetNS
 	// HostUID and IDs: ids 0…IDs-1 inside the sandbox are HostUID+id on
 	// the host. A listener's socket file gets the caller's file-system
@@ -127,6 +128,8 @@ type Supervisor struct {
 
 	sem    chan struct{}
 	wg     sync.WaitGroup
+	ns     *NetNS // cfg.NetNS, or the supervisor's own
+	ownNS  bool
 	table  *table
 	waiter *waiter
 	// diags ask the sandbox's and this process's namespaces whether a
@@ -184,27 +187,35 @@ func New(l *Listener, cfg Config) (*Supervisor, error) {
 		*d.id = &id
 	}
 	var err error
+	if s.ns = cfg.NetNS; s.ns == nil {
+		if s.ns, err = EnterNetNS(-1); err != nil {
+			return nil, err
+		}
+		s.ownNS = true
+	}
 	if s.waiter, err = newWaiter(); err != nil {
+		s.closeNS()
 		return nil, fmt.Errorf("unotify: epoll: %w", err)
 	}
-	if s.sandboxDiag, err = newDiag(s.socket); err != nil {
+	if s.sandboxDiag, err = newDiag(s.ns.Socket); err != nil {
 		s.waiter.close()
+		s.closeNS()
 		return nil, err
 	}
 	if s.hostDiag, err = newDiag(func(d, t, p int) (int, error) { return unix.Socket(d, t|unix.SOCK_CLOEXEC, p) }); err != nil {
 		s.waiter.close()
 		s.sandboxDiag.close()
+		s.closeNS()
 		return nil, err
 	}
 	return s, nil
 }
 
-// socket makes a socket in the sandbox's network namespace.
-func (s *Supervisor) socket(domain, typ, proto int) (int, error) {
-	if s.cfg.NetNS != nil {
-		return s.cfg.NetNS.Socket(domain, typ, proto)
+// closeNS ends the supervisor's own namespace thread, if it made one.
+func (s *Supervisor) closeNS() {
+	if s.ownNS {
+		s.ns.Close()
 	}
-	return unix.Socket(domain, typ|unix.SOCK_CLOEXEC, proto)
 }
 
 // Run receives and answers notifications until no task uses the filter
@@ -271,6 +282,7 @@ func (s *Supervisor) release() {
 	s.waiter.close()
 	s.sandboxDiag.close()
 	s.hostDiag.close()
+	s.closeNS()
 }
 
 // Stats returns the supervisor's counters.

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -55,15 +54,17 @@ func (s *Supervisor) sysSocket(c *Caller, n *Notification) answer {
 		s.refused.Add(1)
 		return fail(unix.ENOBUFS)
 	}
-	st := unix.SOCK_STREAM
-	if flags&unix.SOCK_NONBLOCK != 0 {
-		st |= unix.SOCK_NONBLOCK
-	}
-	fd, err := s.socket(unix.AF_UNIX, st, 0)
+	fd, err := s.ns.UnixStream()
 	if err != nil {
 		return s.errAnswer("socket", err)
 	}
 	defer unix.Close(fd)
+	if flags&unix.SOCK_NONBLOCK != 0 {
+		// The socket is new: its open file is not shared yet.
+		if err := unix.SetNonblock(fd, true); err != nil {
+			return s.errAnswer("socket", err)
+		}
+	}
 	sock, err := s.register(fd, false, nil)
 	if err != nil {
 		return s.errAnswer("socket", err)
@@ -352,17 +353,17 @@ func (s *Supervisor) bindListener(c *Caller, fd int, port uint32) error {
 	uid, gid := s.callerIDs(c)
 	name := "vsock_" + strconv.FormatUint(uint64(port), 10)
 	path := s.guestPath(name)
-	err := asIDs(uid, gid, func() error { return unix.Bind(fd, &unix.SockaddrUnix{Name: path}) })
+	err := s.ns.AsIDs(uid, gid, func() error { return unix.Bind(fd, &unix.SockaddrUnix{Name: path}) })
 	if !errors.Is(err, unix.EADDRINUSE) {
 		return err
 	}
 	if !s.staleListener(name) {
 		return unix.EADDRINUSE
 	}
-	if err := asIDs(uid, gid, func() error { return unix.Unlinkat(int(s.cfg.GuestDir.Fd()), name, 0) }); err != nil && !errors.Is(err, unix.ENOENT) {
+	if err := s.ns.AsIDs(uid, gid, func() error { return unix.Unlinkat(int(s.cfg.GuestDir.Fd()), name, 0) }); err != nil && !errors.Is(err, unix.ENOENT) {
 		return unix.EADDRINUSE
 	}
-	return asIDs(uid, gid, func() error { return unix.Bind(fd, &unix.SockaddrUnix{Name: path}) })
+	return s.ns.AsIDs(uid, gid, func() error { return unix.Bind(fd, &unix.SockaddrUnix{Name: path}) })
 }
 
 // staleListener reports whether name in the listener directory is a
@@ -425,38 +426,6 @@ func fsIDs(tid int) (int, int, error) {
 	}
 	gid, err := field("Gid:")
 	return uid, gid, err
-}
-
-// asIDs runs f on an OS thread whose file-system ids are uid and gid,
-// without any of this process's privileges over files (a non-zero
-// file-system uid drops CAP_DAC_OVERRIDE and friends). The thread is
-// discarded afterwards.
-func asIDs(uid, gid int, f func() error) error {
-	if uid == os.Getuid() && gid == os.Getgid() {
-		return f()
-	}
-	res := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if _, err := unix.SetfsgidRetGid(gid); err != nil {
-			res <- err
-			return
-		}
-		if _, err := unix.SetfsuidRetUid(uid); err != nil {
-			res <- err
-			return
-		}
-		if cur, _ := unix.SetfsuidRetUid(-1); cur != uid {
-			res <- fmt.Errorf("unotify: file-system uid is %d, not %d", cur, uid)
-			return
-		}
-		if cur, _ := unix.SetfsgidRetGid(-1); cur != gid {
-			res <- fmt.Errorf("unotify: file-system gid is %d, not %d", cur, gid)
-			return
-		}
-		res <- f()
-	}()
-	return <-res
 }
 
 // isParent reports whether cid reaches the parent: VMADDR_CID_PARENT (3),

@@ -241,7 +241,7 @@ func run(t *testing.T, o runOpts, args ...string) (ExitStatus, map[string]string
 
 // checkNoLeftovers checks that the sandbox left no cgroup, no process and
 // no mount behind on the host.
-func checkNoLeftovers(t *testing.T, id string, hostUID int, d string) {
+func checkNoLeftovers(t testing.TB, id string, hostUID int, d string) {
 	t.Helper()
 	for _, c := range []string{"memory", "cpuset", "pids", "devices", "freezer", ""} {
 		p := filepath.Join("/sys/fs/cgroup", c, testCgroupParent, id)

@@ -6,10 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +51,9 @@ type probe struct {
 	dir     string // the vsock directory D
 	id      string
 	hostUID int
+
+	doneOnce sync.Once
+	doneCh   chan struct{}
 }
 
 type probeOpts struct {
@@ -63,7 +68,7 @@ type probeOpts struct {
 
 // startProbe starts vsockprobe with args in a sandbox; the test's cleanup
 // kills it if it still runs and checks that nothing is left on the host.
-func startProbe(t *testing.T, o probeOpts, args ...string) *probe {
+func startProbe(t testing.TB, o probeOpts, args ...string) *probe {
 	t.Helper()
 	testenv.RequireRoot(t)
 	bootstrap, customer := images(t)
@@ -108,7 +113,7 @@ func startProbe(t *testing.T, o probeOpts, args ...string) *probe {
 
 // result waits (at most a minute) for "RESULT key=…" on the console and
 // returns its value.
-func (pr *probe) result(t *testing.T, key string) string {
+func (pr *probe) result(t testing.TB, key string) string {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -137,27 +142,27 @@ func (pr *probe) result(t *testing.T, key string) string {
 
 // done is closed once the sandbox's init has exited.
 func (pr *probe) done() <-chan struct{} {
-	ch := make(chan struct{})
-	go func() {
-		var ws unix.WaitStatus
-		// Wait for exit without reaping: Process.Wait reaps.
-		for {
-			var si unix.Siginfo
-			err := unix.Waitid(unix.P_PID, pr.p.Pid(), &si, unix.WEXITED|unix.WNOWAIT, nil)
-			if err == nil || !errors.Is(err, unix.EINTR) {
-				break
+	pr.doneOnce.Do(func() {
+		pr.doneCh = make(chan struct{})
+		go func() {
+			// Wait for the exit without reaping it: Process.Wait reaps.
+			for {
+				var si unix.Siginfo
+				err := unix.Waitid(unix.P_PID, pr.p.Pid(), &si, unix.WEXITED|unix.WNOWAIT, nil)
+				if err == nil || !errors.Is(err, unix.EINTR) {
+					break
+				}
 			}
-		}
-		_ = ws
-		close(ch)
-	}()
-	return ch
+			close(pr.doneCh)
+		}()
+	})
+	return pr.doneCh
 }
 
 // hybridServer serves a hybrid CONNECT socket for the sandbox, as the
 // monitor does (handoff of the client's socket to the enclave's listener),
 // and returns its path.
-func (pr *probe) hybridServer(t *testing.T) string {
+func (pr *probe) hybridServer(t testing.TB) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "vsock.sock")
 	l, err := net.Listen("unix", sock)
@@ -213,7 +218,7 @@ func TestSandboxHandoffSocketCannotClaimHostNames(t *testing.T) {
 
 // parentEcho listens on the parent's port in D (host/vsock_<port>, as the
 // daemon's host listeners) and echoes.
-func parentEcho(t *testing.T, d string, port uint32) {
+func parentEcho(t testing.TB, d string, port uint32) {
 	t.Helper()
 	l, err := hybrid.Listen(filepath.Join(d, "host", "vsock"), port)
 	if err != nil {
@@ -228,16 +233,14 @@ func parentEcho(t *testing.T, d string, port uint32) {
 			}
 			go func() {
 				defer c.Close()
-				b := make([]byte, 256)
-				n, _ := c.Read(b)
-				_, _ = c.Write(b[:n])
+				_, _ = io.Copy(c, c)
 			}()
 		}
 	}()
 }
 
 // results collects every RESULT line once the probe said done.
-func (pr *probe) results(t *testing.T) map[string]string {
+func (pr *probe) results(t testing.TB) map[string]string {
 	t.Helper()
 	pr.result(t, "done")
 	out := map[string]string{}

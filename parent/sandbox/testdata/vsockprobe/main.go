@@ -64,6 +64,9 @@ func main() {
 		"attack-fork":   attackFork,
 		"flood-sockets": floodSockets,
 		"flood-notify":  floodNotify,
+		"bench-connect": benchConnect,
+		"bench-rtt":     benchRoundTrip,
+		"bench-nsm":     benchNSM,
 		"exit":          func([]string) {},
 	}
 	f, ok := modes[os.Args[1]]
@@ -532,4 +535,161 @@ func floodNotify(args []string) {
 	if e := firstErr.Load(); e != nil {
 		result("error", e)
 	}
+}
+
+// dialParent connects to the parent's port the way mode says: "vsock"
+// (AF_VSOCK to CID 3, emulated in the sandbox) or "unix" (the SDK's path
+// in the sandbox: a Unix socket to /run/cloister/vsock/host/vsock_<port>).
+func dialParent(mode string, port uint32) (int, error) {
+	if mode == "vsock" {
+		fd, err := vsock(unix.SOCK_CLOEXEC)
+		if err != nil {
+			return -1, err
+		}
+		if err := unix.Connect(fd, &unix.SockaddrVM{CID: 3, Port: port}); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+		return fd, nil
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: fmt.Sprintf("/run/cloister/vsock/host/vsock_%d", port)}); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// readFull reads exactly len(b) bytes.
+func readFull(fd int, b []byte) error {
+	for n := 0; n < len(b); {
+		m, err := unix.Read(fd, b[n:])
+		if err != nil {
+			return err
+		}
+		if m == 0 {
+			return errors.New("EOF")
+		}
+		n += m
+	}
+	return nil
+}
+
+func writeFull(fd int, b []byte) error {
+	for n := 0; n < len(b); {
+		m, err := unix.Write(fd, b[n:])
+		if err != nil {
+			return err
+		}
+		n += m
+	}
+	return nil
+}
+
+// benchConnect times n connections to the parent's echo port, each
+// carrying one byte there and back. args: mode, port, n.
+func benchConnect(args []string) {
+	mode, port, n := args[0], uint32(atoi(args[1])), atoi(args[2])
+	b := []byte{'x'}
+	start := time.Now()
+	for range n {
+		fd, err := dialParent(mode, port)
+		if err == nil {
+			err = writeFull(fd, b)
+		}
+		if err == nil {
+			err = readFull(fd, b)
+		}
+		if err != nil {
+			result("error", errName(err))
+			return
+		}
+		unix.Close(fd)
+	}
+	result("ns_per_op", time.Since(start).Nanoseconds()/int64(n))
+}
+
+// benchRoundTrip times n 64-byte round trips on one connection to the
+// parent's echo port. args: mode, port, n.
+func benchRoundTrip(args []string) {
+	mode, port, n := args[0], uint32(atoi(args[1])), atoi(args[2])
+	fd, err := dialParent(mode, port)
+	if err != nil {
+		result("error", errName(err))
+		return
+	}
+	b := make([]byte, 64)
+	start := time.Now()
+	for range n {
+		if err := writeFull(fd, b); err != nil {
+			result("error", errName(err))
+			return
+		}
+		if err := readFull(fd, b); err != nil {
+			result("error", errName(err))
+			return
+		}
+	}
+	result("ns_per_op", time.Since(start).Nanoseconds()/int64(n))
+}
+
+// getRandom is the NSM request "GetRandom" (a CBOR text string).
+var getRandom = append([]byte{0x60 | 9}, "GetRandom"...)
+
+// benchNSM times n GetRandom requests: "ioctl" through /dev/nsm, or
+// "stream" as the SDK sends them in the sandbox (frames of a 4-byte
+// big-endian length and the CBOR, over a Unix socket to the emulated
+// module's port). args: mode, n.
+func benchNSM(args []string) {
+	mode, n := args[0], atoi(args[1])
+	resp := make([]byte, 0x3000)
+	var once func() error
+	if mode == "ioctl" {
+		fd, err := unix.Open("/dev/nsm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			result("error", errName(err))
+			return
+		}
+		var raw [4]uint64
+		once = func() error {
+			raw[0], raw[1] = uint64(uintptr(unsafe.Pointer(&getRandom[0]))), uint64(len(getRandom))
+			raw[2], raw[3] = uint64(uintptr(unsafe.Pointer(&resp[0]))), uint64(len(resp))
+			_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), 0xc0200a00, uintptr(unsafe.Pointer(&raw[0])))
+			runtime.KeepAlive(getRandom)
+			return errnoErr(e)
+		}
+	} else {
+		fd, err := dialParent("unix", 0x4E534D)
+		if err != nil {
+			result("error", errName(err))
+			return
+		}
+		frame := binary.BigEndian.AppendUint32(nil, uint32(len(getRandom)))
+		frame = append(frame, getRandom...)
+		once = func() error {
+			if err := writeFull(fd, frame); err != nil {
+				return err
+			}
+			var hdr [4]byte
+			if err := readFull(fd, hdr[:]); err != nil {
+				return err
+			}
+			l := binary.BigEndian.Uint32(hdr[:])
+			if l > uint32(len(resp)) {
+				return errors.New("response too long")
+			}
+			return readFull(fd, resp[:l])
+		}
+	}
+	start := time.Now()
+	for range n {
+		if err := once(); err != nil {
+			result("error", errName(err))
+			return
+		}
+	}
+	result("ns_per_op", time.Since(start).Nanoseconds()/int64(n))
 }
