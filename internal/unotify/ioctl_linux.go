@@ -94,23 +94,26 @@ func (s *Supervisor) nsm(ctx context.Context, c *Caller, cmd uint32, arg uint64)
 	s.nsmCalls.Add(1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	watch := make(chan struct{})
-	defer close(watch)
-	go func() {
+	// Most requests take well under validPoll; only one that waits (an
+	// attestation paced by the module) is watched for its caller.
+	quit := make(chan struct{})
+	defer close(quit)
+	timer := time.AfterFunc(validPoll, func() {
 		t := time.NewTicker(validPoll)
 		defer t.Stop()
 		for {
+			if !c.Valid() {
+				cancel()
+				return
+			}
 			select {
-			case <-watch:
+			case <-quit:
 				return
 			case <-t.C:
-				if !c.Valid() {
-					cancel()
-					return
-				}
 			}
 		}
-	}()
+	})
+	defer timer.Stop()
 	if e := s.cfg.NSM(ctx, c, cmd, arg); e != 0 {
 		if !c.Valid() {
 			return s.gone()

@@ -47,7 +47,7 @@ func BenchmarkSandboxParentRoundTrip(b *testing.B) {
 	b.Run("sdk-unix-unsupervised", func(b *testing.B) { benchProbe(b, nil, echo, "bench-rtt", "unix", "5000") })
 }
 
-// BenchmarkSandboxNSM: GetRandom through /dev/nsm (the supervisor reads
+// BenchmarkSandboxNSM: GetRandom and Attestation through /dev/nsm (the supervisor reads
 // and writes the caller's buffers and calls the emulator in-process)
 // against the SDK's stream path (frames over a Unix socket to the
 // emulator's port), with the same emulator.
@@ -63,7 +63,9 @@ func BenchmarkSandboxNSM(b *testing.B) {
 		go func() { _ = emu.Serve(ctx, l) }()
 	}
 	nitro := &Nitro{NSM: emulatorNSM{emu}}
-	b.Run("ioctl", func(b *testing.B) { benchProbe(b, nitro, serve, "bench-nsm", "ioctl") })
-	b.Run("stream-supervised", func(b *testing.B) { benchProbe(b, nitro, serve, "bench-nsm", "stream") })
-	b.Run("stream-unsupervised", func(b *testing.B) { benchProbe(b, nil, serve, "bench-nsm", "stream") })
+	for _, req := range []string{"random", "attest"} {
+		b.Run(req+"/ioctl", func(b *testing.B) { benchProbe(b, nitro, serve, "bench-nsm", "ioctl", req) })
+		b.Run(req+"/stream-supervised", func(b *testing.B) { benchProbe(b, nitro, serve, "bench-nsm", "stream", req) })
+		b.Run(req+"/stream-unsupervised", func(b *testing.B) { benchProbe(b, nil, serve, "bench-nsm", "stream", req) })
+	}
 }

@@ -636,15 +636,32 @@ func benchRoundTrip(args []string) {
 	result("ns_per_op", time.Since(start).Nanoseconds()/int64(n))
 }
 
-// getRandom is the NSM request "GetRandom" (a CBOR text string).
-var getRandom = append([]byte{0x60 | 9}, "GetRandom"...)
+// NSM requests (CBOR): "GetRandom", and {"Attestation": {"user_data":
+// null, "nonce": null, "public_key": null}}.
+var (
+	getRandom   = append([]byte{0x60 | 9}, "GetRandom"...)
+	attestation = func() []byte {
+		b := append([]byte{0xa1, 0x60 | 11}, "Attestation"...)
+		b = append(b, 0xa3)
+		for _, k := range []string{"user_data", "nonce", "public_key"} {
+			b = append(b, 0x60|byte(len(k)))
+			b = append(b, k...)
+			b = append(b, 0xf6)
+		}
+		return b
+	}()
+)
 
-// benchNSM times n GetRandom requests: "ioctl" through /dev/nsm, or
-// "stream" as the SDK sends them in the sandbox (frames of a 4-byte
-// big-endian length and the CBOR, over a Unix socket to the emulated
-// module's port). args: mode, n.
+// benchNSM times n requests (GetRandom, or Attestation with "attest"):
+// "ioctl" through /dev/nsm, or "stream" as the SDK sends them in the
+// sandbox (frames of a 4-byte big-endian length and the CBOR, over a Unix
+// socket to the emulated module's port). args: mode, request, n.
 func benchNSM(args []string) {
-	mode, n := args[0], atoi(args[1])
+	mode, n := args[0], atoi(args[2])
+	req := getRandom
+	if args[1] == "attest" {
+		req = attestation
+	}
 	resp := make([]byte, 0x3000)
 	var once func() error
 	if mode == "ioctl" {
@@ -655,10 +672,13 @@ func benchNSM(args []string) {
 		}
 		var raw [4]uint64
 		once = func() error {
-			raw[0], raw[1] = uint64(uintptr(unsafe.Pointer(&getRandom[0]))), uint64(len(getRandom))
+			raw[0], raw[1] = uint64(uintptr(unsafe.Pointer(&req[0]))), uint64(len(req))
 			raw[2], raw[3] = uint64(uintptr(unsafe.Pointer(&resp[0]))), uint64(len(resp))
 			_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), 0xc0200a00, uintptr(unsafe.Pointer(&raw[0])))
-			runtime.KeepAlive(getRandom)
+			runtime.KeepAlive(req)
+			if e == 0 && resp[0] == 0xa1 && raw[3] > 8 && string(resp[2:7]) == "Error" {
+				return fmt.Errorf("module error %q", resp[:raw[3]])
+			}
 			return errnoErr(e)
 		}
 	} else {
@@ -667,8 +687,8 @@ func benchNSM(args []string) {
 			result("error", errName(err))
 			return
 		}
-		frame := binary.BigEndian.AppendUint32(nil, uint32(len(getRandom)))
-		frame = append(frame, getRandom...)
+		frame := binary.BigEndian.AppendUint32(nil, uint32(len(req)))
+		frame = append(frame, req...)
 		once = func() error {
 			if err := writeFull(fd, frame); err != nil {
 				return err
