@@ -58,6 +58,19 @@ func main() {
 		"basics":        basics,
 		"listen":        listen,
 		"attack-nested": attackNested,
+		"attack-nested-after": func(args []string) {
+			// Wait for the test's go-ahead (a file it creates in the
+			// parent's directory), then attack.
+			result("waiting", "yes")
+			for range 3000 {
+				var st unix.Stat_t
+				if unix.Stat(args[0], &st) == nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			attackNested(nil)
+		},
 		"attack-race":   attackRace,
 		"attack-dup2":   attackDup2,
 		"attack-fakefd": attackFakeFD,
@@ -279,26 +292,48 @@ const (
 	retUserNotif         = 0x7fc00000
 )
 
-// attackNested stacks the program's own seccomp filter that sends every
-// call to a supervisor of its own (which could let socket(AF_VSOCK) run),
-// and one without a listener.
+// attackNested stacks the program's own seccomp filter that sends
+// socket(2) to a supervisor of its own, which lets socket(AF_VSOCK) run:
+// the newest filter wins among equal actions, so without a guard the
+// sandbox's supervisor never sees the call and the kernel makes a real
+// vsock socket (not connected anywhere; closed at once). Then a filter
+// without a listener, which only blocks the program itself.
 func attackNested([]string) {
-	prog := []unix.SockFilter{{Code: 0x06, K: retUserNotif}} // ret USER_NOTIF
-	fprog := unix.SockFprog{Len: 1, Filter: &prog[0]}
-	r, _, e := unix.Syscall(unix.SYS_SECCOMP, seccompSetModeFilter, newListener, uintptr(unsafe.Pointer(&fprog)))
-	result("own_listener", errName(errnoErr(e)))
-	if e == 0 {
-		// A listener: answer the next socket(AF_VSOCK) with CONTINUE.
-		result("own_listener_fd", r)
-	}
-	// Without a listener, the program's filter wins and its calls fail.
 	onlySocket := []unix.SockFilter{
 		{Code: 0x20, K: 0}, // ld nr
 		{Code: 0x15, Jt: 0, Jf: 1, K: unix.SYS_SOCKET}, // jeq socket
 		{Code: 0x06, K: retUserNotif},                  // ret USER_NOTIF
 		{Code: 0x06, K: 0x7fff0000},                    // ret ALLOW
 	}
-	fprog = unix.SockFprog{Len: uint16(len(onlySocket)), Filter: &onlySocket[0]}
+	fprog := unix.SockFprog{Len: uint16(len(onlySocket)), Filter: &onlySocket[0]}
+	runtime.LockOSThread()
+	lfd, _, e := unix.Syscall(unix.SYS_SECCOMP, seccompSetModeFilter, newListener, uintptr(unsafe.Pointer(&fprog)))
+	result("own_listener", errName(errnoErr(e)))
+	if e == 0 {
+		// Our own supervisor: answer every notification with CONTINUE.
+		go func() {
+			for {
+				var notif [80]byte
+				if _, _, e := unix.Syscall(unix.SYS_IOCTL, lfd, 0xc0502100 /* NOTIF_RECV */, uintptr(unsafe.Pointer(&notif[0]))); e != 0 {
+					return
+				}
+				var resp [24]byte
+				copy(resp[:8], notif[:8])
+				binary.LittleEndian.PutUint32(resp[20:], 1) // SECCOMP_USER_NOTIF_FLAG_CONTINUE
+				_, _, _ = unix.Syscall(unix.SYS_IOCTL, lfd, 0xc0182101 /* NOTIF_SEND */, uintptr(unsafe.Pointer(&resp[0])))
+			}
+		}()
+		fd, err := vsock(unix.SOCK_CLOEXEC)
+		if err != nil {
+			result("socket_through_own_listener", errName(err))
+			return
+		}
+		d, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+		result("socket_through_own_listener", fmt.Sprintf("ok, unix underneath: %s (type %d)", isUnixSocket(fd), d))
+		unix.Close(fd)
+		return
+	}
+	// Without a listener, the program's filter wins and its calls fail.
 	_, _, e = unix.Syscall(unix.SYS_SECCOMP, seccompSetModeFilter, 0, uintptr(unsafe.Pointer(&fprog)))
 	result("own_filter", errName(errnoErr(e)))
 	_, err := vsock(0)
