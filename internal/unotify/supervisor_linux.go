@@ -69,7 +69,8 @@ type Config struct {
 	// ParentDir is the directory of the parent's listeners for the
 	// enclave, vsock_<port> (the sandbox's /run/cloister/vsock/host, the
 	// daemon's D/host). It is the daemon's: nothing in it is the
-	// enclave's, and it is used by path.
+	// enclave's. New opens it once (O_PATH) and connects through that
+	// descriptor.
 	ParentDir string
 	// GuestDir is the enclave's listener directory (its
 	// /run/cloister/vsock/guest), by descriptor: emulated listeners are
@@ -126,12 +127,13 @@ type Supervisor struct {
 	l   *Listener
 	log *slog.Logger
 
-	sem    chan struct{}
-	wg     sync.WaitGroup
-	ns     *NetNS // cfg.NetNS, or the supervisor's own
-	ownNS  bool
-	table  *table
-	waiter *waiter
+	sem       chan struct{}
+	wg        sync.WaitGroup
+	parentDir int    // O_PATH descriptor of cfg.ParentDir
+	ns        *NetNS // cfg.NetNS, or the supervisor's own
+	ownNS     bool
+	table     *table
+	waiter    *waiter
 	// diags ask the sandbox's and this process's namespaces whether a
 	// socket still exists.
 	sandboxDiag, hostDiag *diag
@@ -187,8 +189,12 @@ func New(l *Listener, cfg Config) (*Supervisor, error) {
 		*d.id = &id
 	}
 	var err error
+	if s.parentDir, err = unix.Open(cfg.ParentDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+		return nil, fmt.Errorf("unotify: the parent's listener directory: %w", err)
+	}
 	if s.ns = cfg.NetNS; s.ns == nil {
 		if s.ns, err = EnterNetNS(-1); err != nil {
+			unix.Close(s.parentDir)
 			return nil, err
 		}
 		s.ownNS = true
@@ -211,11 +217,13 @@ func New(l *Listener, cfg Config) (*Supervisor, error) {
 	return s, nil
 }
 
-// closeNS ends the supervisor's own namespace thread, if it made one.
+// closeNS ends the supervisor's own namespace thread, if it made one, and
+// closes the parent directory's descriptor.
 func (s *Supervisor) closeNS() {
-	if s.ownNS {
+	if s.ownNS && s.ns != nil {
 		s.ns.Close()
 	}
+	unix.Close(s.parentDir)
 }
 
 // Run receives and answers notifications until no task uses the filter

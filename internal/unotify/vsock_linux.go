@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cloister/cloister/internal/hybrid"
+	"github.com/cloister/cloister/internal/wellknown"
 )
 
 // Socket type bits (linux/net.h): the type is the low 4 bits, the flags
@@ -351,7 +352,7 @@ func (s *Supervisor) guestPath(name string) string {
 // is EADDRINUSE.
 func (s *Supervisor) bindListener(c *Caller, fd int, port uint32) error {
 	uid, gid := s.callerIDs(c)
-	name := "vsock_" + strconv.FormatUint(uint64(port), 10)
+	name := wellknown.VsockSocketName(port)
 	path := s.guestPath(name)
 	err := s.ns.AsIDs(uid, gid, func() error { return unix.Bind(fd, &unix.SockaddrUnix{Name: path}) })
 	if !errors.Is(err, unix.EADDRINUSE) {
@@ -378,7 +379,9 @@ func (s *Supervisor) staleListener(name string) bool {
 	if unix.Fstat(pfd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return false
 	}
-	probe, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	// The probe is a socket of the sandbox's namespace, so a live
+	// listener that accepts it gets nothing of the host's.
+	probe, err := s.ns.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return false
 	}
@@ -470,7 +473,9 @@ func (s *Supervisor) sysConnect(c *Caller, n *Notification, fd int, v *vsock) an
 	if !isParent(sa.CID) {
 		return fail(unix.ECONNRESET)
 	}
-	path := hybrid.HostPath(s.cfg.ParentDir+"/vsock", sa.Port)
+	// Through the directory's descriptor: the path stays short whatever
+	// the daemon's state directory is.
+	path := "/proc/self/fd/" + strconv.Itoa(s.parentDir) + "/" + wellknown.VsockSocketName(sa.Port)
 	for {
 		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
 		if !errors.Is(err, unix.EINTR) {
