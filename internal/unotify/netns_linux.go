@@ -46,21 +46,41 @@ type nsReply struct {
 // pidfd refers to (pidfd -1: stay in this process's namespace). The
 // caller needs CAP_SYS_ADMIN over that namespace.
 //
-// The thread is never unlocked: it ends with Close, and the runtime then
-// ends it, so no other goroutine ever runs in the sandbox's namespace or
-// with the ids of AsIDs. Call Close only once the sandbox has ended: a
-// child started with Pdeathsig (the sandbox's launcher) is killed when
-// the thread that started it ends, which may be this one.
+// The thread stays locked to the namespace until Close, which moves it
+// back to this process's namespace before handing it back to the
+// runtime. The thread is never ended (unless it cannot be moved back): a
+// child started with Pdeathsig, such as the sandbox's launcher, is killed
+// when the thread that started it ends, and that may be this one.
 func EnterNetNS(pidfd int) (*NetNS, error) {
 	n := &NetNS{req: make(chan nsRequest), done: make(chan struct{}), pool: make(chan int, poolSize)}
 	started := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		if pidfd >= 0 {
+			orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				runtime.UnlockOSThread()
+				started <- fmt.Errorf("unotify: this thread's network namespace: %w", err)
+				return
+			}
+			defer func() {
+				// Back to this process's namespace, then to the runtime;
+				// a thread that cannot go back stays locked and ends.
+				if unix.Setns(orig, unix.CLONE_NEWNET) == nil && !n.broken.Load() {
+					runtime.UnlockOSThread()
+				}
+				unix.Close(orig)
+			}()
 			if err := unix.Setns(pidfd, unix.CLONE_NEWNET); err != nil {
 				started <- fmt.Errorf("unotify: enter the sandbox's network namespace: %w", err)
 				return
 			}
+		} else {
+			defer func() {
+				if !n.broken.Load() {
+					runtime.UnlockOSThread()
+				}
+			}()
 		}
 		started <- nil
 		next := -1
