@@ -74,6 +74,13 @@ func (u UnixConnector) dial(ctx context.Context, port uint32) (*net.UnixConn, er
 	return c, nil
 }
 
+// Dial connects to the enclave's "vsock_<port>" as ConnectGuest does, but
+// sends no marker: the caller sends one (the sandbox's supervisor puts a
+// connection back in an emulated listener's queue with [MarkerHandoff]).
+func (u UnixConnector) Dial(ctx context.Context, port uint32) (*net.UnixConn, error) {
+	return u.dial(ctx, port)
+}
+
 // Handoff implements [Handoff]: it connects to the enclave's "vsock_<port>"
 // as ConnectGuest does, writes ok to client, then sends the marker
 // [MarkerHandoff] with client's descriptor (SCM_RIGHTS) on the new

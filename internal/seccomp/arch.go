@@ -37,7 +37,9 @@ var ArchAMD64 = &Arch{
 	Audit: auditArchX86_64,
 	X32:   true,
 	nums: map[string]uint32{
-		"acct": 163, "add_key": 248, "bpf": 321, "chroot": 161, "clone": 56, "clone3": 435,
+		"accept": 43, "accept4": 288, "acct": 163, "add_key": 248, "bind": 49, "bpf": 321, "connect": 42,
+		"getpeername": 52, "getsockname": 51, "getsockopt": 55, "listen": 50, "seccomp": 317, "setsockopt": 54,
+		"shutdown": 48, "chroot": 161, "clone": 56, "clone3": 435,
 		"delete_module": 176, "finit_module": 313, "fsconfig": 431, "fsmount": 432, "fsopen": 430,
 		"fspick": 433, "getpid": 39, "init_module": 175, "io_uring_enter": 426, "io_uring_register": 427,
 		"io_uring_setup": 425, "ioctl": 16, "ioperm": 173, "iopl": 172, "kcmp": 312, "kexec_file_load": 320,
@@ -56,7 +58,9 @@ var ArchARM64 = &Arch{
 	Name:  "arm64",
 	Audit: auditArchAARCH64,
 	nums: map[string]uint32{
-		"acct": 89, "add_key": 217, "bpf": 280, "chroot": 51, "clone": 220, "clone3": 435,
+		"accept": 202, "accept4": 242, "acct": 89, "add_key": 217, "bind": 200, "bpf": 280, "connect": 203,
+		"getpeername": 205, "getsockname": 204, "getsockopt": 209, "listen": 201, "seccomp": 277, "setsockopt": 208,
+		"shutdown": 210, "chroot": 51, "clone": 220, "clone3": 435,
 		"delete_module": 106, "finit_module": 273, "fsconfig": 431, "fsmount": 432, "fsopen": 430,
 		"fspick": 433, "getpid": 172, "init_module": 105, "io_uring_enter": 426, "io_uring_register": 427,
 		"io_uring_setup": 425, "ioctl": 29, "kcmp": 272, "kexec_file_load": 294, "kexec_load": 104,

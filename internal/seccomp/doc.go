@@ -23,6 +23,17 @@
 //     lookup_dcookie, ioctl(TIOCSTI/TIOCLINUX), mknod of device nodes and
 //     personality values other than the harmless ones fail with EPERM.
 //
+// [SupervisedPolicy] is the same policy for a sandbox supervised from
+// outside (parent/sandbox with internal/unotify): socket(AF_VSOCK),
+// ioctl (for /dev/nsm and /dev/vsock), the socket calls that take or return addresses
+// and AF_VSOCK-level socket options return SECCOMP_RET_USER_NOTIF, and the
+// supervisor that holds the filter's listener ([InstallListener]) answers
+// them; every other domain and dangerous call is refused exactly as by
+// SandboxPolicy, and an application may not stack a filter of its own with
+// a listener (its notifications would take precedence). With no supervisor
+// (the listener closed) a notified call fails with ENOSYS: the policy
+// fails closed. Rules may have several cases ([Case]), tried in order.
+//
 // EPERM rather than a kill keeps the failure diagnosable: applications see
 // "operation not permitted" and can print it.
 //

@@ -49,3 +49,31 @@ func Install(prog []bpf.RawInstruction) error {
 	}
 	return nil
 }
+
+// seccomp(2) filter flags used by InstallListener (linux/seccomp.h).
+const (
+	seccompFilterFlagNewListener = 0x8
+	seccompFilterFlagTSYNCESRCH  = 0x10
+)
+
+// InstallListener loads prog as [Install] does (every thread, TSYNC) and
+// returns the new filter's user-notification listener
+// (SECCOMP_FILTER_FLAG_NEW_LISTENER, close-on-exec): the descriptor on
+// which a supervisor receives the calls prog answers with [ActNotify].
+// TSYNC and a listener together need SECCOMP_FILTER_FLAG_TSYNC_ESRCH
+// (Linux 5.7): a thread that cannot be synchronised makes the call fail
+// with ESRCH. The caller owns the returned descriptor; whoever holds it
+// decides the notified calls, so it must leave the confined process before
+// anything untrusted runs there.
+func InstallListener(prog []bpf.RawInstruction) (int, error) {
+	if len(prog) == 0 || len(prog) > 4096 {
+		return -1, fmt.Errorf("%w: program of %d instructions", ErrInstall, len(prog))
+	}
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: (*unix.SockFilter)(unsafe.Pointer(&prog[0]))}
+	flags := uintptr(seccompFilterFlagTSYNC | seccompFilterFlagNewListener | seccompFilterFlagTSYNCESRCH)
+	fd, _, errno := unix.Syscall(unix.SYS_SECCOMP, seccompSetModeFilter, flags, uintptr(unsafe.Pointer(&fprog)))
+	if errno != 0 {
+		return -1, fmt.Errorf("%w: seccomp(SET_MODE_FILTER, TSYNC|NEW_LISTENER|TSYNC_ESRCH): %w", ErrInstall, errno)
+	}
+	return int(fd), nil
+}

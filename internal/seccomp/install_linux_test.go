@@ -16,14 +16,21 @@ import (
 	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
-const childEnv = "CLOISTER_SECCOMP_TEST_CHILD"
+const (
+	childEnv           = "CLOISTER_SECCOMP_TEST_CHILD"
+	supervisedChildEnv = "CLOISTER_SECCOMP_TEST_SUPERVISED_CHILD"
+)
 
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(childEnv); dir != "" {
 		os.Exit(filterChild(dir))
+	}
+	if os.Getenv(supervisedChildEnv) != "" {
+		os.Exit(supervisedChild())
 	}
 	os.Exit(m.Run())
 }
@@ -235,5 +242,119 @@ func TestInstallSandboxFilter(t *testing.T) {
 func TestInstallRejectsEmpty(t *testing.T) {
 	if err := Install(nil); !errors.Is(err, ErrInstall) {
 		t.Fatalf("Install(nil) = %v, want ErrInstall", err)
+	}
+}
+
+// supervisedChild installs the supervised filter, closes its listener (no
+// supervisor: notified calls must fail, never run) and probes, printing a
+// JSON map probe → outcome. Nothing here connects anywhere.
+func supervisedChild() int {
+	runtime.LockOSThread()
+	if err := SetNoNewPrivs(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	prog, err := SupervisedProgram()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	lfd, err := InstallListener(prog)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	out := map[string]string{}
+	if fl, err := unix.FcntlInt(uintptr(lfd), unix.F_GETFD, 0); err != nil || fl&unix.FD_CLOEXEC == 0 {
+		out["listener close-on-exec"] = "no"
+	}
+	unix.Close(lfd)
+	sock := func(domain, typ int) error {
+		fd, err := unix.Socket(domain, typ, 0)
+		if err == nil {
+			unix.Close(fd)
+		}
+		return err
+	}
+	out["socket(AF_VSOCK)"] = result(sock(unix.AF_VSOCK, unix.SOCK_STREAM))
+	out["socket(AF_INET)"] = result(sock(unix.AF_INET, unix.SOCK_STREAM))
+	out["socket(AF_NETLINK)"] = result(sock(unix.AF_NETLINK, unix.SOCK_RAW))
+	out["socket(AF_UNIX)"] = result(sock(unix.AF_UNIX, unix.SOCK_STREAM))
+	_, err = unix.Socketpair(unix.AF_VSOCK, unix.SOCK_STREAM, 0)
+	out["socketpair(AF_VSOCK)"] = result(err)
+	_, err = unix.Socketpair(unix.AF_INET, unix.SOCK_STREAM, 0)
+	out["socketpair(AF_INET)"] = result(err)
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	out["connect(unix)"] = result(unix.Connect(fd, &unix.SockaddrUnix{Name: "@cloister-seccomp-test-nobody"}))
+	out["listen(unix)"] = result(unix.Listen(fd, 1))
+	_, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	out["getsockopt(SO_TYPE)"] = result(err)
+	_, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	out["getsockopt(SO_DOMAIN)"] = result(err)
+	_, err = unix.GetsockoptUint64(fd, unix.AF_VSOCK, unix.SO_VM_SOCKETS_BUFFER_SIZE)
+	out["getsockopt(AF_VSOCK)"] = result(err)
+	unix.Close(fd)
+	var raw [32]byte
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, 0, NSMIoctlRaw, uintptr(unsafe.Pointer(&raw[0])))
+	out["ioctl(NSM_IOCTL_RAW)"] = result(errnoOf(e))
+	var c byte = 'x'
+	_, _, e = unix.RawSyscall(unix.SYS_IOCTL, 0, unix.TIOCSTI, uintptr(unsafe.Pointer(&c)))
+	out["ioctl(TIOCSTI)"] = result(errnoOf(e))
+	_, err = unix.IoctlGetTermios(0, unix.TCGETS)
+	out["ioctl(TCGETS)"] = result(err)
+	// An application's own filter with a listener could answer the
+	// sandbox's notified calls first.
+	allow := []bpf.RawInstruction{{Op: 0x06, K: uint32(ActNotify)}} // ret USER_NOTIF
+	_, err = InstallListener(allow)
+	var errno syscall.Errno
+	if err != nil && !errors.As(err, &errno) {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	out["nested listener"] = result(errnoOf(errno))
+	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
+		return 2
+	}
+	return 0
+}
+
+// TestInstallSupervisedFilter runs the supervised filter in a child whose
+// listener is closed at once: every notified call must then fail (ENOSYS),
+// never run, and the rest behaves as under the sandbox filter.
+func TestInstallSupervisedFilter(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), supervisedChildEnv+"=1")
+	cmd.Stderr = os.Stderr
+	b, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	var got map[string]string
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("child output %q: %v", b, err)
+	}
+	want := map[string]string{
+		"socket(AF_VSOCK)":      "ENOSYS",
+		"socket(AF_INET)":       "EPERM",
+		"socket(AF_NETLINK)":    "EPERM",
+		"socket(AF_UNIX)":       "ok",
+		"socketpair(AF_VSOCK)":  "ENOTSUP", // EOPNOTSUPP
+		"socketpair(AF_INET)":   "EPERM",
+		"connect(unix)":         "ENOSYS",
+		"listen(unix)":          "ENOSYS",
+		"getsockopt(SO_TYPE)":   "ok",
+		"getsockopt(SO_DOMAIN)": "ENOSYS",
+		"getsockopt(AF_VSOCK)":  "ENOSYS",
+		"ioctl(NSM_IOCTL_RAW)":  "ENOSYS",
+		"ioctl(TIOCSTI)":        "EPERM",
+		"ioctl(TCGETS)":         "ENOSYS",
+		"nested listener":       "EPERM",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("outcomes under the supervised filter without a supervisor (-want +got):\n%s", diff)
 	}
 }

@@ -20,3 +20,9 @@ func SetNoNewPrivs() error {
 func Install(prog []bpf.RawInstruction) error {
 	return fmt.Errorf("%w: seccomp is Linux-only (GOOS=%s)", ErrInstall, runtime.GOOS)
 }
+
+// InstallListener is only available on Linux; elsewhere it returns an
+// error wrapping [ErrInstall].
+func InstallListener(prog []bpf.RawInstruction) (int, error) {
+	return -1, fmt.Errorf("%w: seccomp is Linux-only (GOOS=%s)", ErrInstall, runtime.GOOS)
+}

@@ -28,6 +28,10 @@ const (
 	ActAllow Action = 0x7fff0000
 	// ActKillProcess kills the whole process (SECCOMP_RET_KILL_PROCESS).
 	ActKillProcess Action = 0x80000000
+	// ActNotify suspends the call and hands it to the supervisor holding
+	// the filter's listener (SECCOMP_RET_USER_NOTIF; see
+	// [InstallListener]). Without a listener the call fails with ENOSYS.
+	ActNotify Action = 0x7fc00000
 )
 
 // retErrno is SECCOMP_RET_ERRNO; the low 16 bits carry the errno.
@@ -44,6 +48,8 @@ func (a Action) String() string {
 		return "allow"
 	case a == ActKillProcess:
 		return "kill-process"
+	case a == ActNotify:
+		return "notify"
 	case a&0xffff0000 == retErrno:
 		return fmt.Sprintf("errno(%d %v)", uint32(a&0xffff), syscall.Errno(a&0xffff))
 	}
@@ -74,12 +80,26 @@ type Cond struct {
 	Mask   uint32
 }
 
+// Case is one alternative of a [Rule] with Cases: Action applies when
+// every condition in If holds (an empty If always holds).
+type Case struct {
+	If     []Cond
+	Action Action
+}
+
 // Rule applies Action to calls of the system call named Syscall; with a
 // non-nil Cond only to calls satisfying it (other calls are allowed).
+//
+// A rule with Cases ignores Action and Cond: its cases are tried in order,
+// the first whose conditions all hold decides, and Default decides when
+// none does. Default must be set (its zero value would be
+// SECCOMP_RET_KILL_THREAD).
 type Rule struct {
 	Syscall string
 	Action  Action
 	Cond    *Cond
+	Cases   []Case
+	Default Action
 }
 
 // Policy is a default-allow deny list: every listed rule, at most one per
@@ -92,6 +112,9 @@ type Policy struct {
 // amd64 and arm64).
 const (
 	afUnix     = 1
+	afVsock    = 40
+	solSocket  = 1
+	soDomain   = 39
 	tiocsti    = 0x5412
 	tioclinux  = 0x541C
 	sIFMT      = 0o170000
@@ -146,6 +169,97 @@ func SandboxPolicy() Policy {
 	return Policy{Rules: rules}
 }
 
+// Constants of the supervised policy (identical on amd64 and arm64).
+const (
+	// NSMIoctlRaw is NSM_IOCTL_RAW = _IOWR(0x0A, 0, struct nsm_raw), the
+	// one ioctl of /dev/nsm.
+	NSMIoctlRaw = 0xc0200a00
+	// seccomp(2)'s SECCOMP_SET_MODE_FILTER and SECCOMP_FILTER_FLAG_NEW_LISTENER.
+	filterSetModeArg          = 1
+	seccompFlagNewListenerArg = 0x8
+)
+
+// NotifiedSocketCalls are the socket system calls the supervised policy
+// hands to the supervisor on every descriptor: a filter cannot tell an
+// emulated AF_VSOCK socket (a Unix socket the supervisor made) from any
+// other, so the supervisor looks at the descriptor and lets the call
+// continue when it is not one of its own.
+var NotifiedSocketCalls = []string{
+	"connect", "bind", "listen", "accept", "accept4", "getsockname", "getpeername", "shutdown",
+}
+
+// SupervisedPolicy is [SandboxPolicy] for a sandbox whose AF_VSOCK sockets,
+// /dev/nsm and /dev/vsock are emulated by a supervisor outside it (the
+// filter is installed with [InstallListener]). It differs only in these
+// rules; everything else SandboxPolicy refuses stays refused:
+//
+//   - socket(2): AF_UNIX is allowed, AF_VSOCK is notified (the supervisor
+//     answers with a Unix socket it made, never by letting the call run),
+//     every other domain fails with EPERM;
+//   - socketpair(2): AF_UNIX is allowed, AF_VSOCK fails with EOPNOTSUPP
+//     (as Linux's vsock does), every other domain with EPERM;
+//   - ioctl(2): TIOCSTI and TIOCLINUX fail with EPERM, every other
+//     ioctl is notified: the supervisor recognises /dev/nsm and /dev/vsock
+//     by the descriptor, and the real nsm driver answers EINVAL to every
+//     command but NSM_IOCTL_RAW (TCGETS, FIONREAD …), which /dev/nsm must
+//     do too; on any other descriptor the ioctl runs as it is;
+//   - [NotifiedSocketCalls] are notified; getsockopt and setsockopt are
+//     notified at level AF_VSOCK, and getsockopt(SOL_SOCKET, SO_DOMAIN);
+//   - seccomp(SECCOMP_SET_MODE_FILTER) with SECCOMP_FILTER_FLAG_NEW_LISTENER
+//     fails with EPERM: a filter stacked by the application and returning
+//     SECCOMP_RET_USER_NOTIF would take precedence over the sandbox's
+//     (the newest filter wins among equal actions), and its own
+//     supervisor could let socket(AF_VSOCK) run. Without a listener such
+//     a filter makes the call fail with ENOSYS.
+func SupervisedPolicy() Policy {
+	eperm := Errno(syscall.EPERM)
+	base := SandboxPolicy()
+	replaced := map[string]Rule{
+		"socket": {Syscall: "socket", Default: eperm, Cases: []Case{
+			{If: []Cond{{Arg: 0, Op: OpIn, Values: []uint32{afUnix}}}, Action: ActAllow},
+			{If: []Cond{{Arg: 0, Op: OpIn, Values: []uint32{afVsock}}}, Action: ActNotify},
+		}},
+		"socketpair": {Syscall: "socketpair", Default: eperm, Cases: []Case{
+			{If: []Cond{{Arg: 0, Op: OpIn, Values: []uint32{afUnix}}}, Action: ActAllow},
+			{If: []Cond{{Arg: 0, Op: OpIn, Values: []uint32{afVsock}}}, Action: Errno(syscall.EOPNOTSUPP)},
+		}},
+		"ioctl": {Syscall: "ioctl", Default: ActNotify, Cases: []Case{
+			{If: []Cond{{Arg: 1, Op: OpIn, Values: []uint32{tiocsti, tioclinux}}}, Action: eperm},
+		}},
+	}
+	var rules []Rule
+	for _, r := range base.Rules {
+		if nr, ok := replaced[r.Syscall]; ok {
+			r = nr
+		}
+		rules = append(rules, r)
+	}
+	for _, name := range NotifiedSocketCalls {
+		rules = append(rules, Rule{Syscall: name, Action: ActNotify})
+	}
+	rules = append(rules,
+		Rule{Syscall: "getsockopt", Default: ActAllow, Cases: []Case{
+			{If: []Cond{{Arg: 1, Op: OpIn, Values: []uint32{afVsock}}}, Action: ActNotify},
+			{If: []Cond{{Arg: 1, Op: OpIn, Values: []uint32{solSocket}}, {Arg: 2, Op: OpIn, Values: []uint32{soDomain}}}, Action: ActNotify},
+		}},
+		Rule{Syscall: "setsockopt", Action: ActNotify, Cond: &Cond{Arg: 1, Op: OpIn, Values: []uint32{afVsock}}},
+		Rule{Syscall: "seccomp", Default: ActAllow, Cases: []Case{
+			{If: []Cond{{Arg: 0, Op: OpIn, Values: []uint32{filterSetModeArg}}, {Arg: 1, Op: OpAnyBits, Mask: seccompFlagNewListenerArg}}, Action: eperm},
+		}},
+	)
+	return Policy{Rules: rules}
+}
+
+// SupervisedProgram returns [SupervisedPolicy] assembled for the running
+// program's architecture.
+func SupervisedProgram() ([]bpf.RawInstruction, error) {
+	arch, err := NativeArch()
+	if err != nil {
+		return nil, err
+	}
+	return SupervisedPolicy().Assemble(arch)
+}
+
 // seccomp_data offsets (linux/seccomp.h): nr, arch, instruction_pointer,
 // args[6]. Both supported ABIs are little-endian, so the low 32 bits of
 // args[i] are at 16+8*i.
@@ -190,16 +304,25 @@ func (p Policy) Compile(arch *Arch) ([]bpf.Instruction, error) {
 			return nil, fmt.Errorf("%w: two rules for %q", ErrInvalidPolicy, r.Syscall)
 		}
 		seen[r.Syscall] = true
-		block, err := ruleBlock(r)
+		var block []bpf.Instruction
+		var err error
+		if r.Cases != nil {
+			block, err = casesBlock(r)
+		} else {
+			block, err = ruleBlock(r)
+		}
 		if err != nil {
 			return nil, err
 		}
-		if len(block) > 255 {
-			return nil, fmt.Errorf("%w: rule for %q too long", ErrInvalidPolicy, r.Syscall)
-		}
 		// A holds the syscall number here; every block ends in a return,
 		// so the next comparison is only reached when this one is false.
-		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipFalse: uint8(len(block))})
+		// A block too long for the 8-bit skip is jumped over with an
+		// unconditional jump (32-bit offset).
+		if len(block) <= 255 {
+			prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipFalse: uint8(len(block))})
+		} else {
+			prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: 1}, bpf.Jump{Skip: uint32(len(block))})
+		}
 		prog = append(prog, block...)
 	}
 	prog = append(prog, bpf.RetConstant{Val: uint32(ActAllow)})
@@ -248,6 +371,79 @@ func ruleBlock(r Rule) ([]bpf.Instruction, error) {
 		return append(block, allow, act), nil
 	}
 	return nil, fmt.Errorf("%w: %q: unknown comparison %d", ErrInvalidPolicy, r.Syscall, c.Op)
+}
+
+// casesBlock returns the instructions of a rule with Cases: each case
+// tests its conditions in order and returns its action when all hold; a
+// failed condition jumps (unconditionally, so the distance is not limited
+// to 255) to the next case; the last instruction returns Default.
+func casesBlock(r Rule) ([]bpf.Instruction, error) {
+	if r.Default == 0 {
+		return nil, fmt.Errorf("%w: %q: cases without a default action", ErrInvalidPolicy, r.Syscall)
+	}
+	if r.Cond != nil {
+		return nil, fmt.Errorf("%w: %q: both Cond and Cases", ErrInvalidPolicy, r.Syscall)
+	}
+	block := []bpf.Instruction{bpf.RetConstant{Val: uint32(r.Default)}}
+	for i := len(r.Cases) - 1; i >= 0; i-- {
+		c := r.Cases[i]
+		if c.Action == 0 {
+			return nil, fmt.Errorf("%w: %q: case %d without an action", ErrInvalidPolicy, r.Syscall, i)
+		}
+		// tail is what follows a condition of this case when it holds:
+		// the next conditions and the return; a condition that fails
+		// skips tail and lands on the next case (block).
+		tail := []bpf.Instruction{bpf.RetConstant{Val: uint32(c.Action)}}
+		for j := len(c.If) - 1; j >= 0; j-- {
+			cb, err := condBlock(r.Syscall, c.If[j], len(tail))
+			if err != nil {
+				return nil, err
+			}
+			tail = append(cb, tail...)
+		}
+		block = append(tail, block...)
+	}
+	return block, nil
+}
+
+// condBlock tests c; when it holds, execution falls through past the
+// block; when it does not, the block's last instruction jumps forward
+// over fail more instructions.
+func condBlock(syscall string, c Cond, fail int) ([]bpf.Instruction, error) {
+	if c.Arg < 0 || c.Arg > 5 {
+		return nil, fmt.Errorf("%w: %q: argument index %d", ErrInvalidPolicy, syscall, c.Arg)
+	}
+	block := []bpf.Instruction{bpf.LoadAbsolute{Off: uint32(offArgs + 8*c.Arg), Size: 4}}
+	failJump := bpf.Jump{Skip: uint32(fail)}
+	switch c.Op {
+	case OpAnyBits:
+		if c.Mask == 0 {
+			return nil, fmt.Errorf("%w: %q: empty mask", ErrInvalidPolicy, syscall)
+		}
+		return append(block, bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: c.Mask, SkipTrue: 1}, failJump), nil
+	case OpIn, OpNotIn, OpMaskedIn:
+		n := len(c.Values)
+		if n == 0 || n > 64 {
+			return nil, fmt.Errorf("%w: %q: %d values", ErrInvalidPolicy, syscall, n)
+		}
+		if c.Op == OpMaskedIn {
+			if c.Mask == 0 {
+				return nil, fmt.Errorf("%w: %q: empty mask", ErrInvalidPolicy, syscall)
+			}
+			block = append(block, bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: c.Mask})
+		}
+		// In: equal to values[i] skips the remaining comparisons and
+		// the failure jump. NotIn: equal to values[i] skips the remaining
+		// comparisons and the "holds" jump, landing on the failure jump.
+		for i, v := range c.Values {
+			block = append(block, bpf.JumpIf{Cond: bpf.JumpEqual, Val: v, SkipTrue: uint8(n - i)})
+		}
+		if c.Op == OpNotIn {
+			block = append(block, bpf.Jump{Skip: 1})
+		}
+		return append(block, failJump), nil
+	}
+	return nil, fmt.Errorf("%w: %q: unknown comparison %d", ErrInvalidPolicy, syscall, c.Op)
 }
 
 // Assemble compiles p for arch and assembles it into the raw instructions

@@ -7,6 +7,9 @@ import "golang.org/x/sys/unix"
 // nativeNums are x/sys/unix's numbers for the syscalls in ArchAMD64, to
 // cross-check the hand-written table on this architecture.
 var nativeArch, nativeNums = ArchAMD64, map[string]uint32{
+	"accept": unix.SYS_ACCEPT, "accept4": unix.SYS_ACCEPT4, "bind": unix.SYS_BIND, "connect": unix.SYS_CONNECT,
+	"getpeername": unix.SYS_GETPEERNAME, "getsockname": unix.SYS_GETSOCKNAME, "getsockopt": unix.SYS_GETSOCKOPT,
+	"listen": unix.SYS_LISTEN, "seccomp": unix.SYS_SECCOMP, "setsockopt": unix.SYS_SETSOCKOPT, "shutdown": unix.SYS_SHUTDOWN,
 	"acct": unix.SYS_ACCT, "add_key": unix.SYS_ADD_KEY, "bpf": unix.SYS_BPF, "chroot": unix.SYS_CHROOT,
 	"clone": unix.SYS_CLONE, "clone3": unix.SYS_CLONE3, "delete_module": unix.SYS_DELETE_MODULE,
 	"finit_module": unix.SYS_FINIT_MODULE, "fsconfig": unix.SYS_FSCONFIG, "fsmount": unix.SYS_FSMOUNT,

@@ -54,6 +54,17 @@ type Spec struct {
 	// Console receives the enclave's console output (serial console or the
 	// sandbox's stdout/stderr).
 	Console io.Writer `json:"-"`
+	// NSM is the enclave's emulated security module (the daemon's
+	// parent/nsmemu), for a backend that serves /dev/nsm itself: the
+	// sandbox's supervisor sends it the raw requests of /dev/nsm's ioctl.
+	// nil when the daemon runs none.
+	NSM NSMRoundTripper `json:"-"`
+}
+
+// NSMRoundTripper sends one raw CBOR NSM request and returns the raw CBOR
+// response (nsmdev.RoundTripper, internal/nsm.Transport).
+type NSMRoundTripper interface {
+	RoundTrip(ctx context.Context, req []byte) ([]byte, error)
 }
 
 // Exit describes how an enclave ended.

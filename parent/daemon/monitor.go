@@ -166,6 +166,11 @@ func (m *monitor) run(ctx context.Context) error {
 	if err := m.startServices(svcCtx, spec, &svcWG); err != nil {
 		return m.fail("E11", err)
 	}
+	// A backend that serves /dev/nsm itself (the sandbox's supervisor)
+	// sends its requests to the same emulated module, in this process.
+	if emu := m.limits.emulator(); emu != nil {
+		spec.NSM = emulatorRoundTripper{emu}
+	}
 
 	launchStart := time.Now()
 	inst, err := m.be.Launch(ctx, spec)
@@ -178,6 +183,7 @@ func (m *monitor) run(ctx context.Context) error {
 	m.mu.Lock()
 	m.inst = inst
 	m.mu.Unlock()
+	m.limits.setInstance(inst)
 	m.setStatus(func(s *monitorStatus) { s.EnclavePID = inst.Pid() })
 
 	// Host → enclave connections through the hybrid socket.
@@ -396,6 +402,15 @@ func (m *monitor) handler() http.Handler {
 		}
 	})
 	return mux
+}
+
+// emulatorRoundTripper gives a backend the emulated security module as a
+// backend.NSMRoundTripper: the same PCRs, locks and attestation pacing as
+// the module's vsock port.
+type emulatorRoundTripper struct{ emu *nsmemu.Emulator }
+
+func (e emulatorRoundTripper) RoundTrip(ctx context.Context, req []byte) ([]byte, error) {
+	return e.emu.Handle(ctx, req), nil
 }
 
 // instanceConnector adapts a backend instance to the hybrid server.

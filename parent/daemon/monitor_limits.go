@@ -9,15 +9,18 @@ import (
 
 	"github.com/cloister/cloister/internal/connlimit"
 	"github.com/cloister/cloister/internal/ratelimit"
+	"github.com/cloister/cloister/internal/unotify"
+	"github.com/cloister/cloister/parent/backend"
 	"github.com/cloister/cloister/parent/nsmemu"
 )
 
 // serviceLimits holds a monitor's bounded service listeners and its
 // emulated security module, for their counters (GET /stats).
 type serviceLimits struct {
-	mu  sync.Mutex
-	ls  map[string]*connlimit.Listener
-	emu *nsmemu.Emulator
+	mu   sync.Mutex
+	ls   map[string]*connlimit.Listener
+	emu  *nsmemu.Emulator
+	inst backend.Instance
 }
 
 // bound limits l to n concurrent connections and records it as service
@@ -39,6 +42,24 @@ func (s *serviceLimits) setEmulator(e *nsmemu.Emulator) {
 	s.mu.Unlock()
 }
 
+func (s *serviceLimits) emulator() *nsmemu.Emulator {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.emu
+}
+
+func (s *serviceLimits) setInstance(i backend.Instance) {
+	s.mu.Lock()
+	s.inst = i
+	s.mu.Unlock()
+}
+
+// supervised is a backend instance with a seccomp supervisor (the
+// sandbox's, for its AF_VSOCK sockets and /dev/nsm).
+type supervised interface {
+	SupervisorStats() (unotify.Stats, bool)
+}
+
 // monitorStats is a monitor's answer to GET /stats: how much of the host
 // the enclave's services use.
 type monitorStats struct {
@@ -48,6 +69,9 @@ type monitorStats struct {
 	Services map[string]connlimit.Stats `json:"services"`
 	// NSM are the emulated security module's counters, when it runs.
 	NSM *nsmemu.Stats `json:"nsm,omitempty"`
+	// Supervisor are the counters of the sandbox's seccomp supervisor
+	// (emulated AF_VSOCK sockets, /dev/nsm), when it has one.
+	Supervisor *unotify.Stats `json:"supervisor,omitempty"`
 }
 
 func (s *serviceLimits) stats() monitorStats {
@@ -60,6 +84,11 @@ func (s *serviceLimits) stats() monitorStats {
 	if s.emu != nil {
 		es := s.emu.Stats()
 		st.NSM = &es
+	}
+	if sv, ok := s.inst.(supervised); ok {
+		if ss, ok := sv.SupervisorStats(); ok {
+			st.Supervisor = &ss
+		}
 	}
 	return st
 }

@@ -67,9 +67,35 @@ func child(status *os.File) error {
 	if err := buildRoot(cfg); err != nil {
 		return err
 	}
-	if err := harden(cfg); err != nil {
+	var devs []int
+	if cfg.Nitro {
+		// Descriptors of the emulated devices as the sandbox sees them
+		// (its mounts): the supervisor recognises their ioctls by them.
+		for _, d := range nitroDevices {
+			fd, err := unix.Open("/dev/"+d, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return step("open /dev/"+d, err)
+			}
+			devs = append(devs, fd)
+		}
+	}
+	lfd, err := harden(cfg)
+	if err != nil {
 		return err
 	}
+	if cfg.Nitro {
+		// From here on, a notified call would wait for a supervisor that
+		// does not run yet: only raw sendmsg, close, write and execve
+		// until init runs.
+		if err := unix.Sendmsg(fdNotify, []byte{supervisorMessage}, unix.UnixRights(append([]int{lfd}, devs...)...), nil, 0); err != nil {
+			return step("send the seccomp listener", err)
+		}
+		unix.Close(lfd)
+		for _, fd := range devs {
+			unix.Close(fd)
+		}
+	}
+	unix.Close(fdNotify)
 	env := []string{
 		"CLOISTER_WORLD=sandbox",
 		"CLOISTER_VSOCK_DIR=" + VsockMount,
@@ -162,6 +188,11 @@ func splitPath(rel string) []string {
 // devices are bind-mounted from the host into the sandbox's /dev.
 var devices = []string{"null", "zero", "full", "random", "urandom", "tty"}
 
+// nitroDevices are bind mounts of the host's /dev/null in a sandbox with
+// Spec.Nitro, whose ioctls the supervisor emulates (never the host's
+// /dev/vsock, which may reach a real hypervisor).
+var nitroDevices = []string{"nsm", "vsock"}
+
 func buildRoot(cfg childConfig) error {
 	if err := mnt("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return err
@@ -220,6 +251,16 @@ func buildRoot(cfg childConfig) error {
 		}
 		if err := mnt("/dev/"+d, at("dev/"+d), "", unix.MS_BIND, ""); err != nil {
 			return err
+		}
+	}
+	if cfg.Nitro {
+		for _, d := range nitroDevices {
+			if err := ensureFile(root, "dev/"+d); err != nil {
+				return step("create /dev/"+d, err)
+			}
+			if err := mnt("/dev/null", at("dev/"+d), "", unix.MS_BIND, ""); err != nil {
+				return err
+			}
 		}
 	}
 	for _, d := range []string{"dev/pts", "dev/shm"} {
@@ -311,11 +352,13 @@ const (
 	capSetuid  = 7
 )
 
-// harden applies the process restrictions, seccomp last.
-func harden(cfg childConfig) error {
+// harden applies the process restrictions, seccomp last. With cfg.Nitro
+// the filter is the supervised policy and its listener is returned;
+// otherwise -1.
+func harden(cfg childConfig) (int, error) {
 	var nofile unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &nofile); err != nil {
-		return step("getrlimit", err)
+		return -1, step("getrlimit", err)
 	}
 	nofile.Max = min(nofile.Max, 65536)
 	nofile.Cur = nofile.Max
@@ -330,7 +373,7 @@ func harden(cfg childConfig) error {
 		{"RLIMIT_NPROC", unix.RLIMIT_NPROC, unix.Rlimit{Cur: uint64(cfg.PidsMax + wellknown.InitTaskReserve), Max: uint64(cfg.PidsMax + wellknown.InitTaskReserve)}},
 	} {
 		if err := unix.Setrlimit(l.res, &l.lim); err != nil {
-			return step("setrlimit "+l.name, err)
+			return -1, step("setrlimit "+l.name, err)
 		}
 	}
 	for c := 0; c < 64; c++ {
@@ -341,11 +384,11 @@ func harden(cfg childConfig) error {
 			if errors.Is(err, unix.EINVAL) {
 				break // beyond the kernel's last capability
 			}
-			return step(fmt.Sprintf("drop capability %d from the bounding set", c), err)
+			return -1, step(fmt.Sprintf("drop capability %d from the bounding set", c), err)
 		}
 	}
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
-		return step("clear ambient capabilities", err)
+		return -1, step("clear ambient capabilities", err)
 	}
 	// init keeps SETUID and SETGID to switch to the image's user, and
 	// SETPCAP to empty the bounding set before it execs the application,
@@ -354,14 +397,21 @@ func harden(cfg childConfig) error {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	data := [2]unix.CapUserData{{Effective: keep, Permitted: keep}}
 	if err := unix.Capset(&hdr, &data[0]); err != nil {
-		return step("capset", err)
+		return -1, step("capset", err)
 	}
 	if err := seccomp.SetNoNewPrivs(); err != nil {
-		return err
+		return -1, err
+	}
+	if cfg.Nitro {
+		prog, err := seccomp.SupervisedProgram()
+		if err != nil {
+			return -1, err
+		}
+		return seccomp.InstallListener(prog)
 	}
 	prog, err := seccomp.SandboxProgram()
 	if err != nil {
-		return err
+		return -1, err
 	}
-	return seccomp.Install(prog)
+	return -1, seccomp.Install(prog)
 }

@@ -10,6 +10,9 @@ type childConfig struct {
 	// in order (Size -1: the whole file).
 	Ramdisks []ramdiskRange `json:"ramdisks"`
 	Debug    bool           `json:"debug"`
+	// Nitro: bind /dev/nsm and /dev/vsock, install the supervised seccomp
+	// policy and send its listener (see Spec.Nitro).
+	Nitro bool `json:"nitro,omitempty"`
 }
 
 // ramdiskRange is where a ramdisk lies in its descriptor.
@@ -24,8 +27,14 @@ const (
 	fdStatus   = 4 // write: progress and errors; close-on-exec marks success
 	fdHostDir  = 5 // open_tree clone of VsockDir/host
 	fdGuestDir = 6 // the listener directory's tmpfs, a detached mount (fsmount)
-	fdRamdisk0 = 7 // read: ramdisk archives
+	fdNotify   = 7 // Unix socket: the seccomp listener and the device files go to the parent
+	fdRamdisk0 = 8 // read: ramdisk archives
 )
+
+// supervisorMessage is the one byte sent on fdNotify with the seccomp
+// listener and O_PATH descriptors of /dev/nsm and /dev/vsock, in that
+// order.
+const supervisorMessage = 'S'
 
 // Status-pipe messages: the child writes statusReady right before execve
 // and statusError followed by a message when a step fails.

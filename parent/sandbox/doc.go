@@ -15,7 +15,8 @@
 //     become "/", everything else (init, modules, cmd, env, workdir, user)
 //     goes under "/.cloister/" — see [Spec.Ramdisks];
 //  4. mounts proc, a minimal /dev (host null, zero, full, random, urandom
-//     and tty bind-mounted, a private devpts, /dev/shm), tmpfs /tmp and
+//     and tty bind-mounted, a private devpts, /dev/shm; with [Spec.Nitro]
+//     also nsm and vsock, bind mounts of the host's null), tmpfs /tmp and
 //     /run, binds the host vsock directory at /run/cloister/vsock/host
 //     (read-only) and attaches the listener directory, a private tmpfs the
 //     parent created (fsopen/fsmount, [GuestDirBytes], [GuestDirInodes]),
@@ -28,12 +29,23 @@
 //     application, which starts with no capabilities) and clears the ambient and
 //     inheritable sets, sets no_new_privs, installs the seccomp filter of
 //     internal/seccomp (which makes every socket family but AF_UNIX, and so
-//     AF_VSOCK, impossible);
+//     a real AF_VSOCK socket, impossible); with [Spec.Nitro] the filter is
+//     SupervisedPolicy and its user-notification listener goes to the
+//     parent over a socket pair, with O_PATH descriptors of /dev/nsm and
+//     /dev/vsock, and the child closes its copies;
 //  8. executes /.cloister/init with CLOISTER_WORLD=sandbox,
 //     CLOISTER_VSOCK_DIR=/run/cloister/vsock, CLOISTER_CID and PATH.
 //
 // A failure in any step comes back from Start as a [*SetupError] naming the
-// step. init's standard output and error are a pipe that the parent drains
+// step. With [Spec.Nitro], Start then starts the supervisor
+// (internal/unotify) in this process: it answers the calls the filter
+// notifies for the sandbox's whole life, so that programs written for
+// Nitro find AF_VSOCK sockets (Unix sockets of the sandbox's network
+// namespace, connected to the parent's hybrid listeners or bound in the
+// listener directory), /dev/nsm (Nitro.NSM, through nsmdev) and
+// /dev/vsock (the enclave's CID). Backend.Launch sets it for every
+// enclave (Backend.NoNitro leaves it out); its counters are
+// [Process.SupervisorStats]. init's standard output and error are a pipe that the parent drains
 // into Spec.Console without ever blocking the sandbox (see [Spec.Console]).
 //
 // Root inside the sandbox is an unprivileged host uid: each running sandbox

@@ -1,11 +1,16 @@
 package sandbox
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"syscall"
+	"time"
+
+	"github.com/cloister/cloister/internal/nsm/nsmdev"
 )
 
 // Errors returned by this package; concrete errors wrap one of them.
@@ -78,6 +83,37 @@ type Spec struct {
 	// CgroupParent is the cgroup under which the enclave's group is
 	// created; "" means "cloister".
 	CgroupParent string
+	// Nitro, when set, gives programs that do not use the SDK what a Nitro
+	// enclave gives them: AF_VSOCK sockets, /dev/nsm and /dev/vsock,
+	// emulated by a supervisor in this process (internal/unotify) that
+	// answers the calls the sandbox's seccomp filter hands it (see
+	// [Nitro]). nil leaves them out: socket(AF_VSOCK) fails with EPERM and
+	// /dev has neither device.
+	Nitro *Nitro
+}
+
+// Nitro configures the emulation of a Nitro enclave's vsock and devices
+// in a sandbox ([Spec.Nitro]). The sandbox gets /dev/nsm and /dev/vsock
+// (bind mounts of the host's /dev/null, mode 0666 as on Nitro) and the
+// seccomp policy internal/seccomp.SupervisedPolicy; the filter's listener
+// comes to this process before init runs (the launcher sends it over a
+// Unix socket and closes its own copy), and a supervisor answers the
+// notified calls from here, outside the sandbox, for its whole life.
+type Nitro struct {
+	// NSM is the enclave's security module: /dev/nsm's NSM_IOCTL_RAW
+	// requests go to it (the daemon's emulator). nil: /dev/nsm's ioctls
+	// fail with ENODEV.
+	NSM nsmdev.RoundTripper
+	// Logger receives the supervisor's diagnostics; nil discards them.
+	Logger *slog.Logger
+	// MaxInFlight and MaxSockets bound the supervisor (0: the defaults of
+	// internal/unotify, 256 calls handled at once and 1024 emulated
+	// sockets).
+	MaxInFlight, MaxSockets int
+	// Limiter, when not nil, paces the notified calls.
+	Limiter interface {
+		Wait(ctx context.Context) (time.Duration, error)
+	}
 }
 
 // Paths inside the sandbox.

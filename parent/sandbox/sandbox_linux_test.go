@@ -64,8 +64,10 @@ func binaries(t testing.TB) string {
 			return
 		}
 		for name, pkg := range map[string]string{
-			"init":   "github.com/cloister/cloister/cmd/cloister-init",
-			"attack": "github.com/cloister/cloister/parent/sandbox/testdata/attack",
+			"init":       "github.com/cloister/cloister/cmd/cloister-init",
+			"attack":     "github.com/cloister/cloister/parent/sandbox/testdata/attack",
+			"vsockprobe": "github.com/cloister/cloister/parent/sandbox/testdata/vsockprobe",
+			"nsmprobe":   "github.com/cloister/cloister/e2e/testdata/nsmprobe",
 		} {
 			cmd := exec.Command(gobin, "build", "-trimpath", "-o", filepath.Join(binDir, name), pkg)
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -239,7 +241,7 @@ func run(t *testing.T, o runOpts, args ...string) (ExitStatus, map[string]string
 
 // checkNoLeftovers checks that the sandbox left no cgroup, no process and
 // no mount behind on the host.
-func checkNoLeftovers(t *testing.T, id string, hostUID int, d string) {
+func checkNoLeftovers(t testing.TB, id string, hostUID int, d string) {
 	t.Helper()
 	for _, c := range []string{"memory", "cpuset", "pids", "devices", "freezer", ""} {
 		p := filepath.Join("/sys/fs/cgroup", c, testCgroupParent, id)

@@ -82,6 +82,7 @@ type Process struct {
 	hostID  int          // first host uid/gid of the sandbox
 	guest   *os.File     // the listener directory's tmpfs (detached mount)
 	console *consolePump // drains init's standard output and error
+	sup     *supervisor  // Spec.Nitro's supervisor, or nil
 
 	waitOnce sync.Once
 	status   ExitStatus
@@ -153,6 +154,9 @@ func (p *Process) wait() (ExitStatus, error) {
 	if rerr := backend.RemoveCgroup(p.group); rerr != nil {
 		err = errors.Join(err, rerr)
 	}
+	// Every process of the sandbox is gone: the supervisor has nothing
+	// left to answer.
+	p.sup.stop()
 	// Every process of the sandbox is gone, so the console pipe is at end
 	// of stream: let the last output reach the console first.
 	p.console.finish(consoleDrainTimeout)
@@ -217,7 +221,8 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 		return nil, err
 	}
 	closeFile(&s.statR)
-	return &Process{cmd: s.cmd, group: s.group, slot: s.slot, hostID: s.hostID, guest: s.guestDir, console: s.pump}, nil
+	closeFile(&s.supR)
+	return &Process{cmd: s.cmd, group: s.group, slot: s.slot, hostID: s.hostID, guest: s.guestDir, console: s.pump, sup: s.sup}, nil
 }
 
 // starter is one sandbox's start: what its steps have created so far.
@@ -230,20 +235,22 @@ type starter struct {
 	hostID   int
 	guestDir *os.File
 	group    *cgroups.Group
-	// The launcher's configuration and status pipes and its standard
-	// output and error.
-	cfgR, cfgW, statR, statW, conR, conW *os.File
-	cmd                                  *exec.Cmd
-	pump                                 *consolePump
-	reaped                               bool
-	reapErr                              error
+	// The launcher's configuration and status pipes, its standard
+	// output and error, and the socket pair its seccomp listener comes
+	// over.
+	cfgR, cfgW, statR, statW, conR, conW, supR, supW *os.File
+	cmd                                              *exec.Cmd
+	pump                                             *consolePump
+	sup                                              *supervisor
+	reaped                                           bool
+	reapErr                                          error
 }
 
 // steps are the start, in order. Everything the launcher needs from the
 // host is opened by root before it runs: its ids cannot traverse the
 // daemon's private directories.
 func (s *starter) steps() []backend.Step {
-	return []backend.Step{
+	steps := []backend.Step{
 		{Name: "open host directory", Do: s.openHostDir, Undo: func() { closeFile(&s.hostDir) }},
 		{Name: "open ramdisks", Do: s.openRamdisks, Undo: s.closeRamdisks},
 		{Name: "take uid range", Do: s.takeSlot, Undo: s.releaseSlot},
@@ -255,6 +262,10 @@ func (s *starter) steps() []backend.Step {
 		{Name: "release launcher", Do: s.releaseLauncher},
 		{Name: "wait for init", Do: s.waitInit},
 	}
+	if s.spec.Nitro != nil {
+		steps = append(steps, backend.Step{Name: "start supervisor", Do: s.startSupervisor, Undo: func() { s.sup.stop() }})
+	}
+	return steps
 }
 
 func closeFile(f **os.File) {
@@ -351,11 +362,16 @@ func (s *starter) createPipes(context.Context) error {
 	if s.conR, s.conW, err = os.Pipe(); err != nil {
 		return fmt.Errorf("pipe: %w", err)
 	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socketpair: %w", err)
+	}
+	s.supR, s.supW = os.NewFile(uintptr(pair[0]), "supervisor"), os.NewFile(uintptr(pair[1]), "supervisor-child")
 	return nil
 }
 
 func (s *starter) closePipes() {
-	for _, f := range []**os.File{&s.cfgR, &s.cfgW, &s.statR, &s.statW, &s.conR, &s.conW} {
+	for _, f := range []**os.File{&s.cfgR, &s.cfgW, &s.statR, &s.statW, &s.conR, &s.conW, &s.supR, &s.supW} {
 		closeFile(f)
 	}
 }
@@ -371,7 +387,7 @@ func (s *starter) startLauncher(context.Context) error {
 		Dir:        "/",
 		Stdout:     s.conW,
 		Stderr:     s.conW,
-		ExtraFiles: append([]*os.File{s.cfgR, s.statW, s.hostDir, s.guestDir}, s.ramdisks...),
+		ExtraFiles: append([]*os.File{s.cfgR, s.statW, s.hostDir, s.guestDir, s.supW}, s.ramdisks...),
 		SysProcAttr: &syscall.SysProcAttr{
 			// The cgroup namespace is entered by the child once it is in
 			// its cgroup, so that the group is the namespace's root.
@@ -397,6 +413,7 @@ func (s *starter) startLauncher(context.Context) error {
 	s.conR = nil // the pump's now
 	closeFile(&s.cfgR)
 	closeFile(&s.statW)
+	closeFile(&s.supW)
 	closeFile(&s.hostDir)
 	s.closeRamdisks()
 	return nil
@@ -425,6 +442,7 @@ func (s *starter) stopLauncher() {
 func (s *starter) releaseLauncher(context.Context) error {
 	cfg, _ := json.Marshal(childConfig{
 		CID: s.spec.CID, MemoryMiB: s.spec.MemoryMiB, PidsMax: s.spec.PidsMax, Ramdisks: s.ranges, Debug: s.spec.Debug,
+		Nitro: s.spec.Nitro != nil,
 	})
 	if _, err := s.cfgW.Write(cfg); err != nil {
 		return fmt.Errorf("%w: release child: %w", ErrSetup, err)

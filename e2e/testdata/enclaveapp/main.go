@@ -112,13 +112,40 @@ func report(name string, err error) {
 	}
 }
 
+// emulatedVsock returns an error saying so when fd is an AF_UNIX socket
+// of the sandbox's network namespace (listed in /proc/net/unix), nil when
+// it is anything else (a real AF_VSOCK socket).
+func emulatedVsock(fd int) error {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return err
+	}
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 7 && f[6] == strconv.FormatUint(st.Ino, 10) {
+			return errors.New("emulated: an AF_UNIX socket of the sandbox, not a real vsock socket")
+		}
+	}
+	return nil
+}
+
 // attacks tries to leave the sandbox in every way the tests care about.
 func attacks() {
 	_, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	report("af_inet", err)
 	_, err = syscall.Socket(syscall.AF_INET6, syscall.SOCK_DGRAM, 0)
 	report("af_inet6", err)
-	_, err = syscall.Socket(40 /* AF_VSOCK */, syscall.SOCK_STREAM, 0)
+	fd, err := syscall.Socket(40 /* AF_VSOCK */, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		// The sandbox emulates AF_VSOCK for programs that do not use the
+		// SDK: the socket is a Unix socket of the sandbox underneath. The
+		// attack is getting a real one.
+		err = emulatedVsock(fd)
+		syscall.Close(fd)
+	}
 	report("af_vsock", err)
 	_, err = os.ReadFile("/etc/shadow")
 	report("read_host_shadow", err)

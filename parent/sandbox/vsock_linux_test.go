@@ -1,0 +1,481 @@
+//go:build linux
+
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/cloister/cloister/internal/cpio"
+	"github.com/cloister/cloister/internal/hybrid"
+	"github.com/cloister/cloister/internal/testenv"
+)
+
+// probeRamdisk returns a ramdisk holding /bin/vsockprobe and
+// /bin/nsmprobe (e2e/testdata/nsmprobe), built once.
+func probeRamdisk(t testing.TB) string {
+	t.Helper()
+	bin := binaries(t)
+	p := filepath.Join(bin, "probe.cpio")
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	writeCpio(t, p+".tmp", []cpio.File{
+		dir("rootfs"), dir("rootfs/bin"),
+		diskFile(t, "rootfs/bin/vsockprobe", filepath.Join(bin, "vsockprobe"), 0o755),
+		diskFile(t, "rootfs/bin/nsmprobe", filepath.Join(bin, "nsmprobe"), 0o755),
+	})
+	if err := os.Rename(p+".tmp", p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// probe is a running vsockprobe sandbox.
+type probe struct {
+	p       *Process
+	console *testenv.SyncBuffer
+	dir     string // the vsock directory D
+	id      string
+	hostUID int
+
+	doneOnce sync.Once
+	doneCh   chan struct{}
+}
+
+type probeOpts struct {
+	memoryMiB, pidsMax int
+	cid                uint32
+	nitro              *Nitro
+	program            string // default /bin/vsockprobe
+	// before runs once D exists, before the sandbox starts (to listen on
+	// the parent's ports).
+	before func(d string)
+}
+
+// startProbe starts vsockprobe with args in a sandbox; the test's cleanup
+// kills it if it still runs and checks that nothing is left on the host.
+func startProbe(t testing.TB, o probeOpts, args ...string) *probe {
+	t.Helper()
+	testenv.RequireRoot(t)
+	bootstrap, customer := images(t)
+	cmdRamdisk := filepath.Join(t.TempDir(), "cmd.cpio")
+	if o.program == "" {
+		o.program = "/bin/vsockprobe"
+	}
+	writeCpio(t, cmdRamdisk, []cpio.File{dataFile("cmd", strings.Join(append([]string{o.program}, args...), "\n")+"\n")})
+	if o.memoryMiB == 0 {
+		o.memoryMiB = 128
+	}
+	if o.cid == 0 {
+		o.cid = 17
+	}
+	d := vsockDir(t)
+	if o.before != nil {
+		o.before(d)
+	}
+	pr := &probe{console: &testenv.SyncBuffer{}, dir: d, id: fmt.Sprintf("probe-%d", runCounter.Add(1))}
+	spec := Spec{
+		ID: pr.id, CID: o.cid, Ramdisks: []string{bootstrap, customer, probeRamdisk(t), cmdRamdisk},
+		MemoryMiB: o.memoryMiB, PidsMax: o.pidsMax, VsockDir: d, Console: pr.console, CgroupParent: testCgroupParent,
+		Nitro: o.nitro,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p, err := Start(ctx, spec)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	pr.p, pr.hostUID = p, p.HostUID()
+	t.Cleanup(func() {
+		_ = p.Kill()
+		if _, err := p.Wait(); err != nil {
+			t.Errorf("Wait: %v", err)
+		}
+		t.Logf("console:\n%s", pr.console)
+		checkNoLeftovers(t, pr.id, pr.hostUID, d)
+	})
+	return pr
+}
+
+// result waits (at most a minute) for "RESULT key=…" on the console and
+// returns its value.
+func (pr *probe) result(t testing.TB, key string) string {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		for _, line := range strings.Split(pr.console.String(), "\n") {
+			if v, ok := strings.CutPrefix(line, "RESULT "+key+"="); ok {
+				return v
+			}
+		}
+		select {
+		case <-pr.done():
+			// One more look: the line may have come with the exit.
+			for _, line := range strings.Split(pr.console.String(), "\n") {
+				if v, ok := strings.CutPrefix(line, "RESULT "+key+"="); ok {
+					return v
+				}
+			}
+			t.Fatalf("the sandbox ended without RESULT %s; console:\n%s", key, pr.console)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no RESULT %s within a minute; console:\n%s", key, pr.console)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// done is closed once the sandbox's init has exited.
+func (pr *probe) done() <-chan struct{} {
+	pr.doneOnce.Do(func() {
+		pr.doneCh = make(chan struct{})
+		go func() {
+			// Wait for the exit without reaping it: Process.Wait reaps.
+			for {
+				var si unix.Siginfo
+				err := unix.Waitid(unix.P_PID, pr.p.Pid(), &si, unix.WEXITED|unix.WNOWAIT, nil)
+				if err == nil || !errors.Is(err, unix.EINTR) {
+					break
+				}
+			}
+			close(pr.doneCh)
+		}()
+	})
+	return pr.doneCh
+}
+
+// hybridServer serves a hybrid CONNECT socket for the sandbox, as the
+// monitor does (handoff of the client's socket to the enclave's listener),
+// and returns its path.
+func (pr *probe) hybridServer(t testing.TB) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "vsock.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := &hybrid.Server{Connector: hybrid.UnixConnector{Root: pr.p.GuestDir()}}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ctx, l) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return sock
+}
+
+// TestSandboxHandoffSocketCannotClaimHostNames is an attack: an enclave
+// listener that receives a socket by handoff (the SDK's listeners, and
+// emulated AF_VSOCK accept) binds it to an abstract Unix name. The socket
+// lives in the host's network namespace, so a bind that succeeded would
+// claim the name there (host programs that later bind it get EADDRINUSE;
+// a plain socket passed into a user and network namespace can do exactly
+// that). The handed-off socket is the monitor's accepted end of the
+// client's connection, which carries the CONNECT socket's name, so the
+// bind fails with EINVAL; this test keeps it that way.
+func TestSandboxHandoffSocketCannotClaimHostNames(t *testing.T) {
+	name := fmt.Sprintf("cloister-test-squat-%d", os.Getpid())
+	pr := startProbe(t, probeOpts{}, "handoffbind", "5005", name)
+	if got := pr.result(t, "listening"); got != "yes" {
+		t.Fatalf("listening = %q", got)
+	}
+	sock := pr.hybridServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := hybrid.Dial(ctx, sock, 5005, nil)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer c.Close()
+	bind := pr.result(t, "bind")
+	// Whether the name is taken in the host's namespace.
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	herr := unix.Bind(fd, &unix.SockaddrUnix{Name: "@" + name})
+	if bind == "ok" || herr != nil {
+		t.Errorf("the enclave's bind of the handed-off socket to @%s = %s; the host's own bind = %v: the enclave claimed a name in the host's namespace", name, bind, herr)
+	}
+	if bind != "EINVAL" {
+		t.Errorf("bind = %s, want EINVAL (the socket already has a name)", bind)
+	}
+}
+
+// parentEcho listens on the parent's port in D (host/vsock_<port>, as the
+// daemon's host listeners) and echoes.
+func parentEcho(t testing.TB, d string, port uint32) {
+	t.Helper()
+	l, err := hybrid.Listen(filepath.Join(d, "host", "vsock"), port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// results collects every RESULT line once the probe said done.
+func (pr *probe) results(t testing.TB) map[string]string {
+	t.Helper()
+	pr.result(t, "done")
+	out := map[string]string{}
+	for _, line := range strings.Split(pr.console.String(), "\n") {
+		if kv, ok := strings.CutPrefix(line, "RESULT "); ok {
+			k, v, _ := strings.Cut(kv, "=")
+			out[k] = v
+		}
+	}
+	delete(out, "done")
+	return out
+}
+
+// TestSandboxNitroBasics runs plain AF_VSOCK and /dev calls of an
+// unmodified program: the parent is on CID 3, the sockets are Unix
+// sockets of the sandbox underneath, and everything else the sandbox
+// refuses stays refused.
+func TestSandboxNitroBasics(t *testing.T) {
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}, before: func(d string) { parentEcho(t, d, 5000) }}, "basics", "5000")
+	got := pr.results(t)
+	want := map[string]string{
+		"socket": "ok", "unix_underneath": "yes", "so_domain": "40 ok",
+		"getsockname": "vm(4294967295,4294967295)", "connect": "ok", "getpeername": "vm(3,5000)",
+		"echo": "hello parent/ok", "connect_nobody": "ECONNRESET", "connect_cid7": "ECONNRESET",
+		"dev_nsm": "666/ok", "dev_vsock": "666/ok", "local_cid": "17 ok",
+		"socket_inet": "EPERM", "socket_inet6": "EPERM", "socket_netlink": "EPERM",
+		"socketpair_vsock": "ENOTSUP", "io_uring_setup": "ENOSYS", "seccomp": "2",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+	if st, ok := pr.p.SupervisorStats(); !ok || st.Notifications == 0 {
+		t.Errorf("supervisor stats %+v, %v", st, ok)
+	}
+}
+
+// TestSandboxNitroListen connects from the host to an unmodified
+// program's AF_VSOCK listener through the monitor's hybrid CONNECT socket
+// (handoff, as `cloister connect` and parent.Client.Connect do): the
+// program sees plain accepted sockets from (3, port), never a marker.
+func TestSandboxNitroListen(t *testing.T) {
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}}, "listen", "5005", "3")
+	if got := pr.result(t, "listening"); got != "vm(4294967295,5005)" {
+		t.Fatalf("listening = %q", got)
+	}
+	sock := pr.hybridServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 3 {
+		c, err := hybrid.Dial(ctx, sock, 5005, nil)
+		if err != nil {
+			t.Fatalf("Dial %d: %v", i, err)
+		}
+		msg := fmt.Sprintf("message %d", i)
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 64)
+		n, err := c.Read(b)
+		c.Close()
+		if want := strings.ToUpper(msg); err != nil || string(b[:n]) != want {
+			t.Errorf("echo %d = %q, %v; want %q", i, b[:n], err, want)
+		}
+	}
+	want := map[string]string{
+		"bind": "ok", "listen": "ok", "listening": "vm(4294967295,5005)",
+		"accept0_from": "vm(3,5005)", "accept1_from": "vm(3,5005)", "accept2_from": "vm(3,5005)",
+	}
+	if diff := cmp.Diff(want, pr.results(t)); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+}
+
+// TestSandboxNitroNestedFilter is an attack: the program stacks a seccomp
+// filter of its own. With a listener, its supervisor would get the
+// sandbox's notified calls first (the newest filter wins among equal
+// actions) and could let socket(AF_VSOCK) run: a real vsock socket. It
+// must be refused; without a listener the program only blocks itself.
+func TestSandboxNitroNestedFilter(t *testing.T) {
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}}, "attack-nested")
+	// EBUSY from the kernel (one listener per filter chain) or EPERM
+	// from the policy: never a listener of the program's own.
+	got := pr.results(t)
+	if got["own_listener"] == "EBUSY" {
+		got["own_listener"] = "EPERM"
+	}
+	want := map[string]string{"own_listener": "EPERM", "own_filter": "ok", "socket_after_own_filter": "ENOSYS"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+}
+
+// TestSandboxNitroNestedFilterWithoutSupervisor is the same attack once
+// the supervisor's listener is closed while the sandbox still runs (the
+// kernel allows one listener per filter chain, so a live supervisor
+// already makes the program's own listener fail with EBUSY). Without a
+// listener on the sandbox's filter, the program's would be the only one
+// and could let socket(AF_VSOCK) run; the policy refuses it.
+func TestSandboxNitroNestedFilterWithoutSupervisor(t *testing.T) {
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}}, "attack-nested-after", "/run/cloister/vsock/host/go")
+	if got := pr.result(t, "waiting"); got != "yes" {
+		t.Fatalf("waiting = %q", got)
+	}
+	// The listener goes away; the sandbox runs on.
+	_ = pr.p.sup.l.Close()
+	<-pr.p.sup.done
+	if err := os.WriteFile(filepath.Join(pr.dir, "host", "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"waiting": "yes", "own_listener": "EPERM", "own_filter": "ok", "socket_after_own_filter": "ENOSYS"}
+	if diff := cmp.Diff(want, pr.results(t)); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+}
+
+// TestSandboxNitroAddressRace is an attack: another thread rewrites the
+// address of connect while the supervisor reads it (an AF_VSOCK address
+// of the parent, an abstract Unix address of a listener in the sandbox,
+// another CID). The supervisor acts on what it read, never lets the call
+// run on its socket, so no emulated socket reaches the Unix listener.
+func TestSandboxNitroAddressRace(t *testing.T) {
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}, before: func(d string) { parentEcho(t, d, 5000) }}, "attack-race", "5000", "2000")
+	got := pr.results(t)
+	if got["trap"] != "ok" || got["trapped"] != "0" {
+		t.Errorf("trap %q: %q connections reached the Unix listener", got["trap"], got["trapped"])
+	}
+	for _, o := range strings.Fields(strings.Trim(got["outcomes"], "map[]")) {
+		k, _, _ := strings.Cut(o, ":")
+		if k != "ok" && k != "EINVAL" && k != "ECONNRESET" {
+			t.Errorf("a connect ended with %s (outcomes %s)", k, got["outcomes"])
+		}
+	}
+}
+
+// TestSandboxNitroDup2Race is an attack: bind races dup2, so the call the
+// supervisor lets run (the descriptor was a plain Unix socket when it
+// looked) may run on an emulated socket. Those live in the sandbox's
+// network namespace, so no abstract name of the host is taken.
+func TestSandboxNitroDup2Race(t *testing.T) {
+	const rounds = 3000
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}}, "attack-dup2", fmt.Sprint(rounds))
+	got := pr.results(t)
+	t.Logf("bind outcomes: %s", got["outcomes"])
+	squatted := 0
+	for i := range rounds {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: fmt.Sprintf("@cloister-dup2-%d", i)}); err != nil {
+			squatted++
+		}
+		unix.Close(fd)
+	}
+	if squatted > 0 {
+		t.Errorf("%d abstract names of the host's namespace were taken by the sandbox", squatted)
+	}
+}
+
+// TestSandboxNitroFakeDescriptors is an attack: descriptors that are
+// negative, closed, huge, carry high bits (the kernel truncates to int),
+// or are not sockets. Every call must get the kernel's own error.
+func TestSandboxNitroFakeDescriptors(t *testing.T) {
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}}, "attack-fakefd")
+	want := map[string]string{}
+	for _, name := range []string{"negative", "closed_emulated", "huge"} {
+		want["connect_"+name], want["bind_"+name], want["ioctl_"+name] = "EBADF", "EBADF", "EBADF"
+	}
+	for _, name := range []string{"stdin", "high_bits_on_stdin"} {
+		want["connect_"+name], want["bind_"+name], want["ioctl_"+name] = "ENOTSOCK", "ENOTSOCK", "ENOTTY"
+	}
+	if diff := cmp.Diff(want, pr.results(t)); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+}
+
+// TestSandboxNitroForkDuringAccept forks and execs 20 times while a
+// thread waits in an emulated accept; the host's connection must still
+// reach that accept.
+func TestSandboxNitroForkDuringAccept(t *testing.T) {
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}}, "attack-fork", "5006")
+	if got := pr.result(t, "listening"); got != "yes" {
+		t.Fatalf("listening = %q", got)
+	}
+	sock := pr.hybridServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := hybrid.Dial(ctx, sock, 5006, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("after forks")); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"forks": "20", "listening": "yes", "accepted": "vm(3,5006) after forks"}
+	if diff := cmp.Diff(want, pr.results(t)); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+}
+
+// TestSandboxNitroSocketFlood is an attack on the host's memory: every
+// emulated socket is made by the monitor. The sandbox gets at most
+// MaxSockets of them (ENOBUFS beyond), and closed ones make room again.
+func TestSandboxNitroSocketFlood(t *testing.T) {
+	pr := startProbe(t, probeOpts{nitro: &Nitro{MaxSockets: 300}}, "flood-sockets")
+	want := map[string]string{"sockets": "300", "refusal": "ENOBUFS", "after_close": "ok"}
+	if diff := cmp.Diff(want, pr.results(t)); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+}
+
+// TestSandboxNitroNotificationFlood is an attack on the supervisor: 64
+// threads make notified calls as fast as they can for three seconds.
+// The supervisor never handles more than MaxInFlight at once, and a
+// parent connection made meanwhile still goes through.
+func TestSandboxNitroNotificationFlood(t *testing.T) {
+	const maxInFlight = 32
+	pr := startProbe(t, probeOpts{nitro: &Nitro{MaxInFlight: maxInFlight}, pidsMax: 256,
+		before: func(d string) { parentEcho(t, d, 5000) }}, "flood-notify", "64", "3", "5000")
+	pr.result(t, "flooding")
+	var before, after unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &before)
+	got := pr.results(t)
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &after)
+	st, _ := pr.p.SupervisorStats()
+	cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+	t.Logf("%s calls in 3 s; this process (the supervisor) used %v of CPU; supervisor %+v", got["calls"], cpu, st)
+	if got["error"] != "" {
+		t.Errorf("a flooding call failed: %s", got["error"])
+	}
+	if got["connect_during_flood"] != "ok hello" {
+		t.Errorf("a parent connection during the flood: %q", got["connect_during_flood"])
+	}
+	if st.MaxInFlight > maxInFlight {
+		t.Errorf("%d calls handled at once, more than MaxInFlight %d", st.MaxInFlight, maxInFlight)
+	}
+}
