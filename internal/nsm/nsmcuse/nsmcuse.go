@@ -44,6 +44,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -204,27 +205,46 @@ func (r roundTripper) RoundTrip(ctx context.Context, req []byte) ([]byte, error)
 	return r.rt.RoundTrip(ctx, req)
 }
 
-// Serve creates /dev/nsm through the CUSE channel at cusePath
-// (cuse.DevicePath when empty; the kernel's cuse module must be loaded),
-// with mode [DeviceMode], and serves it with a [Handler] over rt until ctx
-// ends or the channel fails. ready, when non-nil, is called once the device
-// exists. It returns the error that stopped it.
-func Serve(ctx context.Context, cusePath string, rt nsmdev.RoundTripper, logf func(string, ...any), ready func()) error {
-	if cusePath == "" {
-		cusePath = cuse.DevicePath
+// Config says where and how [Serve] serves /dev/nsm.
+type Config struct {
+	// Open opens the CUSE channel; nil opens cuse.DevicePath (the kernel's
+	// cuse module must be loaded).
+	Open func() (io.ReadWriteCloser, error)
+	// DevDir is where the kernel makes the node; "" means /dev.
+	DevDir string
+	// Module carries requests to the security module (required).
+	Module nsmdev.RoundTripper
+	// Logf receives diagnostics; nil discards them.
+	Logf func(format string, args ...any)
+	// Ready, when non-nil, is called once the device exists.
+	Ready func()
+}
+
+// Serve creates /dev/nsm through CUSE with mode [DeviceMode] and serves it
+// with a [Handler] over cfg.Module until ctx ends or the channel fails,
+// and returns what stopped it.
+func Serve(ctx context.Context, cfg Config) error {
+	if cfg.Module == nil {
+		return errors.New("nsmcuse: no security module to forward requests to")
 	}
-	ch, err := os.OpenFile(cusePath, os.O_RDWR, 0)
+	open := cfg.Open
+	if open == nil {
+		open = func() (io.ReadWriteCloser, error) { return os.OpenFile(cuse.DevicePath, os.O_RDWR, 0) }
+	}
+	ch, err := open()
 	if err != nil {
 		return fmt.Errorf("nsmcuse: opening the CUSE channel: %w", err)
 	}
 	defer ch.Close()
-	s, err := cuse.Init(ch, cuse.Config{Name: DeviceName, Mode: DeviceMode, Handler: NewHandler(rt), Logf: logf})
+	s, err := cuse.Init(ch, cuse.Config{Name: DeviceName, Mode: DeviceMode, DevDir: cfg.DevDir, Handler: NewHandler(cfg.Module), Logf: cfg.Logf})
 	if err != nil {
 		return fmt.Errorf("nsmcuse: creating /dev/%s: %w", DeviceName, err)
 	}
-	if ready != nil {
-		ready()
+	if cfg.Ready != nil {
+		cfg.Ready()
 	}
+	// The channel is non-blocking (os.OpenFile puts character devices that
+	// support poll on the runtime's poller), so closing it ends Serve's read.
 	stop := context.AfterFunc(ctx, func() { ch.Close() })
 	defer stop()
 	return s.Serve(ctx)
