@@ -82,7 +82,7 @@ var probeErrnos = map[string]string{
 	"request_ends_at_unmapped": "", "request_addr_kernel": "EFAULT",
 	"response_addr_null": "EFAULT", "response_addr_unmapped": "EFAULT", "response_straddles_unmapped": "EFAULT",
 	"response_addr_readonly": "EFAULT",
-	"request_len_0": "EIO", "request_len_0_addr_null": "EIO",
+	"request_len_0":          "EIO", "request_len_0_addr_null": "EIO",
 	"request_len_4096": "", "request_len_4097": "EMSGSIZE", "request_len_4097_addr_unmapped": "EMSGSIZE",
 	"request_len_huge": "EMSGSIZE", "request_len_longer_than_cbor": "",
 	"response_len_0": "", "response_len_0_addr_null": "", "response_len_0_addr_unmapped": "",
