@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/cloister/cloister/internal/nsm"
 	"github.com/cloister/cloister/internal/nsm/nsmcuse"
@@ -20,6 +21,9 @@ func DialNSM(ctx context.Context) (Conn, error) {
 	return dialSocket(ctx, unix.AF_VSOCK, &unix.SockaddrVM{CID: ParentCID, Port: wellknown.NSMPort},
 		"vsock "+strconv.Itoa(ParentCID)+":"+strconv.Itoa(wellknown.NSMPort))
 }
+
+// nsmDeviceTimeout bounds the wait for /dev/nsm to be created.
+const nsmDeviceTimeout = 10 * time.Second
 
 // startNSMDevice gives a VM without a security module device of its own (a
 // microVM) a /dev/nsm: a CUSE device whose ioctls behave as the Linux nsm
@@ -65,8 +69,16 @@ func startNSMDevice(ctx context.Context, cfg *Config, root string, log logFunc) 
 			log("warning: /dev/nsm stopped: %v", err)
 		}
 	}()
-	if err := <-ready; err != nil {
-		log("warning: no /dev/nsm: %v", err)
+	select {
+	case err := <-ready:
+		if err != nil {
+			log("warning: no /dev/nsm: %v", err)
+			return
+		}
+	case <-time.After(nsmDeviceTimeout):
+		// The kernel never sent CUSE_INIT: go on without the device rather
+		// than hold up the application.
+		log("warning: no /dev/nsm: the CUSE channel did not answer within %v", nsmDeviceTimeout)
 		return
 	}
 	log("/dev/nsm served through CUSE, forwarded to the parent's emulated security module (vsock %d:%d)", ParentCID, wellknown.NSMPort)
