@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"sort"
 	"sync"
@@ -160,3 +161,62 @@ func BenchmarkVsockEcho(b *testing.B) {
 		benchEcho(b, d, res.EnclaveID)
 	})
 }
+
+// nsmBenchConfig lifts the emulated module's attestation pacing, so that
+// the benchmarks below measure the path, not the token bucket.
+const nsmBenchConfig = qemuConfig + `nsm:
+  attestations_per_second_per_cpu: 1000000
+  attestation_burst_per_cpu: 1000000
+`
+
+// benchMicroVMNSM runs b.N attestations (what "attest") or DescribePCR
+// ("describe") inside one microVM through how ("device": /dev/nsm, served by cloister-init over CUSE and forwarded
+// to the emulated module; "stream": the SDK's direct stream to the module,
+// the path before /dev/nsm existed) and reports the time the guest
+// measured per attestation.
+func benchMicroVMNSM(b *testing.B, how, what string) {
+	flags := vmFlags(b)
+	d := parenttest.StartDaemon(b, "qemu", nsmBenchConfig)
+	img := appImage(b, parenttest.ShortTemp(b), "nsmbench", flags, "nsmbench")
+	res := d.Run(img, 512, false)
+	d.ConsoleUntil(res.EnclaveID, "NSMBENCH READY", 3*time.Minute)
+	ctx := context.Background()
+	run := func(n int) time.Duration {
+		c, err := d.Client.Connect(ctx, res.EnclaveID, 5006)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "%s %s %d\n", how, what, n)
+		var ns int64
+		if _, err := fmt.Fscanf(c, "%d\n", &ns); err != nil {
+			rest, _ := io.ReadAll(c)
+			b.Fatalf("nsmbench: %v %s", err, rest)
+		}
+		return time.Duration(ns)
+	}
+	run(5) // warm up: connections, page faults
+	b.ResetTimer()
+	guest := run(b.N)
+	b.StopTimer()
+	b.ReportMetric(float64(guest.Nanoseconds())/float64(b.N), "guest-ns/"+what)
+}
+
+// BenchmarkMicroVMAttestationDevNSM is an attestation through /dev/nsm in
+// a microVM (the SDK's path since /dev/nsm exists there).
+func BenchmarkMicroVMAttestationDevNSM(b *testing.B) { benchMicroVMNSM(b, "device", "attest") }
+
+// BenchmarkMicroVMAttestationStream is an attestation over the SDK's
+// direct stream to the emulated module (the microVM path before /dev/nsm).
+func BenchmarkMicroVMAttestationStream(b *testing.B) { benchMicroVMNSM(b, "stream", "attest") }
+
+// BenchmarkMicroVMDescribePCRDevNSM is a DescribePCR through /dev/nsm: the
+// cost of the path itself, without the signature.
+func BenchmarkMicroVMDescribePCRDevNSM(b *testing.B) { benchMicroVMNSM(b, "device", "describe") }
+
+// BenchmarkMicroVMDescribePCRStream is a DescribePCR over the stream.
+func BenchmarkMicroVMDescribePCRStream(b *testing.B) { benchMicroVMNSM(b, "stream", "describe") }
+
+// BenchmarkMicroVMDevNSMRoundTrip is one ioctl that /dev/nsm refuses at
+// once (EINVAL): one CUSE round trip through cloister-init, no module.
+func BenchmarkMicroVMDevNSMRoundTrip(b *testing.B) { benchMicroVMNSM(b, "device", "einval") }

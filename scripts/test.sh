@@ -43,7 +43,7 @@ as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else 
 # ---------------------------------------------------------------------------
 # Prerequisites
 # ---------------------------------------------------------------------------
-apt_packages=(qemu-system-x86 postgresql openssl chromium cpio ca-certificates python3-boto3 awscli containerd iproute2 etcd-server)
+apt_packages=(qemu-system-x86 postgresql openssl chromium cpio ca-certificates python3 python3-boto3 awscli containerd iproute2 etcd-server)
 
 install_prereqs() {
 	local missing=()

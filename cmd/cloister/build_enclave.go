@@ -47,7 +47,8 @@ one argument that replaces the image's Cmd (use --cmd=--flag for arguments that
 start with a dash). Kernel and command line default to bzImage and cmdline in
 $CLOISTER_BLOBS or /usr/share/nitro_enclaves/blobs; without them the image has
 no kernel and can only run in the process sandbox. For the QEMU microVM backend
-with a distribution kernel, --kernel-modules-dir adds the vsock modules it needs:
+with a distribution kernel, --kernel-modules-dir adds the modules it needs (vsock,
+and cuse for the guest's /dev/nsm):
 
   KVER=6.1.0-56-cloud-amd64   # an installed linux-image-cloud-amd64
   cloister build-enclave --rootfs app/ --output-file app.eif \
@@ -83,7 +84,7 @@ trust; they do not apply to --rootfs.`, byteSize(build.DefaultMaxImageSize), bui
 				// The vsock modules a stock distribution kernel needs in a
 				// microVM, resolved with their dependencies, before any
 				// --kernel-module given explicitly.
-				vm, err := kmod.VsockModules(modulesDir)
+				vm, err := kmod.MicroVMModules(modulesDir)
 				if err != nil {
 					return withExit(1, fmt.Errorf("--kernel-modules-dir: %w", err))
 				}
@@ -147,7 +148,7 @@ trust; they do not apply to --rootfs.`, byteSize(build.DefaultMaxImageSize), bui
 	f.StringArrayVar(&cmdArgs, "cmd", nil, "one argument of the command replacing the image's Cmd (repeatable)")
 	f.StringArrayVar(&env, "env", nil, "NAME=value added to the image environment (repeatable)")
 	f.StringArrayVar(&modules, "kernel-module", nil, "kernel module file loaded at boot, in order (repeatable)")
-	f.StringVar(&modulesDir, "kernel-modules-dir", "", "a kernel's /lib/modules/<version> directory: adds the virtio-mmio and vsock modules a microVM needs (for distribution kernels such as Debian's cloud kernel)")
+	f.StringVar(&modulesDir, "kernel-modules-dir", "", "a kernel's /lib/modules/<version> directory: adds the virtio-mmio, vsock and cuse modules a microVM needs (for distribution kernels such as Debian's cloud kernel)")
 	f.StringVar(&name, "name", "", "image name in the metadata (default: the image reference)")
 	f.StringVar(&version, "version", "", "image version in the metadata (default: the image ID)")
 	f.StringVar(&metadataFile, "metadata", "", "JSON file (an object, at most 4096 bytes) stored as custom metadata")

@@ -3,7 +3,9 @@
 // In a VM (a Nitro enclave or a QEMU microVM; PID 1 with CLOISTER_WORLD
 // unset) it implements the Nitro init contract: it mounts devtmpfs and opens
 // the console, loads the kernel modules listed in /modules/order, sends the
-// boot heartbeat to the parent (vsock CID 3, port 9000), reads the image's
+// boot heartbeat to the parent (vsock CID 3, port 9000), gives a VM without
+// a security module device (a microVM) a /dev/nsm served through CUSE that
+// forwards to the parent's emulated module (see package nsmcuse), reads the image's
 // /cmd, /env, /workdir and /user, moves /rootfs onto / and chroots into it,
 // mounts the usual pseudo file systems, runs the application, reaps zombies,
 // forwards termination signals and, when the application ends, reports its

@@ -39,6 +39,12 @@ type Config struct {
 	// Signals delivers the signals init receives; nil means Run subscribes
 	// to every signal itself (so none of them kills init).
 	Signals <-chan os.Signal
+	// OpenCUSE opens the CUSE channel through which a VM without a security
+	// module device gets /dev/nsm; nil opens <Root>/dev/cuse when it exists.
+	OpenCUSE func() (io.ReadWriteCloser, error)
+	// DialNSM connects /dev/nsm to the parent's emulated security module;
+	// nil means [DialNSM] (vsock CID 3, port 0x4E534D).
+	DialNSM Dialer
 }
 
 func (c *Config) root() string {

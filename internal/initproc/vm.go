@@ -81,6 +81,7 @@ func prepareVM(ctx context.Context, cfg *Config, log logFunc) (Launch, error) {
 		}
 		log("heartbeat sent to the parent (vsock %d:%d)", ParentCID, HeartbeatPort)
 	}
+	startNSMDevice(ctx, cfg, root, log)
 
 	ic, err := ReadImageConfig(root, true)
 	if err != nil {

@@ -38,6 +38,29 @@ func VsockModules(modulesDir string) ([]string, error) {
 	return Resolve(modulesDir, VsockModuleNames...)
 }
 
+// CUSEModuleName is the module that lets cloister-init serve /dev/nsm in a
+// microVM (CUSE, character devices in user space; it needs fuse).
+const CUSEModuleName = "cuse"
+
+// MicroVMModules returns [VsockModules] followed by [CUSEModuleName] and
+// its dependencies (fuse) when the kernel has CUSE as a module; a kernel
+// without it (or with it built in) adds nothing, and the guest then has no
+// /dev/nsm (the SDK reaches the emulated module over vsock directly).
+func MicroVMModules(modulesDir string) ([]string, error) {
+	vm, err := VsockModules(modulesDir)
+	if err != nil {
+		return nil, err
+	}
+	all, err := Resolve(modulesDir, append(append([]string{}, VsockModuleNames...), CUSEModuleName)...)
+	if errors.Is(err, ErrNotFound) {
+		return vm, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return all, nil
+}
+
 // Resolve reads modulesDir/modules.dep (and modulesDir/modules.builtin when
 // present) and returns the absolute paths of the .ko files needed to load the
 // named modules: every dependency before the modules that use it, each file

@@ -181,6 +181,59 @@ func TestVsockModulesReal(t *testing.T) {
 	}
 }
 
+func TestMicroVMModules(t *testing.T) {
+	withCUSE := debianDep + "kernel/fs/fuse/cuse.ko: kernel/fs/fuse/fuse.ko\n"
+	tests := []struct {
+		name, dep, builtin string
+		want               []string
+	}{
+		{"cuse as a module", withCUSE, "", []string{"virtio_ring", "virtio", "virtio_mmio", "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "fuse", "cuse"}},
+		{"no cuse", debianDep, "", []string{"virtio_ring", "virtio", "virtio_mmio", "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}},
+		{"cuse built in", debianDep, "kernel/fs/fuse/cuse.ko\n", []string{"virtio_ring", "virtio", "virtio_mmio", "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := MicroVMModules(fakeTree(t, tt.dep, tt.builtin))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for _, p := range got {
+				names = append(names, ModuleName(p))
+			}
+			if diff := cmp.Diff(tt.want, names); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+	if _, err := MicroVMModules(fakeTree(t, "kernel/fs/fuse/cuse.ko:\n", "")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("without the vsock modules: %v, want ErrNotFound", err)
+	}
+}
+
+// TestMicroVMModulesReal adds cuse and fuse after the vsock set on the real
+// Debian cloud kernel tree.
+func TestMicroVMModulesReal(t *testing.T) {
+	dir := os.Getenv("CLOISTER_TEST_MODULES")
+	testenv.Require(t, dir != "", "CLOISTER_TEST_MODULES (a /lib/modules/<version> tree of a Debian cloud kernel)",
+		"apt-get install linux-image-cloud-amd64 and run scripts/test.sh, or export CLOISTER_TEST_MODULES=/lib/modules/$(uname -r)")
+	got, err := MicroVMModules(dir)
+	if err != nil {
+		t.Fatalf("MicroVMModules(%s): %v", dir, err)
+	}
+	var names []string
+	for _, p := range got {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("resolved module file: %v", err)
+		}
+		names = append(names, ModuleName(p))
+	}
+	want := []string{"virtio_ring", "virtio", "virtio_mmio", "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "fuse", "cuse"}
+	if diff := cmp.Diff(want, names); diff != "" {
+		t.Errorf("MicroVMModules(%s) module names (-want +got):\n%s", dir, diff)
+	}
+}
+
 func BenchmarkResolveReal(b *testing.B) {
 	dir := os.Getenv("CLOISTER_TEST_MODULES")
 	testenv.Require(b, dir != "", "CLOISTER_TEST_MODULES", "export CLOISTER_TEST_MODULES=/lib/modules/<version>")

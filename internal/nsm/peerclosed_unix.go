@@ -2,16 +2,13 @@
 
 package nsm
 
-import (
-	"net"
-	"syscall"
-)
+import "syscall"
 
 // stale reports whether a connection kept from an earlier exchange can no
 // longer carry a request: the peer closed it (the emulated module closes
 // idle connections) or sent something unasked. It peeks without blocking;
 // a connection it cannot inspect counts as usable.
-func stale(c net.Conn) bool {
+func stale(c Conn) bool {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return false

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"io"
 	"os"
 	"sync"
 	"time"
@@ -25,19 +25,36 @@ import (
 // once more on a fresh connection, unless it is ExtendPCR or LockPCR,
 // which are not idempotent: those errors reach the caller.
 type Stream struct {
-	dial func(ctx context.Context) (net.Conn, error)
+	dial func(ctx context.Context) (Conn, error)
 	sem  chan struct{} // one token: the right to run an exchange
 
 	mu     sync.Mutex // guards conn and closed
-	conn   net.Conn   // nil when not connected
+	conn   Conn       // nil when not connected
 	closed bool
 }
 
 var _ Transport = (*Stream)(nil)
 
-// NewStream returns a Stream that obtains connections from dial.
-func NewStream(dial func(ctx context.Context) (net.Conn, error)) *Stream {
-	s := &Stream{dial: dial, sem: make(chan struct{}, 1)}
+// Conn is a connection a [Stream] uses: a net.Conn, or an *os.File
+// holding a socket (which cloister-init uses, as it does not link package
+// net). When it also implements syscall.Conn, Stream peeks at it before
+// reusing it (see [Stream]).
+type Conn interface {
+	io.ReadWriteCloser
+	SetDeadline(t time.Time) error
+}
+
+// NewStream returns a Stream that obtains connections from dial (a
+// func(ctx) (net.Conn, error) fits).
+func NewStream[C Conn](dial func(ctx context.Context) (C, error)) *Stream {
+	s := &Stream{sem: make(chan struct{}, 1)}
+	s.dial = func(ctx context.Context) (Conn, error) {
+		c, err := dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
 	s.sem <- struct{}{}
 	return s
 }
@@ -119,7 +136,7 @@ func idempotent(req []byte) bool {
 
 // connect returns the current connection or dials one. The caller holds
 // the sem token.
-func (s *Stream) connect(ctx context.Context) (net.Conn, error) {
+func (s *Stream) connect(ctx context.Context) (Conn, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -156,7 +173,7 @@ func (s *Stream) connect(ctx context.Context) (net.Conn, error) {
 
 // exchange runs one request/response on c under ctx and reports whether c
 // may be used again.
-func exchange(ctx context.Context, c net.Conn, req []byte) (resp []byte, keep bool, err error) {
+func exchange(ctx context.Context, c Conn, req []byte) (resp []byte, keep bool, err error) {
 	dl, hasDL := ctx.Deadline() // zero when none: clears an earlier deadline
 	if err := c.SetDeadline(dl); err != nil {
 		return nil, false, fmt.Errorf("nsm: stream: %w", err)

@@ -11,8 +11,8 @@ type World int
 // The worlds. WorldAuto (the zero value) asks for detection.
 const (
 	WorldAuto    World = iota // detect with Detect
-	WorldNitro                // real Nitro enclave: AF_VSOCK, /dev/nsm
-	WorldMicroVM              // QEMU microVM: AF_VSOCK, no /dev/nsm
+	WorldNitro                // real Nitro enclave: AF_VSOCK, the kernel's /dev/nsm
+	WorldMicroVM              // QEMU microVM: AF_VSOCK, /dev/nsm served by cloister-init (CUSE)
 	WorldSandbox              // process sandbox: vsock emulated over Unix sockets
 )
 
@@ -27,8 +27,15 @@ const (
 // used when $CLOISTER_VSOCK_DIR is unset.
 const DefaultVsockDir = "/run/cloister/vsock"
 
-// nsmDevice marks a real Nitro enclave.
+// nsmDevice is the security module's device. It is the kernel's misc
+// device (character major 10) only in a Nitro enclave (or a VM with the
+// Linux nsm driver); in a microVM cloister-init serves it through CUSE,
+// whose devices never get major 10.
 const nsmDevice = "/dev/nsm"
+
+// miscMajor is MISC_MAJOR, the major number of misc devices such as the
+// nsm driver's /dev/nsm.
+const miscMajor = 10
 
 // String returns "auto", "nitro", "microvm" or "sandbox".
 func (w World) String() string {
@@ -60,20 +67,21 @@ func ParseWorld(s string) (World, error) {
 //  1. $CLOISTER_WORLD names a world (nitro, microvm, sandbox): that world
 //     (an unknown value or "auto" is ignored);
 //  2. $CLOISTER_VSOCK_DIR is set (non-empty): sandbox;
-//  3. /dev/nsm exists: nitro;
-//  4. otherwise: microvm (AF_VSOCK without a Nitro security module).
+//  3. /dev/nsm is the kernel's misc device (character major 10): nitro;
+//  4. otherwise: microvm (AF_VSOCK, and a /dev/nsm served by cloister-init
+//     through CUSE, or none).
 func Detect() World {
-	return detect(os.Getenv, func(p string) bool { _, err := os.Stat(p); return err == nil })
+	return detect(os.Getenv, kernelDevice)
 }
 
-func detect(getenv func(string) string, exists func(string) bool) World {
+func detect(getenv func(string) string, kernelNSM func(string) bool) World {
 	if w, err := ParseWorld(getenv(EnvWorld)); err == nil && w != WorldAuto {
 		return w
 	}
 	if getenv(EnvVsockDir) != "" {
 		return WorldSandbox
 	}
-	if exists(nsmDevice) {
+	if kernelNSM(nsmDevice) {
 		return WorldNitro
 	}
 	return WorldMicroVM

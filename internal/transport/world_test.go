@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"os"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -40,6 +41,39 @@ func TestDetect(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestKernelDevice tells the nsm driver's misc device (major 10) from any
+// other file, such as the CUSE /dev/nsm of a microVM (a dynamic major).
+func TestKernelDevice(t *testing.T) {
+	tests := []struct {
+		path string
+		want bool
+	}{
+		{"/dev/null", false}, // character major 1
+		{"/dev/zero", false},
+		{"/", false},
+		{"/no/such/file", false},
+	}
+	for _, tt := range tests {
+		if got := kernelDevice(tt.path); got != tt.want {
+			t.Errorf("kernelDevice(%s) = %v, want %v", tt.path, got, tt.want)
+		}
+	}
+	// /dev/fuse, when present, is a misc device: major 10 like /dev/nsm.
+	if _, err := os.Stat("/dev/fuse"); err == nil && !kernelDevice("/dev/fuse") {
+		t.Error("kernelDevice(/dev/fuse) = false, want true (misc major 10)")
+	}
+	// glibc's encoding: major bits 0-11 at 8-19, bits 12-31 at 44-63.
+	for _, dev := range []struct{ dev, major uint64 }{
+		{10<<8 | 144, 10},
+		{511 << 8, 511},
+		{0x1000<<32 | 0xa<<8 | 1, 0x100a},
+	} {
+		if got := major(dev.dev); got != dev.major {
+			t.Errorf("major(%#x) = %d, want %d", dev.dev, got, dev.major)
+		}
 	}
 }
 

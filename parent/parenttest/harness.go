@@ -122,6 +122,9 @@ func ShortTemp(t testing.TB) string {
 type Image struct {
 	// Name is the image's file name without ".eif".
 	Name string
+	// RootFS, when set, is a directory copied first as the root filesystem
+	// (for example [PythonRootFS]).
+	RootFS string
 	// Files maps paths inside the root filesystem to host files copied
 	// there (mode 0755), e.g. {"bin/app": built}.
 	Files map[string]string
@@ -138,6 +141,11 @@ func BuildImage(t testing.TB, dir string, img Image) string {
 	t.Helper()
 	buildBinaries(t)
 	rootfs := filepath.Join(dir, img.Name+"-rootfs")
+	if img.RootFS != "" {
+		if err := copyTree(img.RootFS, rootfs); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for dst, src := range img.Files {
 		b, err := os.ReadFile(src)
 		if err != nil {

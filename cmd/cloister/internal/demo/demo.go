@@ -285,7 +285,7 @@ func buildImage(ctx context.Context, ws string, cfg Config) (string, parent.Meas
 		if cfg.Kernel == "" || cfg.ModulesDir == "" {
 			return "", parent.Measurements{}, errors.New("the qemu backend needs --kernel and --kernel-modules-dir")
 		}
-		mods, err := kmod.VsockModules(cfg.ModulesDir)
+		mods, err := kmod.MicroVMModules(cfg.ModulesDir)
 		if err != nil {
 			return "", parent.Measurements{}, err
 		}

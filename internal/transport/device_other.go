@@ -1,0 +1,6 @@
+//go:build !unix
+
+package transport
+
+// kernelDevice: there is no Nitro security module device here.
+func kernelDevice(string) bool { return false }
