@@ -23,7 +23,16 @@ var worldProbeAllowed = map[string]map[string]map[string]string{
 		"read_fd":  {"errno": "/dev/nsm is a bind of /dev/null in the sandbox and read(2) is not notified: it returns 0 where the driver, which has no read, gives EINVAL"},
 		"write_fd": {"errno": "as read_fd: write(2) on /dev/null succeeds"},
 	},
-	"microvm": {},
+	// CUSE's retry protocol (internal/nsm/nsmcuse): the kernel writes the
+	// final answer to the out ranges in order, struct first, after the
+	// module has answered; the driver writes the response, then the struct.
+	"microvm": {
+		"arg_readonly":                {"response_written": "CUSE: the read-only struct is the first out range, so the kernel fails before it writes the response, which the driver writes first"},
+		"response_addr_null":          {"response_len": "CUSE: response.len in the struct is written (first out range) before the kernel fails on the response buffer; the driver leaves it"},
+		"response_addr_unmapped":      {"response_len": "as response_addr_null"},
+		"response_addr_readonly":      {"response_len": "as response_addr_null"},
+		"response_straddles_unmapped": {"response_len": "as response_addr_null"},
+	},
 }
 
 // TestNSMProbe runs the ioctl edge-case probe (e2e/testdata/nsmprobe,

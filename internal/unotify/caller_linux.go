@@ -192,10 +192,18 @@ func (c *Caller) WriteAt(p []byte, addr uint64) error {
 	if err := c.openMem(); err != nil {
 		return err
 	}
-	if err := c.access(addr, uint64(len(p)), procmapWritable); err != nil {
+	// copy_to_user writes what it can up to the first byte it cannot,
+	// then fails: so does this (nsmprobe's response_straddles_unmapped).
+	n, err := c.accessible(addr, uint64(len(p)), procmapWritable)
+	if n > 0 && (err == nil || errors.Is(err, errFault)) {
+		if werr := fullAt(c.mem.WriteAt, p[:n], addr); werr != nil {
+			return werr
+		}
+	}
+	if err != nil {
 		return err
 	}
-	return fullAt(c.mem.WriteAt, p, addr)
+	return nil
 }
 
 // fullAt runs a whole ReadAt or WriteAt on /proc/<tid>/mem; any failure
@@ -247,21 +255,29 @@ type procmapQueryArg struct {
 // atomic, which only matters to a caller that changes its own mappings
 // meanwhile (and can only hurt itself).
 func (c *Caller) access(addr, n uint64, want uint64) error {
+	_, err := c.accessible(addr, n, want)
+	return err
+}
+
+// accessible is access that also reports how many bytes from addr lie in
+// mappings with the wanted permission before the first that does not (0
+// for a range that wraps or reaches kernel space).
+func (c *Caller) accessible(addr, n uint64, want uint64) (int, error) {
 	end := addr + n
 	if end < addr || end > maxUserAddr {
-		return errFault
+		return 0, errFault
 	}
 	for cur := addr; cur < end; {
 		start, stop, flags, err := c.mapping(cur)
 		if err != nil {
-			return err
+			return int(cur - addr), err
 		}
 		if cur < start || flags&want == 0 {
-			return errFault
+			return int(cur - addr), errFault
 		}
 		cur = stop
 	}
-	return nil
+	return int(n), nil
 }
 
 // mapping returns the mapping covering addr: its bounds and permissions
