@@ -19,9 +19,9 @@ func newBackend(cfg daemon.Config) (backend.Backend, error) {
 		return &sandbox.Backend{}, nil
 	case "qemu":
 		return &qemu.Backend{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel,
-			Logger: slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}, nil
+			Logger: newLogger(os.Stderr, slog.LevelWarn, "json")}, nil
 	case "nitro":
-		return nitro.New(nitro.Config{Logger: slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}), nil
+		return nitro.New(nitro.Config{Logger: newLogger(os.Stderr, slog.LevelWarn, "json")}), nil
 	}
 	return nil, fmt.Errorf("unknown backend %q: use sandbox, qemu or nitro", cfg.Backend)
 }

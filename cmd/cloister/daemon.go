@@ -21,7 +21,8 @@ func init() {
 }
 
 func newDaemonCmd() *cobra.Command {
-	var backendName, configFile, socket, stateDir, logFormat string
+	var backendName, configFile, socket, stateDir string
+	var logf *logFlags
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the parent daemon that launches and supervises enclaves",
@@ -56,7 +57,10 @@ Running enclaves survive a daemon restart.`,
 			if stateDir != "" {
 				cfg.StateDir = stateDir
 			}
-			logger := newLogger(logFormat)
+			logger, err := logf.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			if cfg.Backend == "qemu" {
@@ -99,7 +103,7 @@ Running enclaves survive a daemon restart.`,
 	f.StringVar(&configFile, "config", "", "YAML configuration file")
 	f.StringVar(&socket, "socket", "", "API socket (default "+daemon.DefaultSocket+")")
 	f.StringVar(&stateDir, "state-dir", "", "state directory (default "+daemon.DefaultStateDir+")")
-	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	logf = addLogFlags(cmd, "text")
 	return cmd
 }
 
@@ -125,7 +129,8 @@ func newMonitorCmd() *cobra.Command {
 			} else {
 				img = os.NewFile(daemon.ImageFD, "eif")
 			}
-			logger := newLogger("json")
+			// Standard error is the enclave's monitor.log.
+			logger := newLogger(os.Stderr, slog.LevelInfo, "json")
 			if err := daemon.RunMonitor(cmd.Context(), dir, img, newBackend, logger); err != nil {
 				return withExit(1, err)
 			}
@@ -173,13 +178,6 @@ func applyNitroAllocator(ctx context.Context, cfg *daemon.Config, opts *daemon.O
 	opts.CPUs, opts.Cores = res.CPUs, cores
 	cfg.MemoryMiB = res.MemoryMiB
 	return nil
-}
-
-func newLogger(format string) *slog.Logger {
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, nil))
 }
 
 func version() string {
