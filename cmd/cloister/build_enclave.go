@@ -132,7 +132,7 @@ trust; they do not apply to --rootfs.`, byteSize(build.DefaultMaxImageSize), bui
 			if res.NoKernel {
 				fmt.Fprintf(cmd.ErrOrStderr(), "cloister: note: no enclave kernel found (set CLOISTER_BLOBS or --kernel); %s runs only in the process sandbox\n", output)
 			}
-			return writeNitroJSON(cmd.OutOrStdout(), eif.BuildInfo{Measurements: res.Measurements})
+			return printJSON(cmd.OutOrStdout(), eif.BuildInfo{Measurements: res.Measurements}, nitroJSON)
 		},
 	}
 	f := cmd.Flags()

@@ -297,12 +297,6 @@ func kmsReadInput(cmd *cobra.Command, limit int64) ([]byte, error) {
 	return b, nil
 }
 
-func kmsPrintJSON(cmd *cobra.Command, v any) error {
-	enc := json.NewEncoder(cmd.OutOrStdout())
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 // kmsPrintOutput prints an SDK operation output as the AWS CLI does: its
 // members as JSON (blobs in base64, timestamps in ISO 8601), absent
 // members and the SDK's ResultMetadata left out, indented by 4.
@@ -316,9 +310,7 @@ func kmsPrintOutput(cmd *cobra.Command, out any) error {
 		return err
 	}
 	delete(m, "ResultMetadata")
-	enc := json.NewEncoder(cmd.OutOrStdout())
-	enc.SetIndent("", "    ")
-	return enc.Encode(dropNulls(m))
+	return printJSON(cmd.OutOrStdout(), dropNulls(m), awsCLIJSON)
 }
 
 func dropNulls(v any) any {
@@ -524,7 +516,7 @@ Exit status: 0 the request would be allowed, 1 denied or failed, 2 usage.`,
 			if err != nil {
 				return withExit(1, err)
 			}
-			if err := kmsPrintJSON(cmd, out); err != nil {
+			if err := printJSON(cmd.OutOrStdout(), out, cloisterJSON); err != nil {
 				return err
 			}
 			if out.Explanation.Decision != "Allow" {
