@@ -10,7 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloister/cloister/internal/sdnotify"
 	"github.com/cloister/cloister/parent/daemon"
+	"github.com/cloister/cloister/parent/daemon/metrics"
 	"github.com/cloister/cloister/parent/nitro/allocator"
 	"github.com/cloister/cloister/parent/qemu"
 )
@@ -21,7 +23,7 @@ func init() {
 }
 
 func newDaemonCmd() *cobra.Command {
-	var backendName, configFile, socket, stateDir string
+	var backendName, configFile, socket, stateDir, metricsAddr string
 	var logf *logFlags
 	cmd := &cobra.Command{
 		Use:   "daemon",
@@ -37,8 +39,12 @@ qemu (a microVM per enclave; KVM when /dev/kvm is usable, else TCG) and nitro
 (real Nitro Enclaves through /dev/nitro_enclaves).
 
 The configuration file (YAML) sets memory_mib, cpu_count or cpu_pool,
-heartbeat_timeout, egress proxies and their allowlist; see docs/daemon.md.
-Running enclaves survive a daemon restart.`,
+heartbeat_timeout, egress proxies and their allowlist, metrics_addr; see
+docs/daemon.md. Running enclaves survive a daemon restart.
+
+GET /healthz and GET /metrics (Prometheus) are served on the API socket and,
+with --metrics-addr, on a TCP address. Under systemd (Type=notify) the daemon
+reports READY=1 once it serves its API and STOPPING=1 when it stops.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var cfg daemon.Config
@@ -56,6 +62,12 @@ Running enclaves survive a daemon restart.`,
 			}
 			if stateDir != "" {
 				cfg.StateDir = stateDir
+			}
+			if metricsAddr != "" {
+				cfg.MetricsAddr = metricsAddr
+			}
+			if err := cfg.Validate(); err != nil {
+				return withExit(1, fmt.Errorf("daemon: config: %w", err))
 			}
 			logger, err := logf.logger(cmd.ErrOrStderr())
 			if err != nil {
@@ -78,7 +90,9 @@ Running enclaves survive a daemon restart.`,
 			if err != nil {
 				return withExit(1, err)
 			}
-			opts := daemon.Options{Backend: be, Logger: logger, Version: version()}
+			m := metrics.New(cfg.Backend)
+			opts := daemon.Options{Backend: be, Logger: logger, Version: version(), Events: m, Metrics: m.Handler(),
+				Ready: func() { notify(logger, sdnotify.Ready) }}
 			if cfg.Backend == "nitro" {
 				// The Nitro driver needs its CPU pool and hugepages set up
 				// before anything else (nitro-cli's allocator service).
@@ -91,7 +105,11 @@ Running enclaves survive a daemon restart.`,
 				return withExit(1, err)
 			}
 			defer d.Close()
-			if err := d.Serve(ctx); err != nil {
+			m.SetSource(d)
+			stopping := notifyStopping(ctx, logger)
+			err = d.Serve(ctx)
+			stopping()
+			if err != nil {
 				return withExit(1, err)
 			}
 			logger.Info("daemon stopped; running enclaves keep running")
@@ -103,6 +121,7 @@ Running enclaves survive a daemon restart.`,
 	f.StringVar(&configFile, "config", "", "YAML configuration file")
 	f.StringVar(&socket, "socket", "", "API socket (default "+daemon.DefaultSocket+")")
 	f.StringVar(&stateDir, "state-dir", "", "state directory (default "+daemon.DefaultStateDir+")")
+	f.StringVar(&metricsAddr, "metrics-addr", "", "also serve /metrics and /healthz on this TCP address, e.g. 127.0.0.1:9464 (default off)")
 	logf = addLogFlags(cmd, "text")
 	return cmd
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -91,6 +92,11 @@ type Config struct {
 	// KeepExited is how many exited enclaves (with their console logs) are
 	// kept for describe-enclaves --all and console (default 16).
 	KeepExited int `yaml:"keep_exited"`
+
+	// MetricsAddr, when set, is a TCP address (HOST:PORT) on which the
+	// daemon serves only GET /metrics (Prometheus) and GET /healthz. Both
+	// are always served on the API socket too. Default: off.
+	MetricsAddr string `yaml:"metrics_addr"`
 }
 
 // EgressConfig configures the egress proxies every enclave gets.
@@ -273,6 +279,11 @@ func (c Config) Validate() error {
 	}
 	if c.NSM.AttestationBurstPerCPU < 0 {
 		return fmt.Errorf("nsm attestation_burst_per_cpu %d is negative", c.NSM.AttestationBurstPerCPU)
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			return fmt.Errorf("metrics_addr %q is not HOST:PORT (e.g. 127.0.0.1:9464): %v", c.MetricsAddr, err)
+		}
 	}
 	return nil
 }
