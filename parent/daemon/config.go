@@ -93,6 +93,14 @@ type Config struct {
 	// kept for describe-enclaves --all and console (default 16).
 	KeepExited int `yaml:"keep_exited"`
 
+	// CgroupParent is the cgroup (a relative path, the same in every
+	// hierarchy) under which the sandbox and microVM backends create each
+	// enclave's group; default "cloister", i.e. /sys/fs/cgroup/cloister on
+	// cgroup v2. "auto" places them beneath the daemon's own cgroup when a
+	// service manager delegated it (systemd's Delegate=yes; see
+	// [ResolveCgroupParent]) and falls back to "cloister" otherwise.
+	CgroupParent string `yaml:"cgroup_parent"`
+
 	// MetricsAddr, when set, is a TCP address (HOST:PORT) on which the
 	// daemon serves only GET /metrics (Prometheus) and GET /healthz. Both
 	// are always served on the API socket too. Default: off.
@@ -279,6 +287,9 @@ func (c Config) Validate() error {
 	}
 	if c.NSM.AttestationBurstPerCPU < 0 {
 		return fmt.Errorf("nsm attestation_burst_per_cpu %d is negative", c.NSM.AttestationBurstPerCPU)
+	}
+	if err := validCgroupParent(c.CgroupParent); err != nil {
+		return err
 	}
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {

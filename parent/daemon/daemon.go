@@ -110,6 +110,9 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("daemon: config: %w", err)
 	}
+	if cfg.CgroupParent == CgroupParentAuto {
+		return nil, errors.New("daemon: config: cgroup_parent auto must be resolved (ResolveCgroupParent) before the backend is created")
+	}
 	cfg = cfg.withDefaults()
 	if opts.Backend == nil {
 		return nil, errors.New("daemon: no backend")
