@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloister/cloister/internal/buildinfo"
 	"github.com/cloister/cloister/internal/sdnotify"
 	"github.com/cloister/cloister/parent/daemon"
 	"github.com/cloister/cloister/parent/daemon/metrics"
@@ -23,7 +24,7 @@ func init() {
 }
 
 func newDaemonCmd() *cobra.Command {
-	var backendName, configFile, socket, stateDir, metricsAddr string
+	var backendName, configFile, socket, stateDir, cgroupParent, metricsAddr string
 	var logf *logFlags
 	cmd := &cobra.Command{
 		Use:   "daemon",
@@ -39,8 +40,12 @@ qemu (a microVM per enclave; KVM when /dev/kvm is usable, else TCG) and nitro
 (real Nitro Enclaves through /dev/nitro_enclaves).
 
 The configuration file (YAML) sets memory_mib, cpu_count or cpu_pool,
-heartbeat_timeout, egress proxies and their allowlist, metrics_addr; see
-docs/daemon.md. Running enclaves survive a daemon restart.
+heartbeat_timeout, egress proxies and their allowlist, cgroup_parent and
+metrics_addr; see docs/daemon.md. Running enclaves survive a daemon restart.
+
+Monitors (one process per enclave) run as cloister-monitor when it is
+installed next to this executable or in ../lib/cloister and is of the same
+build, else as this executable.
 
 GET /healthz and GET /metrics (Prometheus) are served on the API socket and,
 with --metrics-addr, on a TCP address. Under systemd (Type=notify) the daemon
@@ -63,6 +68,9 @@ reports READY=1 once it serves its API and STOPPING=1 when it stops.`,
 			if stateDir != "" {
 				cfg.StateDir = stateDir
 			}
+			if cgroupParent != "" {
+				cfg.CgroupParent = cgroupParent
+			}
 			if metricsAddr != "" {
 				cfg.MetricsAddr = metricsAddr
 			}
@@ -75,6 +83,7 @@ reports READY=1 once it serves its API and STOPPING=1 when it stops.`,
 			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
+			cfg = daemon.ResolveCgroupParent(cfg, logger)
 			if cfg.Backend == "qemu" {
 				// Decide KVM or TCG once; monitors get the result.
 				accel, why, err := (&qemu.Backend{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel}).ResolveAccel(ctx)
@@ -93,6 +102,11 @@ reports READY=1 once it serves its API and STOPPING=1 when it stops.`,
 			m := metrics.New(cfg.Backend)
 			opts := daemon.Options{Backend: be, Logger: logger, Version: version(), Events: m, Metrics: m.Handler(),
 				Ready: func() { notify(logger, sdnotify.Ready) }}
+			if bin, why := daemon.FindMonitorBinary(ctx, buildinfo.String()); bin != "" {
+				opts.MonitorBinary = bin
+			} else {
+				logger.Info("monitors run as this executable (slower to start than "+daemon.MonitorBinaryName+")", "why", why)
+			}
 			if cfg.Backend == "nitro" {
 				// The Nitro driver needs its CPU pool and hugepages set up
 				// before anything else (nitro-cli's allocator service).
@@ -121,6 +135,7 @@ reports READY=1 once it serves its API and STOPPING=1 when it stops.`,
 	f.StringVar(&configFile, "config", "", "YAML configuration file")
 	f.StringVar(&socket, "socket", "", "API socket (default "+daemon.DefaultSocket+")")
 	f.StringVar(&stateDir, "state-dir", "", "state directory (default "+daemon.DefaultStateDir+")")
+	f.StringVar(&cgroupParent, "cgroup-parent", "", `cgroup of the enclaves' groups: a relative path, or "auto" for beneath the daemon's delegated cgroup (default cloister)`)
 	f.StringVar(&metricsAddr, "metrics-addr", "", "also serve /metrics and /healthz on this TCP address, e.g. 127.0.0.1:9464 (default off)")
 	logf = addLogFlags(cmd, "text")
 	return cmd
@@ -136,21 +151,9 @@ func newMonitorCmd() *cobra.Command {
 		DisableFlagParsing: true,
 		Args:               cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dir := args[0]
-			var img *os.File
-			if root, ok := daemon.SpareArg(args); ok {
-				var err error
-				if dir, img, err = daemon.AwaitMonitorJob(root, os.Stdin); err != nil {
-					return withExit(1, err)
-				}
-			} else if len(args) != 1 {
-				return fmt.Errorf("usage: __monitor DIR | --spare ROOT")
-			} else {
-				img = os.NewFile(daemon.ImageFD, "eif")
-			}
 			// Standard error is the enclave's monitor.log.
 			logger := newLogger(os.Stderr, slog.LevelInfo, "json")
-			if err := daemon.RunMonitor(cmd.Context(), dir, img, newBackend, logger); err != nil {
+			if err := daemon.MonitorMain(cmd.Context(), args, newBackend, logger); err != nil {
 				return withExit(1, err)
 			}
 			return nil
