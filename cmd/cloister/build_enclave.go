@@ -10,7 +10,6 @@ import (
 	"math"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -19,6 +18,7 @@ import (
 
 	"github.com/cloister/cloister/enclave/build"
 	"github.com/cloister/cloister/enclave/eif"
+	"github.com/cloister/cloister/internal/installdir"
 	"github.com/cloister/cloister/internal/kmod"
 )
 
@@ -209,17 +209,8 @@ func findInit(flag string) (string, error) {
 	if flag != "" {
 		return flag, nil
 	}
-	if exe, err := os.Executable(); err == nil {
-		// Next to this executable (a build directory), or in
-		// ../lib/cloister (the Debian package's /usr/lib/cloister).
-		for _, p := range []string{
-			filepath.Join(filepath.Dir(exe), "cloister-init"),
-			filepath.Join(filepath.Dir(exe), "..", "lib", "cloister", "cloister-init"),
-		} {
-			if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-				return filepath.Clean(p), nil
-			}
-		}
+	if p := installdir.Find("cloister-init"); p != "" {
+		return p, nil
 	}
 	if p, err := exec.LookPath("cloister-init"); err == nil {
 		return p, nil

@@ -8,9 +8,10 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/cloister/cloister/internal/installdir"
 )
 
 // MonitorBinaryName is the lean executable that runs monitors (and, for
@@ -37,10 +38,8 @@ func FindMonitorBinary(ctx context.Context, version string) (path, why string) {
 	if err != nil {
 		return "", fmt.Sprintf("cannot locate this executable: %v", err)
 	}
-	dir := filepath.Dir(exe)
 	var tried []string
-	for _, p := range []string{filepath.Join(dir, MonitorBinaryName), filepath.Join(dir, "..", "lib", "cloister", MonitorBinaryName)} {
-		p = filepath.Clean(p)
+	for _, p := range installdir.Candidates(exe, MonitorBinaryName) {
 		fi, err := os.Stat(p)
 		if err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
 			tried = append(tried, p)
