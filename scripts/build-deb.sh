@@ -4,7 +4,8 @@
 #   bash scripts/build-deb.sh [OUTDIR]      # default OUTDIR: dist/
 #
 # It prints the path of the .deb. Everything comes from this repository:
-# the binaries (static, CGO_ENABLED=0, version and commit linked in), the
+# the binaries (cloister, cloister-monitor, cloister-init and the containerd
+# shim; static, CGO_ENABLED=0, version and commit linked in), the
 # manual pages and shell completions generated from the command
 # definitions, packaging/systemd (units), packaging/etc (/etc/cloister,
 # conffiles), packaging/deb (control, maintainer scripts, copyright,
@@ -59,7 +60,8 @@ install -d -m 0755 "$stage/usr/bin" "$stage/usr/lib/cloister"
 build usr/bin/cloister ./cmd/cloister
 build usr/lib/cloister/cloister-monitor ./cmd/cloister-monitor
 build usr/lib/cloister/cloister-init ./cmd/cloister-init
-chmod 0755 "$stage/usr/bin/cloister" "$stage/usr/lib/cloister/"*
+build usr/bin/containerd-shim-cloister-v2 ./cmd/containerd-shim-cloister-v2
+chmod 0755 "$stage/usr/bin/"* "$stage/usr/lib/cloister/"*
 
 # The host's own binary generates what is architecture-independent.
 hostbin=$stage/usr/bin/cloister
@@ -94,12 +96,12 @@ install -m 0644 docs/*.md docs/*.yaml "$doc/docs/"
 install -m 0644 "$pkg/systemd/delegate-subgroup.conf" "$doc/examples/"
 # The Go modules linked into the binaries, each with its licence text.
 {
-	echo "Go modules statically linked into cloister, cloister-monitor and cloister-init"
+	echo "Go modules statically linked into cloister, cloister-monitor, cloister-init and containerd-shim-cloister-v2"
 	echo
 	echo "== Go standard library ($(go env GOVERSION))"
 	cat "$(go env GOROOT)/LICENSE"
 	CGO_ENABLED=0 go list -deps -f '{{with .Module}}{{if not .Main}}{{.Path}} {{.Version}} {{.Dir}}{{end}}{{end}}' \
-		./cmd/cloister ./cmd/cloister-monitor ./cmd/cloister-init | sort -u |
+		./cmd/cloister ./cmd/cloister-monitor ./cmd/cloister-init ./cmd/containerd-shim-cloister-v2 | sort -u |
 		while read -r path ver dir; do
 			echo
 			echo "== $path $ver"
