@@ -73,6 +73,7 @@ fi
 # --- manual pages and shell completion -------------------------------------
 man=$stage/usr/share/man/man1
 go run ./internal/tools/gendocs -man "$man" -man-source "cloister $upstream" -man-date "$mandate"
+sed -e "s/@DATE@/$mandate/" -e "s/@SOURCE@/cloister $upstream/" "$pkg/man/containerd-shim-cloister-v2.1" > "$man/containerd-shim-cloister-v2.1"
 gzip -9n "$man"/*.1
 
 install -d -m 0755 "$stage/usr/share/bash-completion/completions" \
