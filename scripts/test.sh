@@ -45,10 +45,10 @@ as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else 
 # ---------------------------------------------------------------------------
 # Prerequisites
 # ---------------------------------------------------------------------------
-# The Debian package: dpkg-dev (dpkg-parsechangelog), lintian, man-db
+# For the Debian package: dpkg-dev (dpkg-parsechangelog), lintian, man-db
 # (the manual pages' groff check), systemd (systemd-analyze), util-linux
-# (setpriv), curl (check-service.sh), and the package's own dependencies, which dpkg -i does not
-# install.
+# (setpriv), curl (check-service.sh), and the package's own dependencies,
+# which dpkg -i does not install.
 apt_packages=(qemu-system-x86 postgresql openssl chromium cpio ca-certificates python3-boto3 awscli containerd iproute2
 	dpkg-dev lintian man-db systemd util-linux curl adduser init-system-helpers)
 
