@@ -63,17 +63,38 @@ func (e *Error) Error() string {
 // Is makes errors.Is(err, ErrResources) and friends work.
 func (e *Error) Is(target error) bool { return target == e.Class }
 
+// ErrorKinds lists every error kind of the API (APIError.Kind), in the
+// order ErrorKind tries their classes.
+func ErrorKinds() []string {
+	kinds := make([]string, len(classes))
+	for i, c := range classes {
+		kinds[i] = c.kind
+	}
+	return kinds
+}
+
+// ErrorKind returns the API's kind of err (APIError.Kind: invalid_argument,
+// not_found, …), "internal" for an error of no known class.
+func ErrorKind(err error) string {
+	kind, _ := errorClass(err)
+	return kind
+}
+
+func errorClass(err error) (kind string, status int) {
+	for _, c := range classes {
+		if errors.Is(err, c.class) {
+			return c.kind, c.status
+		}
+	}
+	return "internal", http.StatusInternalServerError
+}
+
 // APIErrorOf converts err into the body and HTTP status of an error
 // response. Errors of no known class are internal.
 func APIErrorOf(err error) (APIError, int) {
-	body := APIError{Kind: "internal", Message: err.Error()}
-	status := http.StatusInternalServerError
-	for _, c := range classes {
-		if errors.Is(err, c.class) {
-			body.Kind, status = c.kind, c.status
-			break
-		}
-	}
+	body := APIError{Message: err.Error()}
+	var status int
+	body.Kind, status = errorClass(err)
 	var e *Error
 	if errors.As(err, &e) {
 		body.Code, body.Message = e.Code, e.Msg

@@ -1,27 +1,13 @@
 package main
 
 import (
-	"fmt"
 	"log/slog"
 	"os"
 
-	"github.com/cloister/cloister/parent/backend"
-	"github.com/cloister/cloister/parent/daemon"
-	"github.com/cloister/cloister/parent/nitro"
-	"github.com/cloister/cloister/parent/qemu"
-	"github.com/cloister/cloister/parent/sandbox"
+	"github.com/cloister/cloister/parent/backends"
 )
 
-// newBackend creates the enclave backend the configuration names.
-func newBackend(cfg daemon.Config) (backend.Backend, error) {
-	switch cfg.Backend {
-	case "", "sandbox":
-		return &sandbox.Backend{}, nil
-	case "qemu":
-		return &qemu.Backend{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel, Machine: cfg.QEMU.Machine,
-			Logger: slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}, nil
-	case "nitro":
-		return nitro.New(nitro.Config{Logger: slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}), nil
-	}
-	return nil, fmt.Errorf("unknown backend %q: use sandbox, qemu or nitro", cfg.Backend)
-}
+// newBackend creates the enclave backend the configuration names; the
+// backends log warnings as JSON on standard error (a monitor's
+// monitor.log).
+var newBackend = backends.Factory(newLogger(os.Stderr, slog.LevelWarn, "json"))

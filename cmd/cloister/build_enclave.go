@@ -10,7 +10,6 @@ import (
 	"math"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -19,6 +18,7 @@ import (
 
 	"github.com/cloister/cloister/enclave/build"
 	"github.com/cloister/cloister/enclave/eif"
+	"github.com/cloister/cloister/internal/installdir"
 	"github.com/cloister/cloister/internal/kmod"
 )
 
@@ -133,7 +133,7 @@ trust; they do not apply to --rootfs.`, byteSize(build.DefaultMaxImageSize), bui
 			if res.NoKernel {
 				fmt.Fprintf(cmd.ErrOrStderr(), "cloister: note: no enclave kernel found (set CLOISTER_BLOBS or --kernel); %s runs only in the process sandbox\n", output)
 			}
-			return writeNitroJSON(cmd.OutOrStdout(), eif.BuildInfo{Measurements: res.Measurements})
+			return printJSON(cmd.OutOrStdout(), eif.BuildInfo{Measurements: res.Measurements}, nitroJSON)
 		},
 	}
 	f := cmd.Flags()
@@ -144,7 +144,7 @@ trust; they do not apply to --rootfs.`, byteSize(build.DefaultMaxImageSize), bui
 	f.StringVar(&rootfs, "rootfs", "", "root file system directory (requires --cmd)")
 	f.StringVar(&kernel, "kernel", "", "enclave kernel (default: bzImage in $CLOISTER_BLOBS or /usr/share/nitro_enclaves/blobs)")
 	f.StringVar(&cmdline, "cmdline", "", "kernel command line (default: the blobs cmdline file, else nitro-cli's)")
-	f.StringVar(&initPath, "init", "", "cloister-init binary (default: next to this executable, else on PATH, else $CLOISTER_INIT)")
+	f.StringVar(&initPath, "init", "", "cloister-init binary (default: next to this executable, else in ../lib/cloister, else on PATH, else $CLOISTER_INIT)")
 	f.StringArrayVar(&cmdArgs, "cmd", nil, "one argument of the command replacing the image's Cmd (repeatable)")
 	f.StringArrayVar(&env, "env", nil, "NAME=value added to the image environment (repeatable)")
 	f.StringArrayVar(&modules, "kernel-module", nil, "kernel module file loaded at boot, in order (repeatable)")
@@ -204,16 +204,14 @@ func (b *byteSize) Set(s string) error {
 func (b *byteSize) Type() string { return "bytes" }
 
 // findInit locates cloister-init: the flag, else next to the running
-// executable, else on PATH, else $CLOISTER_INIT.
+// executable, else in ../lib/cloister relative to it, else on PATH, else
+// $CLOISTER_INIT.
 func findInit(flag string) (string, error) {
 	if flag != "" {
 		return flag, nil
 	}
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "cloister-init")
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-			return p, nil
-		}
+	if p := installdir.Find("cloister-init"); p != "" {
+		return p, nil
 	}
 	if p, err := exec.LookPath("cloister-init"); err == nil {
 		return p, nil
@@ -221,7 +219,7 @@ func findInit(flag string) (string, error) {
 	if p := os.Getenv("CLOISTER_INIT"); p != "" {
 		return p, nil
 	}
-	return "", errors.New("cloister-init not found next to this executable, on PATH or in $CLOISTER_INIT; " +
+	return "", errors.New("cloister-init not found next to this executable, in ../lib/cloister, on PATH or in $CLOISTER_INIT; " +
 		"build it with: CGO_ENABLED=0 go build -o \"$(dirname \"$(command -v cloister)\")/cloister-init\" ./cmd/cloister-init, or pass --init")
 }
 

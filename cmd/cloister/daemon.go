@@ -10,7 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloister/cloister/internal/buildinfo"
+	"github.com/cloister/cloister/internal/sdnotify"
 	"github.com/cloister/cloister/parent/daemon"
+	"github.com/cloister/cloister/parent/daemon/metrics"
 	"github.com/cloister/cloister/parent/nitro/allocator"
 	"github.com/cloister/cloister/parent/qemu"
 )
@@ -21,7 +24,8 @@ func init() {
 }
 
 func newDaemonCmd() *cobra.Command {
-	var backendName, configFile, socket, stateDir, logFormat string
+	var backendName, configFile, socket, stateDir, cgroupParent, metricsAddr string
+	var logf *logFlags
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the parent daemon that launches and supervises enclaves",
@@ -36,8 +40,16 @@ qemu (a microVM per enclave; KVM when /dev/kvm is usable, else TCG) and nitro
 (real Nitro Enclaves through /dev/nitro_enclaves).
 
 The configuration file (YAML) sets memory_mib, cpu_count or cpu_pool,
-heartbeat_timeout, egress proxies and their allowlist; see docs/daemon.md.
-Running enclaves survive a daemon restart.`,
+heartbeat_timeout, egress proxies and their allowlist, cgroup_parent and
+metrics_addr; see docs/daemon.md. Running enclaves survive a daemon restart.
+
+Monitors (one process per enclave) run as cloister-monitor when it is
+installed next to this executable or in ../lib/cloister and is of the same
+build, else as this executable.
+
+GET /healthz and GET /metrics (Prometheus) are served on the API socket and,
+with --metrics-addr, on a TCP address. Under systemd (Type=notify) the daemon
+reports READY=1 once it serves its API and STOPPING=1 when it stops.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var cfg daemon.Config
@@ -56,9 +68,22 @@ Running enclaves survive a daemon restart.`,
 			if stateDir != "" {
 				cfg.StateDir = stateDir
 			}
-			logger := newLogger(logFormat)
+			if cgroupParent != "" {
+				cfg.CgroupParent = cgroupParent
+			}
+			if metricsAddr != "" {
+				cfg.MetricsAddr = metricsAddr
+			}
+			if err := cfg.Validate(); err != nil {
+				return withExit(1, fmt.Errorf("daemon: config: %w", err))
+			}
+			logger, err := logf.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
+			cfg = daemon.ResolveCgroupParent(cfg, logger)
 			if cfg.Backend == "qemu" {
 				// Decide KVM or TCG once; monitors get the result.
 				accel, why, err := (&qemu.Backend{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel, Machine: cfg.QEMU.Machine}).ResolveAccel(ctx)
@@ -74,7 +99,14 @@ Running enclaves survive a daemon restart.`,
 			if err != nil {
 				return withExit(1, err)
 			}
-			opts := daemon.Options{Backend: be, Logger: logger, Version: version()}
+			m := metrics.New(cfg.Backend)
+			opts := daemon.Options{Backend: be, Logger: logger, Version: version(), Events: m, Metrics: m.Handler(),
+				Ready: func() { notify(logger, sdnotify.Ready) }}
+			if bin, why := daemon.FindMonitorBinary(ctx, buildinfo.String()); bin != "" {
+				opts.MonitorBinary = bin
+			} else {
+				logger.Info("monitors run as this executable (slower to start than "+daemon.MonitorBinaryName+")", "why", why)
+			}
 			if cfg.Backend == "nitro" {
 				// The Nitro driver needs its CPU pool and hugepages set up
 				// before anything else (nitro-cli's allocator service).
@@ -87,7 +119,11 @@ Running enclaves survive a daemon restart.`,
 				return withExit(1, err)
 			}
 			defer d.Close()
-			if err := d.Serve(ctx); err != nil {
+			m.SetSource(d)
+			stopping := notifyStopping(ctx, logger)
+			err = d.Serve(ctx)
+			stopping()
+			if err != nil {
 				return withExit(1, err)
 			}
 			logger.Info("daemon stopped; running enclaves keep running")
@@ -99,7 +135,9 @@ Running enclaves survive a daemon restart.`,
 	f.StringVar(&configFile, "config", "", "YAML configuration file")
 	f.StringVar(&socket, "socket", "", "API socket (default "+daemon.DefaultSocket+")")
 	f.StringVar(&stateDir, "state-dir", "", "state directory (default "+daemon.DefaultStateDir+")")
-	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&cgroupParent, "cgroup-parent", "", `cgroup of the enclaves' groups: a relative path, or "auto" for beneath the daemon's delegated cgroup (default cloister)`)
+	f.StringVar(&metricsAddr, "metrics-addr", "", "also serve /metrics and /healthz on this TCP address, e.g. 127.0.0.1:9464 (default off)")
+	logf = addLogFlags(cmd, "text")
 	return cmd
 }
 
@@ -113,20 +151,9 @@ func newMonitorCmd() *cobra.Command {
 		DisableFlagParsing: true,
 		Args:               cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dir := args[0]
-			var img *os.File
-			if root, ok := daemon.SpareArg(args); ok {
-				var err error
-				if dir, img, err = daemon.AwaitMonitorJob(root, os.Stdin); err != nil {
-					return withExit(1, err)
-				}
-			} else if len(args) != 1 {
-				return fmt.Errorf("usage: __monitor DIR | --spare ROOT")
-			} else {
-				img = os.NewFile(daemon.ImageFD, "eif")
-			}
-			logger := newLogger("json")
-			if err := daemon.RunMonitor(cmd.Context(), dir, img, newBackend, logger); err != nil {
+			// Standard error is the enclave's monitor.log.
+			logger := newLogger(os.Stderr, slog.LevelInfo, "json")
+			if err := daemon.MonitorMain(cmd.Context(), args, newBackend, logger); err != nil {
 				return withExit(1, err)
 			}
 			return nil
@@ -173,13 +200,6 @@ func applyNitroAllocator(ctx context.Context, cfg *daemon.Config, opts *daemon.O
 	opts.CPUs, opts.Cores = res.CPUs, cores
 	cfg.MemoryMiB = res.MemoryMiB
 	return nil
-}
-
-func newLogger(format string) *slog.Logger {
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, nil))
 }
 
 func version() string {

@@ -1,11 +1,11 @@
 package main
 
 import (
-	"os"
-
 	"github.com/spf13/cobra"
 
 	"github.com/cloister/cloister/cmd/cloister/internal/demo"
+	"github.com/cloister/cloister/internal/buildinfo"
+	"github.com/cloister/cloister/parent/daemon"
 )
 
 func init() { register(newDemoCmd) }
@@ -25,10 +25,15 @@ status is non-zero if any step fails. It needs root (sandbox and microVM
 backends both do). scripts/demo.sh builds what it needs and runs it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if cfg.Init, err = findInit(cfg.Init); err != nil {
+				return withExit(1, err)
+			}
 			cfg.NewBackend = newBackend
 			cfg.Out = cmd.OutOrStdout()
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
+			cfg.MonitorBinary, _ = daemon.FindMonitorBinary(ctx, buildinfo.String())
 			if err := demo.Run(ctx, cfg); err != nil {
 				return withExit(1, err)
 			}
@@ -37,12 +42,11 @@ backends both do). scripts/demo.sh builds what it needs and runs it.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Backend, "backend", "sandbox", "enclave backend: sandbox or qemu")
-	f.StringVar(&cfg.Init, "init", os.Getenv("CLOISTER_INIT"), "the static cloister-init binary")
+	f.StringVar(&cfg.Init, "init", "", "the static cloister-init binary (default: as build-enclave finds it)")
 	f.StringVar(&cfg.App, "app", "", "the kms-secret example's enclave program (static)")
 	f.StringVar(&cfg.Kernel, "kernel", "", "kernel image for the qemu backend")
 	f.StringVar(&cfg.ModulesDir, "kernel-modules-dir", "", "the kernel's /lib/modules/<version> directory (qemu backend)")
 	f.BoolVar(&cfg.Keep, "keep", false, "keep the working directory (image, state, logs) for inspection")
-	_ = cmd.MarkFlagRequired("init")
 	_ = cmd.MarkFlagRequired("app")
 	return cmd
 }

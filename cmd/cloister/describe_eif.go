@@ -1,9 +1,7 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
 
 	"github.com/spf13/cobra"
 
@@ -32,19 +30,10 @@ reported as CheckCRC false rather than an error, as nitro-cli does.`,
 			if err != nil {
 				return withExit(1, fmt.Errorf("describe-eif: %s: %w", path, err))
 			}
-			return writeNitroJSON(cmd.OutOrStdout(), d)
+			return printJSON(cmd.OutOrStdout(), d, nitroJSON)
 		},
 	}
 	cmd.Flags().StringVar(&path, "eif-path", "", "EIF file to describe (required)")
 	_ = cmd.MarkFlagRequired("eif-path")
 	return cmd
-}
-
-// writeNitroJSON prints v as nitro-cli does: two-space indentation and no
-// HTML escaping.
-func writeNitroJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }

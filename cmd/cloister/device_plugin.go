@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,6 +20,7 @@ func newDevicePluginCmd() *cobra.Command {
 		enclaves int
 		unit     int
 		poll     time.Duration
+		logf     *logFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "device-plugin [flags]",
@@ -46,6 +46,10 @@ It re-registers when the kubelet restarts and re-reads the pool every
 			if unit < 1 {
 				return fmt.Errorf("--memory-unit %d: want at least 1 MiB", unit)
 			}
+			logger, err := logf.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
 			base := cmd.Context()
 			if base == nil {
 				base = context.Background()
@@ -62,7 +66,7 @@ It re-registers when the kubelet restarts and re-reads the pool every
 				Enclaves:      enclaves,
 				MemoryUnitMiB: unit,
 				Poll:          poll,
-				Logger:        slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)),
+				Logger:        logger,
 			})
 		},
 	}
@@ -71,5 +75,6 @@ It re-registers when the kubelet restarts and re-reads the pool every
 	cmd.Flags().IntVar(&enclaves, "enclaves", 0, "aws.ec2.nitro/nitro_enclaves devices (default: one per CPU of the pool)")
 	cmd.Flags().IntVar(&unit, "memory-unit", deviceplugin.DefaultMemoryUnitMiB, "MiB of one cloister.dev/enclave-memory device")
 	cmd.Flags().DurationVar(&poll, "poll", deviceplugin.DefaultPoll, "how often the daemon's pool is re-read")
+	logf = addLogFlags(cmd, "text")
 	return cmd
 }

@@ -31,7 +31,7 @@ least one backend, can run; 1 otherwise.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r := doctor.Run(cmd.Context(), doctor.Host{})
 			if asJSON {
-				if err := printJSON(cmd.OutOrStdout(), r); err != nil {
+				if err := printJSON(cmd.OutOrStdout(), r, cloisterJSON); err != nil {
 					return err
 				}
 			} else {

@@ -31,12 +31,6 @@ func socketFlag(cmd *cobra.Command) *string {
 	return cmd.Flags().String("socket", "", "daemon API socket (default $CLOISTER_SOCKET or "+parent.DefaultSocket+")")
 }
 
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 // parseMemory parses nitro-cli's --memory: a number of MiB with an optional
 // M, G or T suffix.
 func parseMemory(s string) (int, error) {
@@ -135,7 +129,7 @@ with every other flag except --attach-console.`,
 			if err != nil {
 				return withExit(1, err)
 			}
-			if err := printJSON(cmd.OutOrStdout(), res); err != nil {
+			if err := printJSON(cmd.OutOrStdout(), res, cloisterJSON); err != nil {
 				return err
 			}
 			if req.AttachConsole {
@@ -210,7 +204,7 @@ With --all, exited enclaves are listed too (State EXITED) with their ExitStatus.
 					list[i].ImageName, list[i].ImageVersion, list[i].Metadata = "", "", nil
 				}
 			}
-			return printJSON(cmd.OutOrStdout(), list)
+			return printJSON(cmd.OutOrStdout(), list, cloisterJSON)
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "include exited enclaves with their exit status")
@@ -240,7 +234,7 @@ console log.`,
 				if err != nil {
 					return withExit(1, err)
 				}
-				return printJSON(cmd.OutOrStdout(), res)
+				return printJSON(cmd.OutOrStdout(), res, cloisterJSON)
 			}
 			target := id
 			if target == "" {
@@ -250,7 +244,7 @@ console log.`,
 			if err != nil {
 				return withExit(1, err)
 			}
-			return printJSON(cmd.OutOrStdout(), res)
+			return printJSON(cmd.OutOrStdout(), res, cloisterJSON)
 		},
 	}
 	cmd.Flags().StringVar(&id, "enclave-id", "", "enclave id")

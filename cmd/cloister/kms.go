@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -26,6 +25,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloister/cloister/attest"
+	"github.com/cloister/cloister/internal/sdnotify"
 	"github.com/cloister/cloister/kms"
 	"github.com/cloister/cloister/kms/sigv4"
 	"github.com/cloister/cloister/kms/store"
@@ -63,9 +63,10 @@ func kmsStateDir() (string, error) {
 }
 
 type kmsServeFlags struct {
-	addr, storeSpec, credentials, rootKey, region, tlsCert, tlsKey, logFormat string
-	roots                                                                     []string
-	maxAge                                                                    time.Duration
+	addr, storeSpec, credentials, rootKey, region, tlsCert, tlsKey string
+	roots                                                          []string
+	maxAge                                                         time.Duration
+	log                                                            *logFlags
 }
 
 func newKMSServeCmd() *cobra.Command {
@@ -94,7 +95,10 @@ or, with --log-format text, as key=value text.
 Several servers may share one PostgreSQL store (same --store and root key):
 they behave as one service. GET /metrics serves Prometheus metrics and GET
 /healthz answers 200 while the store is reachable, both without
-authentication.`,
+authentication.
+
+Under systemd (Type=notify) it reports READY=1 once it listens and
+STOPPING=1 when it stops.`,
 		Example: `  cloister kms serve --credentials kms-creds.ini
   cloister kms serve --store postgres://kms@127.0.0.1/kms --root aws --root dev-root.pem`,
 		Args: cobra.NoArgs,
@@ -110,11 +114,15 @@ authentication.`,
 	fl.StringVar(&f.region, "region", kms.DefaultRegion, "region used in key ARNs")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate (PEM)")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "TLS private key (PEM)")
-	fl.StringVar(&f.logFormat, "log-format", "json", "log and audit line format on stderr: json or text")
+	f.log = addLogFlags(cmd, "json")
 	return cmd
 }
 
 func runKMSServe(cmd *cobra.Command, f kmsServeFlags) error {
+	log, err := f.log.logger(cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
 	if f.credentials == "" {
 		return errors.New("--credentials is required: an AWS shared-credentials file listing the access keys the service accepts")
 	}
@@ -139,15 +147,6 @@ func runKMSServe(cmd *cobra.Command, f kmsServeFlags) error {
 	av, err := attest.NewVerifier(attest.VerifierConfig{Roots: roots, NoAWSRoot: !includeAWS})
 	if err != nil {
 		return withExit(1, err)
-	}
-	var log *slog.Logger
-	switch f.logFormat {
-	case "json":
-		log = slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
-	case "text":
-		log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-	default:
-		return fmt.Errorf("--log-format %q: want json or text", f.logFormat)
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -196,7 +195,11 @@ func runKMSServe(cmd *cobra.Command, f kmsServeFlags) error {
 	}
 	log.Info("kms serving", "endpoint", scheme+"://"+l.Addr().String(), "store", kmsRedactStore(spec), "credentials", creds.Len())
 	fmt.Fprintf(cmd.OutOrStdout(), "%s://%s\n", scheme, l.Addr())
-	if err := srv.Serve(ctx, l, kms.ServeOptions{TLSCert: f.tlsCert, TLSKey: f.tlsKey}); err != nil {
+	notify(log, sdnotify.Ready)
+	stopping := notifyStopping(ctx, log)
+	err = srv.Serve(ctx, l, kms.ServeOptions{TLSCert: f.tlsCert, TLSKey: f.tlsKey})
+	stopping()
+	if err != nil {
 		return withExit(1, err)
 	}
 	return nil
@@ -294,12 +297,6 @@ func kmsReadInput(cmd *cobra.Command, limit int64) ([]byte, error) {
 	return b, nil
 }
 
-func kmsPrintJSON(cmd *cobra.Command, v any) error {
-	enc := json.NewEncoder(cmd.OutOrStdout())
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 // kmsPrintOutput prints an SDK operation output as the AWS CLI does: its
 // members as JSON (blobs in base64, timestamps in ISO 8601), absent
 // members and the SDK's ResultMetadata left out, indented by 4.
@@ -313,9 +310,7 @@ func kmsPrintOutput(cmd *cobra.Command, out any) error {
 		return err
 	}
 	delete(m, "ResultMetadata")
-	enc := json.NewEncoder(cmd.OutOrStdout())
-	enc.SetIndent("", "    ")
-	return enc.Encode(dropNulls(m))
+	return printJSON(cmd.OutOrStdout(), dropNulls(m), awsCLIJSON)
 }
 
 func dropNulls(v any) any {
@@ -521,7 +516,7 @@ Exit status: 0 the request would be allowed, 1 denied or failed, 2 usage.`,
 			if err != nil {
 				return withExit(1, err)
 			}
-			if err := kmsPrintJSON(cmd, out); err != nil {
+			if err := printJSON(cmd.OutOrStdout(), out, cloisterJSON); err != nil {
 				return err
 			}
 			if out.Explanation.Decision != "Allow" {

@@ -10,7 +10,7 @@ import (
 )
 
 // logFlags are --log-level and --log-format, which every long-running
-// command (daemon, kms serve, attest serve) takes.
+// command (daemon, kms serve, attest serve, device-plugin) takes.
 type logFlags struct {
 	level, format string
 }
@@ -31,12 +31,19 @@ func (f *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(f.level)); err != nil || strings.ContainsAny(f.level, "+-") {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.level)
 	}
-	opts := &slog.HandlerOptions{Level: level}
-	switch f.format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	if f.format != "text" && f.format != "json" {
+		return nil, fmt.Errorf("--log-format %q: want text or json", f.format)
 	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", f.format)
+	return newLogger(w, level, f.format), nil
+}
+
+// newLogger is the one place this command builds a logger: slog's text
+// (key=value) or JSON handler on w, writing level and above. format is
+// "text" or "json" (anything else is text).
+func newLogger(w io.Writer, level slog.Leveler, format string) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }

@@ -32,7 +32,7 @@ as nitro-cli pcr does.`,
 				if err != nil {
 					return withExit(1, err)
 				}
-				return writeNitroJSON(cmd.OutOrStdout(), map[string]string{"PCR": hex.EncodeToString(p[:])})
+				return printJSON(cmd.OutOrStdout(), map[string]string{"PCR": hex.EncodeToString(p[:])}, nitroJSON)
 			}
 			b, err := readLimited(cert, 1<<20)
 			if err != nil {
@@ -42,7 +42,7 @@ as nitro-cli pcr does.`,
 			if err != nil {
 				return withExit(1, fmt.Errorf("pcr: %s: %w", cert, err))
 			}
-			return writeNitroJSON(cmd.OutOrStdout(), map[string]string{"PCR8": hex.EncodeToString(p[:])})
+			return printJSON(cmd.OutOrStdout(), map[string]string{"PCR8": hex.EncodeToString(p[:])}, nitroJSON)
 		},
 	}
 	cmd.Flags().StringVar(&input, "input", "", "file to measure")

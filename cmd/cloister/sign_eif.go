@@ -43,7 +43,7 @@ PCR8 to accept every image signed with that certificate.`,
 			if err := replaceEIF(path, img); err != nil {
 				return withExit(1, fmt.Errorf("sign-eif: %w", err))
 			}
-			return writeNitroJSON(cmd.OutOrStdout(), eif.BuildInfo{Measurements: m})
+			return printJSON(cmd.OutOrStdout(), eif.BuildInfo{Measurements: m}, nitroJSON)
 		},
 	}
 	f := cmd.Flags()

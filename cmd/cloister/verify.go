@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -167,9 +166,7 @@ func runVerify(cmd *cobra.Command, f verifyFlags, path string) error {
 	if f.json {
 		c := v.Claims()
 		c.Policy = &report
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(c); err != nil {
+		if err := printJSON(out, c, cloisterJSON); err != nil {
 			return withExit(1, err)
 		}
 	} else {

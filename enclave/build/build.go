@@ -184,7 +184,8 @@ func Build(ctx context.Context, src Source, out io.WriteSeeker, opts Options) (*
 	if k.arm64 {
 		flags = eif.FlagArm64
 	}
-	w, err := eif.NewWriter(out, eif.WriterOptions{Flags: flags})
+	wp := opts.byteProgress("writing the EIF")
+	w, err := eif.NewWriter(wp.writeSeeker(out), eif.WriterOptions{Flags: flags})
 	if err != nil {
 		return nil, err
 	}
@@ -230,6 +231,7 @@ func Build(ctx context.Context, src Source, out io.WriteSeeker, opts Options) (*
 	if err != nil {
 		return nil, err
 	}
+	wp.done()
 	end, err := out.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return nil, fmt.Errorf("build: output: %w", err)
@@ -299,26 +301,28 @@ func applyLayers(ctx context.Context, t *tree, layers []layer, opts *Options) er
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		opts.progressf("applying layer %d/%d %s", i+1, len(layers), l.desc)
-		if err := applyLayer(ctx, t, l, i+1); err != nil {
+		lp := opts.byteProgress(fmt.Sprintf("applying layer %d/%d %s", i+1, len(layers), l.desc))
+		if err := applyLayer(ctx, t, l, i+1, lp); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func applyLayer(ctx context.Context, t *tree, l layer, n int) error {
+// applyLayer applies layer n, reporting its extracted and stored
+// (compressed) bytes on p once it is applied.
+func applyLayer(ctx context.Context, t *tree, l layer, n int, p *byteProgress) error {
 	blob, err := l.open()
 	if err != nil {
 		return fmt.Errorf("%w: layer %d: %w", ErrSource, n, err)
 	}
 	defer blob.Close()
-	r, done, err := decompress(blob)
+	r, done, err := decompress(p.storedReader(blob))
 	if err != nil {
 		return fmt.Errorf("layer %d: %w", n, err)
 	}
 	defer done()
-	cr := &countingReader{r: r, b: t.budget}
+	cr := &countingReader{r: p.reader(r), b: t.budget}
 	if err := t.applyLayer(ctx, cr, n); err != nil {
 		return err
 	}
@@ -328,6 +332,7 @@ func applyLayer(ctx context.Context, t *tree, l layer, n int) error {
 	if _, err := io.Copy(io.Discard, cr); err != nil {
 		return fmt.Errorf("%w: layer %d, after its tar archive: %w", ErrLayer, n, err)
 	}
+	p.done()
 	return nil
 }
 

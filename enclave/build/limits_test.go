@@ -223,7 +223,7 @@ func TestLayerReadToItsEnd(t *testing.T) {
 	zw.Close()
 	tr := newTree(t.TempDir(), budget)
 	l := layer{desc: "sha256:bad", open: func() (io.ReadCloser, error) { return failingAtEOF{bytes.NewReader(gz.Bytes())}, nil }}
-	if err := applyLayer(context.Background(), tr, l, 1); !errors.Is(err, ErrLayer) || !strings.Contains(err.Error(), "digest mismatch") {
+	if err := applyLayer(context.Background(), tr, l, 1, nil); !errors.Is(err, ErrLayer) || !strings.Contains(err.Error(), "digest mismatch") {
 		t.Fatalf("applyLayer = %v, want the blob's end-of-stream failure as ErrLayer", err)
 	}
 }

@@ -80,6 +80,7 @@ func (d *Daemon) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/enclaves/{id}/console", d.handleConsole)
 	mux.HandleFunc("GET /v1/enclaves/{id}/connect", d.handleConnect)
+	d.operatorHandler(mux)
 	return mux
 }
 
@@ -178,10 +179,19 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	stopMetrics, err := d.serveMetrics(ctx)
+	if err != nil {
+		l.Close()
+		return err
+	}
+	defer stopMetrics()
 	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, ConnContext: withCaller}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	d.log.Info("daemon listening", "socket", d.cfg.Socket, "backend", d.cfg.Backend)
+	if d.opts.Ready != nil {
+		d.opts.Ready()
+	}
 	select {
 	case err := <-errc:
 		return fmt.Errorf("daemon: serve: %w", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -91,6 +92,19 @@ type Config struct {
 	// KeepExited is how many exited enclaves (with their console logs) are
 	// kept for describe-enclaves --all and console (default 16).
 	KeepExited int `yaml:"keep_exited"`
+
+	// CgroupParent is the cgroup (a relative path, the same in every
+	// hierarchy) under which the sandbox and microVM backends create each
+	// enclave's group; default "cloister", i.e. /sys/fs/cgroup/cloister on
+	// cgroup v2. "auto" places them beneath the daemon's own cgroup when a
+	// service manager delegated it (systemd's Delegate=yes; see
+	// [ResolveCgroupParent]) and falls back to "cloister" otherwise.
+	CgroupParent string `yaml:"cgroup_parent"`
+
+	// MetricsAddr, when set, is a TCP address (HOST:PORT) on which the
+	// daemon serves only GET /metrics (Prometheus) and GET /healthz. Both
+	// are always served on the API socket too. Default: off.
+	MetricsAddr string `yaml:"metrics_addr"`
 }
 
 // EgressConfig configures the egress proxies every enclave gets.
@@ -284,6 +298,14 @@ func (c Config) Validate() error {
 	}
 	if c.NSM.AttestationBurstPerCPU < 0 {
 		return fmt.Errorf("nsm attestation_burst_per_cpu %d is negative", c.NSM.AttestationBurstPerCPU)
+	}
+	if err := validCgroupParent(c.CgroupParent); err != nil {
+		return err
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			return fmt.Errorf("metrics_addr %q is not HOST:PORT (e.g. 127.0.0.1:9464): %v", c.MetricsAddr, err)
+		}
 	}
 	return nil
 }

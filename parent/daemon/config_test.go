@@ -33,14 +33,16 @@ nsm:
   idle_timeout: 30s
   attestations_per_second_per_cpu: 2.5
   attestation_burst_per_cpu: 5
+metrics_addr: 127.0.0.1:9464
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Config{MemoryMiB: 4096, CPUPool: "2,3,6-9", HeartbeatTimeout: 30 * time.Second,
-		Egress:  EgressConfig{Allowlist: "/etc/cloister/allow.yaml", Nameserver: "127.0.0.53:53", Proxies: []ProxyConfig{{Port: 8000}, {Port: 8001, RemoteAddr: "kms.us-east-1.amazonaws.com", RemotePort: 443}}, MaxConnections: 32},
-		Console: ConsoleConfig{MaxMiB: 4},
-		NSM:     NSMConfig{MaxConnections: 8, IdleTimeout: 30 * time.Second, AttestationsPerSecondPerCPU: 2.5, AttestationBurstPerCPU: 5}}
+		Egress:      EgressConfig{Allowlist: "/etc/cloister/allow.yaml", Nameserver: "127.0.0.53:53", Proxies: []ProxyConfig{{Port: 8000}, {Port: 8001, RemoteAddr: "kms.us-east-1.amazonaws.com", RemotePort: 443}}, MaxConnections: 32},
+		Console:     ConsoleConfig{MaxMiB: 4},
+		NSM:         NSMConfig{MaxConnections: 8, IdleTimeout: 30 * time.Second, AttestationsPerSecondPerCPU: 2.5, AttestationBurstPerCPU: 5},
+		MetricsAddr: "127.0.0.1:9464"}
 	if diff := cmp.Diff(want, cfg); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
 	}
@@ -71,6 +73,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"nsm:\n  attestations_per_second_per_cpu: .nan\n", "attestations_per_second_per_cpu"},
 		{"nsm:\n  attestation_burst_per_cpu: -1\n", "attestation_burst_per_cpu"},
 		{"nsm:\n  max_conns: 5\n", "max_conns"},
+		{"metrics_addr: 9464\n", "metrics_addr"},
+		{"metrics_addr: 'localhost'\n", "metrics_addr"},
 	} {
 		_, err := ParseConfig([]byte(tt.doc))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {

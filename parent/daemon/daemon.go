@@ -6,7 +6,7 @@
 //
 // Every enclave is supervised by its own monitor process (the "enclave
 // process" of nitro-cli, the shim of containerd): the daemon starts
-// `cloister __monitor DIR`, which launches the enclave, serves its vsock
+// `cloister-monitor __monitor DIR` (or `cloister __monitor DIR`), which launches the enclave, serves its vsock
 // services and records how it ended. Because the monitors outlive the
 // daemon, restarting or upgrading the daemon leaves running enclaves alone;
 // on start the daemon finds them again from their records, and cleans up
@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,8 +45,13 @@ type Options struct {
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 	// MonitorCommand returns the command that runs the monitor for the
-	// enclave directory dir. Default: this executable with "__monitor dir".
+	// enclave directory dir. Default: MonitorBinary with "__monitor dir".
+	// Setting it also turns off spare monitors.
 	MonitorCommand func(dir string) *exec.Cmd
+	// MonitorBinary is the executable monitors run as (`MonitorBinary
+	// __monitor …`), for example the lean cloister-monitor (see
+	// [FindMonitorBinary]). Default: this executable (/proc/self/exe).
+	MonitorBinary string
 	// Clock returns the current time; nil uses time.Now.
 	Clock func() time.Time
 	// Version is reported by the info endpoint.
@@ -56,6 +62,15 @@ type Options struct {
 	// Cores groups CPUs into physical cores; when set, enclaves get whole
 	// cores only, as the Nitro driver requires.
 	Cores [][]int
+	// Events receives launches, heartbeat timeouts and monitor events
+	// (for metrics, see parent/daemon/metrics); nil drops them.
+	Events Events
+	// Metrics, when set, serves GET /metrics on the API socket and on
+	// Config.MetricsAddr (parent/daemon/metrics provides one).
+	Metrics http.Handler
+	// Ready is called once Serve answers on the API socket (the cloister
+	// command then tells systemd READY=1).
+	Ready func()
 }
 
 // Daemon is the control plane. Its methods are safe for concurrent use.
@@ -95,6 +110,9 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("daemon: config: %w", err)
 	}
+	if cfg.CgroupParent == CgroupParentAuto {
+		return nil, errors.New("daemon: config: cgroup_parent auto must be resolved (ResolveCgroupParent) before the backend is created")
+	}
 	cfg = cfg.withDefaults()
 	if opts.Backend == nil {
 		return nil, errors.New("daemon: no backend")
@@ -108,10 +126,17 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
+	if opts.Events == nil {
+		opts.Events = noEvents{}
+	}
+	if opts.MonitorBinary == "" {
+		opts.MonitorBinary = "/proc/self/exe"
+	}
 	useSpares := opts.MonitorCommand == nil
 	if opts.MonitorCommand == nil {
+		bin := opts.MonitorBinary
 		opts.MonitorCommand = func(dir string) *exec.Cmd {
-			return exec.Command("/proc/self/exe", "__monitor", dir)
+			return exec.Command(bin, monitorArg, dir)
 		}
 	}
 	if err := opts.Backend.Check(ctx); err != nil {
@@ -196,7 +221,9 @@ func (d *Daemon) heartbeatTimeout(eifSize int64, memMiB int) time.Duration {
 }
 
 // Run launches an enclave and returns once it has sent its heartbeat.
-func (d *Daemon) Run(ctx context.Context, req parent.RunRequest) (parent.RunResult, error) {
+func (d *Daemon) Run(ctx context.Context, req parent.RunRequest) (res parent.RunResult, err error) {
+	began := time.Now()
+	defer func() { d.opts.Events.LaunchFinished(time.Since(began), err) }()
 	if req.EIFPath == "" {
 		return parent.RunResult{}, newErr("E01", parent.ErrInvalidArgument, "no EIF given: set eif_path (--eif-path)")
 	}

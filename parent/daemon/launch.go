@@ -61,6 +61,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 		// Reap the monitor whenever it ends; its exit is reported via exit.json.
 		go func() { _ = cmd.Wait() }()
 		proc = cmd.Process
+		d.opts.Events.MonitorStarted(false)
 	}
 	monitorStarted := time.Now()
 	e.rec.MonitorPID = proc.Pid
@@ -87,6 +88,9 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 		code := st.Code
 		if code == "" {
 			code = "E36"
+		}
+		if st.Cause == causeHeartbeatTimeout {
+			d.opts.Events.HeartbeatTimeout()
 		}
 		return newErr(code, parent.ErrBoot, "enclave %s did not start: %s%s", e.rec.ID, msg, consoleHint(e.dir))
 	}
@@ -171,6 +175,7 @@ func (d *Daemon) watch(e *enclave) {
 				return
 			}
 			if !processAlive(e.rec.MonitorPID) {
+				d.opts.Events.MonitorLost()
 				d.reapLost(context.Background(), e, "lost: its monitor process died")
 				return
 			}
@@ -215,7 +220,7 @@ func isMonitorOf(pid int, dir backend.Dir) bool {
 		return false
 	}
 	args := bytes.Split(b, []byte{0})
-	if len(args) < 2 || string(args[1]) != "__monitor" {
+	if len(args) < 2 || string(args[1]) != monitorArg {
 		return false
 	}
 	for _, arg := range args {
@@ -278,6 +283,7 @@ func (d *Daemon) recover(ctx context.Context) error {
 		switch {
 		case err == nil && st.State == StateRunning:
 			d.log.Info("found running enclave", "enclave", rec.ID, "name", rec.Name)
+			d.opts.Events.EnclaveAdopted()
 			d.watch(e)
 		case err == nil && st.State == StateStarting:
 			// A launch that was under way when the daemon stopped: its
@@ -293,6 +299,7 @@ func (d *Daemon) recover(ctx context.Context) error {
 			d.ended(e, *st.Exit)
 		default:
 			d.log.Warn("cleaning up an enclave whose monitor is gone", "enclave", rec.ID, "err", err)
+			d.opts.Events.MonitorLost()
 			d.reapLost(ctx, e, "lost: its monitor process was gone when the daemon started")
 		}
 	}

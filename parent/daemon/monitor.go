@@ -52,6 +52,9 @@ type monitorStatus struct {
 	// Error explains a failed launch (state EXITED before RUNNING).
 	Error string `json:"error,omitempty"`
 	Code  string `json:"code,omitempty"`
+	// Cause classifies a failed launch for metrics: "heartbeat_timeout"
+	// (absent otherwise, and in the files of older daemons).
+	Cause string `json:"cause,omitempty"`
 }
 
 // BackendFactory creates the backend named by the daemon configuration,
@@ -270,7 +273,7 @@ func (m *monitor) awaitHeartbeat(ctx context.Context, l net.Listener, inst backe
 		}
 		return errors.New("the enclave ended before sending its boot heartbeat")
 	case <-t.C:
-		return fmt.Errorf("no boot heartbeat within %s", timeout)
+		return fmt.Errorf("%w within %s", errHeartbeatTimeout, timeout)
 	case <-m.terminate:
 		return errors.New("terminated during boot")
 	case <-ctx.Done():
@@ -345,6 +348,9 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 // fail records a launch failure and returns it.
 func (m *monitor) fail(code string, err error) error {
 	m.log.Error("launch failed", "err", err)
+	if errors.Is(err, errHeartbeatTimeout) {
+		m.setStatus(func(s *monitorStatus) { s.Cause = causeHeartbeatTimeout })
+	}
 	_ = m.finish(parent.ExitStatus{Code: -1, Reason: "launch failed: " + err.Error(), Time: time.Now().UTC()}, err.Error(), code)
 	return err
 }
@@ -353,7 +359,7 @@ func (m *monitor) fail(code string, err error) error {
 func (m *monitor) finish(x parent.ExitStatus, errMsg, code string) error {
 	st := monitorStatus{State: StateExited, Exit: &x, Error: errMsg, Code: code}
 	m.mu.Lock()
-	st.EnclavePID, st.Booted = m.status.EnclavePID, m.status.Booted
+	st.EnclavePID, st.Booted, st.Cause = m.status.EnclavePID, m.status.Booted, m.status.Cause
 	m.mu.Unlock()
 	werr := writeExit(m.dir, st)
 	m.setStatus(func(s *monitorStatus) { *s = st })

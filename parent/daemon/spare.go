@@ -46,7 +46,7 @@ func (d *Daemon) spawnSpare() {
 		return
 	}
 	ours, theirs := os.NewFile(uintptr(fds[0]), "spare"), os.NewFile(uintptr(fds[1]), "spare")
-	cmd := exec.Command("/proc/self/exe", "__monitor", spareArg, d.enclavesDir())
+	cmd := exec.Command(d.opts.MonitorBinary, monitorArg, spareArg, d.enclavesDir())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Stdin = theirs
 	err = cmd.Start()
@@ -58,6 +58,7 @@ func (d *Daemon) spawnSpare() {
 	}
 	go func() { _ = cmd.Wait() }()
 	d.spare.cmd, d.spare.sock = cmd, ours
+	d.opts.Events.MonitorStarted(true)
 }
 
 // takeSpare hands dir and the image to the waiting spare monitor and returns
@@ -93,8 +94,8 @@ func (d *Daemon) stopSpare() {
 
 func (d *Daemon) enclavesDir() string { return filepath.Join(d.cfg.StateDir, "enclaves") }
 
-// AwaitMonitorJob is the first step of a spare monitor (`cloister __monitor
-// --spare ROOT`): it receives its job from in (the socket the daemon gave it
+// AwaitMonitorJob is the first step of a spare monitor (`cloister-monitor
+// __monitor --spare ROOT`): it receives its job from in (the socket the daemon gave it
 // as standard input), checks that the directory is directly under root,
 // makes it the working directory and sends standard output and error to its
 // monitor log. It returns the directory and the image; the caller then runs

@@ -1,12 +1,13 @@
 // Package parenttest builds Cloister's real binaries and drives a real
 // daemon for end-to-end tests (e2e and the examples): it builds
-// cloister, cloister-init and test programs, builds enclave images with the
+// cloister, cloister-monitor, cloister-init and test programs, builds enclave images with the
 // build-enclave command, and starts `cloister daemon` as a child process
 // with a private state directory and socket. Everything needs root; tests
 // use internal/testenv so a missing prerequisite fails under CI=true.
 package parenttest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -29,10 +30,10 @@ import (
 
 // bins are the binaries built once per test binary.
 var bins struct {
-	once           sync.Once
-	err            error
-	dir            string
-	cloister, init string
+	once                    sync.Once
+	err                     error
+	dir                     string
+	cloister, monitor, init string
 }
 
 // RepoRoot is the module root: the nearest parent directory of the
@@ -51,6 +52,10 @@ func RepoRoot() string {
 
 // Cloister returns the path of the built cloister binary.
 func Cloister(t testing.TB) string { buildBinaries(t); return bins.cloister }
+
+// Monitor returns the path of the built cloister-monitor binary (next to
+// Cloister, where the daemon finds it).
+func Monitor(t testing.TB) string { buildBinaries(t); return bins.monitor }
 
 // Init returns the path of the built (static) cloister-init binary.
 func Init(t testing.TB) string { buildBinaries(t); return bins.init }
@@ -95,8 +100,13 @@ func buildBinaries(t testing.TB) {
 			return
 		}
 		bins.cloister = filepath.Join(bins.dir, "cloister")
+		bins.monitor = filepath.Join(bins.dir, "cloister-monitor")
 		bins.init = filepath.Join(bins.dir, "cloister-init")
-		if bins.err = goBuild(bins.cloister, "./cmd/cloister", false); bins.err != nil {
+		// Everything is built without cgo, as the Debian package is.
+		if bins.err = goBuild(bins.cloister, "./cmd/cloister", true); bins.err != nil {
+			return
+		}
+		if bins.err = goBuild(bins.monitor, "./cmd/cloister-monitor", true); bins.err != nil {
 			return
 		}
 		bins.err = goBuild(bins.init, "./cmd/cloister-init", true)
@@ -182,10 +192,23 @@ type Daemon struct {
 	config   string
 	backend  string
 	bin      string // the cloister binary Start runs
+	opts     DaemonOptions
 	cmd      *exec.Cmd
 	log      *testenv.SyncBuffer
 	Client   *parent.Client
 	waitDone chan struct{}
+}
+
+// DaemonOptions change how [StartDaemonWith] runs the daemon.
+type DaemonOptions struct {
+	// Args are further daemon flags (e.g. --metrics-addr …).
+	Args []string
+	// Env is added to the daemon's environment.
+	Env []string
+	// Wrapper runs the daemon through another command, which gets the
+	// daemon's command line as its last arguments (e.g. a shell that
+	// first moves itself into a cgroup, then execs "$@").
+	Wrapper []string
 }
 
 // Log returns what the daemon has logged so far.
@@ -200,16 +223,28 @@ func StartDaemon(t testing.TB, backend, configYAML string) *Daemon {
 	return StartDaemonFrom(t, bins.cloister, backend, configYAML)
 }
 
+// StartDaemonWith is [StartDaemon] with options.
+func StartDaemonWith(t testing.TB, backend, configYAML string, opts DaemonOptions) *Daemon {
+	t.Helper()
+	buildBinaries(t)
+	return startDaemon(t, bins.cloister, backend, configYAML, opts)
+}
+
 // StartDaemonFrom is [StartDaemon] with the cloister binary at path (for
 // example one built by [BuildCloisterAt]); [Daemon.UseBinary] changes the
 // binary later starts run.
 func StartDaemonFrom(t testing.TB, binary, backend, configYAML string) *Daemon {
 	t.Helper()
+	return startDaemon(t, binary, backend, configYAML, DaemonOptions{})
+}
+
+func startDaemon(t testing.TB, binary, backend, configYAML string, opts DaemonOptions) *Daemon {
+	t.Helper()
 	testenv.RequireRoot(t)
 	buildBinaries(t)
 	dir := ShortTemp(t)
 	d := &Daemon{t: t, State: filepath.Join(dir, "state"), Socket: filepath.Join(dir, "d.sock"),
-		config: filepath.Join(dir, "daemon.yaml"), backend: backend, bin: binary}
+		config: filepath.Join(dir, "daemon.yaml"), backend: backend, bin: binary, opts: opts}
 	if err := os.WriteFile(d.config, []byte(configYAML), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -243,8 +278,11 @@ func StartDaemonFrom(t testing.TB, binary, backend, configYAML string) *Daemon {
 func (d *Daemon) Start() {
 	d.t.Helper()
 	d.log = &testenv.SyncBuffer{}
-	d.cmd = exec.Command(d.bin, "daemon", "--backend", d.backend, "--config", d.config,
-		"--state-dir", d.State, "--socket", d.Socket)
+	args := append([]string{d.bin, "daemon", "--backend", d.backend, "--config", d.config,
+		"--state-dir", d.State, "--socket", d.Socket}, d.opts.Args...)
+	args = append(append([]string(nil), d.opts.Wrapper...), args...)
+	d.cmd = exec.Command(args[0], args[1:]...)
+	d.cmd.Env = append(os.Environ(), d.opts.Env...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
@@ -446,4 +484,35 @@ func (d *Daemon) MonitorStats(id string, v any) {
 	if err := json.Unmarshal(b, v); err != nil {
 		d.t.Fatalf("monitor stats of %s: %v: %s", id, err, b)
 	}
+}
+
+// CPUTime is the processor time the daemon used so far, with that of its
+// exited and reaped children (monitors, and through them the enclaves'
+// processes): utime+stime+cutime+cstime of /proc/PID/stat, in clock ticks
+// (10 ms). A benchmark divides its growth by the launches it made.
+func (d *Daemon) CPUTime() time.Duration {
+	d.t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.cmd.Process.Pid))
+	if err != nil {
+		d.t.Fatalf("daemon cpu time: %v", err)
+	}
+	// The fields after the command name, which may hold spaces, in parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		d.t.Fatalf("daemon cpu time: malformed /proc/%d/stat", d.cmd.Process.Pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 15 {
+		d.t.Fatalf("daemon cpu time: /proc/%d/stat has %d fields after the name", d.cmd.Process.Pid, len(f))
+	}
+	var ticks int64
+	for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime (fields 14-17)
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			d.t.Fatalf("daemon cpu time: %v", err)
+		}
+		ticks += n
+	}
+	const hz = 100 // USER_HZ on Linux
+	return time.Duration(ticks) * time.Second / hz
 }

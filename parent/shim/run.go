@@ -24,13 +24,14 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/cloister/cloister/internal/installdir"
 	"github.com/cloister/cloister/parent"
 )
 
 // Environment of the shim (containerd passes its own environment on).
 const (
 	// EnvSocket is the daemon's API socket (parent.SocketFromEnv's variable).
-	EnvInit          = "CLOISTER_INIT"            // cloister-init (default: next to the shim, else on PATH)
+	EnvInit          = "CLOISTER_INIT"            // cloister-init (default: next to the shim, else in ../lib/cloister, else on PATH)
 	EnvCache         = "CLOISTER_SHIM_CACHE"      // image cache (default DefaultCacheDir)
 	EnvShimSocketDir = "CLOISTER_SHIM_SOCKET_DIR" // the shims' ttrpc sockets (default DefaultSocketDir)
 )
@@ -185,16 +186,14 @@ func openLog(debug bool) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
-// findInit locates cloister-init.
+// findInit locates cloister-init: $CLOISTER_INIT, else next to the shim
+// or in ../lib/cloister (the Debian package), else on PATH.
 func findInit() string {
 	if p := os.Getenv(EnvInit); p != "" {
 		return p
 	}
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "cloister-init")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
+	if p := installdir.Find("cloister-init"); p != "" {
+		return p
 	}
 	if p, err := exec.LookPath("cloister-init"); err == nil {
 		return p

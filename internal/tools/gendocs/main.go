@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/cloister/cloister/internal/tools/gendocs/clidoc"
 )
@@ -37,6 +38,18 @@ func init() {
 			},
 		}
 	})
+	register(func() *cobra.Command {
+		return &cobra.Command{
+			Use:    "__genman DIR SOURCE DATE",
+			Hidden: true,
+			Args:   cobra.ExactArgs(3),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				home, _ := os.UserHomeDir()
+				return clidoc.WriteManDir(args[0], clidoc.RenderMan(cmd.Root(), clidoc.ManOptions{
+					Options: clidoc.Options{HomeDir: home}, Source: args[1], Date: args[2]}))
+			},
+		}
+	})
 }
 `
 
@@ -46,8 +59,17 @@ const hookName = "zz_gendocs_overlay.go"
 func main() {
 	check := flag.Bool("check", false, "compare instead of writing; exit 1 when the reference is out of date")
 	out := flag.String("out", "", "output directory (default: docs/cli in the module root)")
+	man := flag.String("man", "", "write section-1 manual pages (roff) into this directory instead")
+	manSource := flag.String("man-source", "cloister", "manual pages' source footer, e.g. \"cloister 0.3.0\"")
+	manDate := flag.String("man-date", "", "manual pages' date, YYYY-MM-DD (required with -man)")
 	flag.Parse()
-	if err := run(*check, *out, os.Stderr); err != nil {
+	var err error
+	if *man != "" {
+		err = runMan(*man, *manSource, *manDate, os.Stderr)
+	} else {
+		err = run(*check, *out, os.Stderr)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "gendocs:", err)
 		if errors.Is(err, clidoc.ErrOutOfDate) {
 			fmt.Fprintln(os.Stderr, "gendocs: regenerate with: go run ./internal/tools/gendocs")
@@ -75,27 +97,9 @@ func run(check bool, out string, stderr io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-
-	hook := filepath.Join(tmp, hookName)
-	if err := os.WriteFile(hook, []byte(hookSource), 0o644); err != nil {
-		return err
-	}
-	overlay, err := json.Marshal(map[string]map[string]string{
-		"Replace": {filepath.Join(root, "cmd", "cloister", hookName): hook},
-	})
+	bin, err := buildHooked(root, tmp, stderr)
 	if err != nil {
 		return err
-	}
-	overlayFile := filepath.Join(tmp, "overlay.json")
-	if err := os.WriteFile(overlayFile, overlay, 0o644); err != nil {
-		return err
-	}
-	bin := filepath.Join(tmp, "cloister")
-	build := exec.Command(goTool(), "build", "-overlay", overlayFile, "-o", bin, "./cmd/cloister")
-	build.Dir = root
-	build.Stdout, build.Stderr = stderr, stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("building cmd/cloister with the docs hook: %w", err)
 	}
 
 	dest := out
@@ -115,6 +119,61 @@ func run(check bool, out string, stderr io.Writer) error {
 		return err
 	}
 	return clidoc.Compare(out, pages)
+}
+
+// runMan writes the manual pages into dir.
+func runMan(dir, source, date string, stderr io.Writer) error {
+	if _, err := time.Parse(time.DateOnly, date); err != nil {
+		return fmt.Errorf("-man-date %q: want YYYY-MM-DD", date)
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "gendocs-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	bin, err := buildHooked(root, tmp, stderr)
+	if err != nil {
+		return err
+	}
+	gen := exec.Command(bin, "__genman", dir, source, date)
+	gen.Stdout, gen.Stderr = stderr, stderr
+	if err := gen.Run(); err != nil {
+		return fmt.Errorf("running the manual page hook: %w", err)
+	}
+	return nil
+}
+
+// buildHooked builds cmd/cloister with the hook file into tmp.
+func buildHooked(root, tmp string, stderr io.Writer) (string, error) {
+	hook := filepath.Join(tmp, hookName)
+	if err := os.WriteFile(hook, []byte(hookSource), 0o644); err != nil {
+		return "", err
+	}
+	overlay, err := json.Marshal(map[string]map[string]string{
+		"Replace": {filepath.Join(root, "cmd", "cloister", hookName): hook},
+	})
+	if err != nil {
+		return "", err
+	}
+	overlayFile := filepath.Join(tmp, "overlay.json")
+	if err := os.WriteFile(overlayFile, overlay, 0o644); err != nil {
+		return "", err
+	}
+	bin := filepath.Join(tmp, "cloister")
+	build := exec.Command(goTool(), "build", "-overlay", overlayFile, "-o", bin, "./cmd/cloister")
+	build.Dir = root
+	build.Stdout, build.Stderr = stderr, stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("building cmd/cloister with the docs hook: %w", err)
+	}
+	return bin, nil
 }
 
 // moduleRoot is the directory of the main module's go.mod.

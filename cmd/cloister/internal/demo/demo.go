@@ -60,6 +60,9 @@ type Config struct {
 	Kernel, ModulesDir string
 	// NewBackend creates the daemon's backend (the cloister command's).
 	NewBackend func(daemon.Config) (backend.Backend, error)
+	// MonitorBinary is the daemon's monitor executable (cloister-monitor,
+	// see daemon.FindMonitorBinary); "" runs monitors as this executable.
+	MonitorBinary string
 	// Out receives the narration.
 	Out io.Writer
 	// Keep leaves the working directory in place for inspection.
@@ -150,7 +153,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("daemon backend: %w", err)
 	}
 	dctx, stopDaemon := context.WithCancel(ctx)
-	d, err := daemon.New(dctx, dcfg, daemon.Options{Backend: be, Logger: logger.With("service", "daemon")})
+	d, err := daemon.New(dctx, dcfg, daemon.Options{Backend: be, Logger: logger.With("service", "daemon"), MonitorBinary: cfg.MonitorBinary})
 	if err != nil {
 		stopDaemon()
 		return fmt.Errorf("start the daemon: %w", err)
