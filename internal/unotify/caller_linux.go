@@ -249,19 +249,13 @@ type procmapQueryArg struct {
 	BuildIDAddr uint64
 }
 
-// access checks that [addr, addr+n) lies in mappings that all have the
-// permission want (procmapReadable or procmapWritable), as the kernel's
-// user copies require; the check and the access that follows are not
-// atomic, which only matters to a caller that changes its own mappings
-// meanwhile (and can only hurt itself).
-func (c *Caller) access(addr, n uint64, want uint64) error {
-	_, err := c.accessible(addr, n, want)
-	return err
-}
-
-// accessible is access that also reports how many bytes from addr lie in
-// mappings with the wanted permission before the first that does not (0
-// for a range that wraps or reaches kernel space).
+// accessible reports how many bytes from addr lie in mappings that all
+// have the permission want (procmapReadable or procmapWritable), as the
+// kernel's user copies require, up to n, and errFault when that is fewer
+// than n (or the range wraps or reaches kernel space, then 0). The check
+// and the access that follows are not atomic, which only matters to a
+// caller that changes its own mappings meanwhile (and can only hurt
+// itself).
 func (c *Caller) accessible(addr, n uint64, want uint64) (int, error) {
 	end := addr + n
 	if end < addr || end > maxUserAddr {
