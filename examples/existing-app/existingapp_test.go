@@ -1,8 +1,9 @@
 // Package existingapp is the existing-app example's integration test: it
-// follows the README with the real binaries — an unmodified Nitro program
-// (github.com/hf/nsm, github.com/mdlayher/vsock) built into an image, run,
-// asked for an attestation with cloister connect, and the document checked
-// with cloister verify under the daemon's development root.
+// follows the README with the real binaries on the sandbox and QEMU
+// microVM backends — an unmodified Nitro program (github.com/hf/nsm,
+// github.com/mdlayher/vsock) built into an image, run, asked for an
+// attestation with cloister connect, and the document checked with
+// cloister verify under the daemon's development root.
 package existingapp
 
 import (
@@ -25,12 +26,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// backends are where the unmodified program runs today. The sandbox joins
-// (exampletest.Backends) once its /dev/nsm and AF_VSOCK emulation land.
-var backends = []string{"qemu"}
-
 func TestExistingApp(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range exampletest.Backends {
 		t.Run(backend, func(t *testing.T) {
 			env := exampletest.Start(t, backend, "")
 			dir := parenttest.ShortTemp(t)

@@ -2,7 +2,7 @@
 // as such programs are, without Cloister: it talks to the Nitro Secure
 // Module through /dev/nsm with github.com/hf/nsm and to the parent through
 // AF_VSOCK with github.com/mdlayher/vsock. It runs unchanged on Nitro and
-// in Cloister's microVM world.
+// in Cloister's sandbox and microVM worlds.
 //
 // On vsock port 5000 it reads one line per connection, a nonce in hex, and
 // answers with an attestation document (base64, one line) carrying that
