@@ -479,3 +479,148 @@ func TestSandboxNitroNotificationFlood(t *testing.T) {
 		t.Errorf("%d calls handled at once, more than MaxInFlight %d", st.MaxInFlight, maxInFlight)
 	}
 }
+
+// fullParentPort listens on the parent's port in D (host/vsock_<port>)
+// with a backlog that one pending connection fills, fills it, and never
+// accepts: a host program that is slow to accept. It returns a function
+// that closes the listener (which fails every connect waiting for it).
+func fullParentPort(t testing.TB, d string, port uint32) (closeListener func()) {
+	t.Helper()
+	path := filepath.Join(d, "host", fmt.Sprintf("vsock_%d", port))
+	l, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(l, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(l, 0); err != nil {
+		t.Fatal(err)
+	}
+	// With a backlog of 0, one pending connection fills the queue.
+	c, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Connect(c, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if c2, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0); err == nil {
+		if err := unix.Connect(c2, &unix.SockaddrUnix{Name: path}); !errors.Is(err, unix.EAGAIN) {
+			t.Fatalf("a second connection to the full listener: %v, want EAGAIN", err)
+		}
+		unix.Close(c2)
+	}
+	var once sync.Once
+	closeListener = func() { once.Do(func() { unix.Close(l); unix.Close(c) }) }
+	t.Cleanup(closeListener)
+	return closeListener
+}
+
+// threadCount is the number of OS threads of this process.
+func threadCount(t testing.TB) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			var n int
+			fmt.Sscan(strings.TrimSpace(v), &n)
+			return n
+		}
+	}
+	return 0
+}
+
+// TestSandboxNitroStuckConnect is an attack on the monitor: blocking
+// AF_VSOCK connects to a parent port whose listener does not accept (its
+// backlog is full). Each used to be a connect(2) of the supervisor that
+// slept in the kernel for as long as the parent's queue stayed full: one
+// OS thread of the monitor each, never given back when the caller was
+// killed, and the sandbox's Wait hung on them for ever. A blocking
+// connect must end with ETIMEDOUT after the socket's vsock connect
+// timeout (Linux's default 2 s), and every waiting connect must be
+// abandoned once its caller is gone.
+func TestSandboxNitroStuckConnect(t *testing.T) {
+	const port, short, long = 5007, 4, 32
+	var closeListener func()
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}, before: func(d string) { closeListener = fullParentPort(t, d, port) }},
+		"attack-stuck-connect", fmt.Sprint(port), fmt.Sprint(short), fmt.Sprint(long))
+	threadsBefore := threadCount(t)
+	pr.result(t, "connecting")
+	// The short connects end (ETIMEDOUT) or hang for ever.
+	got := ""
+	deadline := time.Now().Add(30 * time.Second)
+	for got == "" && time.Now().Before(deadline) {
+		for _, line := range strings.Split(pr.console.String(), "\n") {
+			if v, ok := strings.CutPrefix(line, "RESULT short_connects="); ok {
+				got = v
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	st, _ := pr.p.SupervisorStats()
+	t.Logf("monitor threads %d → %d; supervisor %+v", threadsBefore, threadCount(t), st)
+	if want := fmt.Sprintf("map[ETIMEDOUT:%d]", short); got != want {
+		t.Errorf("blocking connects to a full backlog ended with %q after 30 s, want %s", got, want)
+	}
+	// Kill the sandbox: the supervisor must stop, abandoning the
+	// connects that still wait.
+	if err := pr.p.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-pr.done()
+	select {
+	case <-pr.p.sup.done:
+	case <-time.After(30 * time.Second):
+		st, _ := pr.p.SupervisorStats()
+		t.Errorf("the supervisor did not stop within 30 s of the sandbox's death: %d handlers still in connect (%+v); monitor threads %d",
+			st.InFlight, st, threadCount(t))
+		closeListener() // fails the kernel's waiting connects, so the test can end
+		<-pr.p.sup.done
+	}
+}
+
+// TestSandboxNitroHandoffIfconf is an attack: a host program's socket
+// handed off to an emulated AF_VSOCK listener belongs to the host's
+// network namespace, and network device ioctls on a socket act on its
+// namespace: SIOCGIFCONF and SIOCGIFINDEX through it would list the
+// host's interfaces and addresses. Through any socket the sandbox holds
+// they must show the sandbox's namespace (lo only, down: no address).
+func TestSandboxNitroHandoffIfconf(t *testing.T) {
+	hostIf := ""
+	ents, _ := os.ReadDir("/sys/class/net")
+	for _, e := range ents {
+		if e.Name() != "lo" {
+			hostIf = e.Name()
+		}
+	}
+	if hostIf == "" {
+		t.Fatal("the host has no network interface but lo to look for")
+	}
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}}, "attack-ifconf", "5008", hostIf)
+	if got := pr.result(t, "listening"); got != "yes" {
+		t.Fatalf("listening = %q", got)
+	}
+	sock := pr.hybridServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := hybrid.Dial(ctx, sock, 5008, nil)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer c.Close()
+	got := pr.results(t)
+	want := map[string]string{
+		"listening": "yes", "handed_off_ifconf": "[]", "own_ifconf": "[]",
+		"handed_off_ifindex": "ENODEV", "own_ifindex": "ENODEV",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+}

@@ -71,16 +71,18 @@ func main() {
 			}
 			attackNested(nil)
 		},
-		"attack-race":   attackRace,
-		"attack-dup2":   attackDup2,
-		"attack-fakefd": attackFakeFD,
-		"attack-fork":   attackFork,
-		"flood-sockets": floodSockets,
-		"flood-notify":  floodNotify,
-		"bench-connect": benchConnect,
-		"bench-rtt":     benchRoundTrip,
-		"bench-nsm":     benchNSM,
-		"exit":          func([]string) {},
+		"attack-race":          attackRace,
+		"attack-dup2":          attackDup2,
+		"attack-fakefd":        attackFakeFD,
+		"attack-fork":          attackFork,
+		"flood-sockets":        floodSockets,
+		"flood-notify":         floodNotify,
+		"attack-stuck-connect": attackStuckConnect,
+		"attack-ifconf":        attackIfconf,
+		"bench-connect":        benchConnect,
+		"bench-rtt":            benchRoundTrip,
+		"bench-nsm":            benchNSM,
+		"exit":                 func([]string) {},
 	}
 	f, ok := modes[os.Args[1]]
 	if !ok {
@@ -747,4 +749,112 @@ func benchNSM(args []string) {
 		}
 	}
 	result("ns_per_op", time.Since(start).Nanoseconds()/int64(n))
+}
+
+// attackStuckConnect makes blocking AF_VSOCK connects to the parent's
+// port args[0], whose backlog the test keeps full (a host listener that
+// does not accept). args[1] connects keep Linux's default connect
+// timeout (2 s) and end with its error; args[2] more set
+// SO_VM_SOCKETS_CONNECT_TIMEOUT to an hour and stay blocked until the
+// sandbox is killed. Each waiting connect holds a handler (and an OS
+// thread, if the handler sleeps in the kernel) in the monitor.
+func attackStuckConnect(args []string) {
+	port, short, long := uint32(atoi(args[0])), atoi(args[1]), atoi(args[2])
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	outcomes := map[string]int{}
+	for range short {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fd, err := vsock(0)
+			if err == nil {
+				err = unix.Connect(fd, &unix.SockaddrVM{CID: 3, Port: port})
+			}
+			mu.Lock()
+			outcomes[errName(err)]++
+			mu.Unlock()
+		}()
+	}
+	for range long {
+		go func() {
+			fd, err := vsock(0)
+			if err != nil {
+				return
+			}
+			tv := unix.Timeval{Sec: 3600}
+			_ = unix.SetsockoptTimeval(fd, unix.AF_VSOCK, unix.SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv)
+			err = unix.Connect(fd, &unix.SockaddrVM{CID: 3, Port: port})
+			result("long_connect_ended", errName(err))
+		}()
+	}
+	result("connecting", short+long)
+	wg.Wait()
+	result("short_connects", fmt.Sprint(outcomes))
+	select {}
+}
+
+// attackIfconf accepts one connection on an AF_VSOCK listener on port
+// args[0] (a host client's socket, handed off by the monitor, from the
+// host's network namespace) and asks the kernel, through that socket,
+// for the network interfaces (SIOCGIFCONF) and for the index of args[1]
+// (SIOCGIFINDEX), a host interface. Then the same through a socket of
+// its own. Network device ioctls on a socket act on its namespace.
+func attackIfconf(args []string) {
+	port := uint32(atoi(args[0]))
+	l, err := vsock(unix.SOCK_CLOEXEC)
+	if err == nil {
+		err = unix.Bind(l, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port})
+	}
+	if err == nil {
+		err = unix.Listen(l, 4)
+	}
+	if err != nil {
+		result("listening", errName(err))
+		return
+	}
+	result("listening", "yes")
+	c, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
+	if err != nil {
+		result("accept", errName(err))
+		return
+	}
+	own, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	for _, s := range []struct {
+		name string
+		fd   int
+	}{{"handed_off", c}, {"own", own}} {
+		result(s.name+"_ifconf", ifconf(s.fd))
+		var ifr [40]byte
+		copy(ifr[:], args[1])
+		_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(s.fd), unix.SIOCGIFINDEX, uintptr(unsafe.Pointer(&ifr[0])))
+		if e != 0 {
+			result(s.name+"_ifindex", errName(e))
+		} else {
+			result(s.name+"_ifindex", "found")
+		}
+	}
+}
+
+// ifconf lists the interfaces and IPv4 addresses SIOCGIFCONF returns on
+// fd.
+func ifconf(fd int) string {
+	buf := make([]byte, 40*64)
+	var ifc struct {
+		Len int32
+		_   int32
+		Buf uintptr
+	}
+	ifc.Len, ifc.Buf = int32(len(buf)), uintptr(unsafe.Pointer(&buf[0]))
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCGIFCONF, uintptr(unsafe.Pointer(&ifc)))
+	runtime.KeepAlive(buf)
+	if e != 0 {
+		return errName(e)
+	}
+	var names []string
+	for off := 0; off+40 <= int(ifc.Len); off += 40 {
+		a := buf[off+20 : off+24] // the sockaddr_in's address
+		names = append(names, fmt.Sprintf("%s=%d.%d.%d.%d", strings.TrimRight(string(buf[off:off+16]), "\x00"), a[0], a[1], a[2], a[3]))
+	}
+	return "[" + strings.Join(names, " ") + "]"
 }
