@@ -26,7 +26,8 @@
 // [Supervisor] runs one goroutine per notification, at most MaxInFlight at
 // once (further calls wait in the kernel); a handler that waits (a blocking
 // accept) registers with one shared epoll instance rather than holding a
-// thread, and checks every 100 ms that its caller still waits: a signal
+// thread (a connect to a full backlog sleeps in the kernel in 100 ms
+// steps), and checks every 100 ms that its caller still waits: a signal
 // interrupts the call, and a connection accepted for a caller that went
 // away is put back in the listener's queue.
 //
@@ -58,7 +59,12 @@
 //     listeners are. Nobody listening, or any other CID, is ECONNRESET,
 //     the reset a Nitro enclave's virtio-vsock connect gets. A Unix
 //     connect completes at once: a non-blocking connect returns 0, not
-//     EINPROGRESS.
+//     EINPROGRESS. When the parent's backlog is full, a non-blocking
+//     connect fails with EAGAIN and a blocking one waits at most the
+//     socket's SO_VM_SOCKETS_CONNECT_TIMEOUT (ETIMEDOUT), in steps of
+//     100 ms between which the supervisor checks that the caller still
+//     waits (a Unix connect left to sleep in the kernel would hold a
+//     thread of the monitor for as long as the parent does not accept).
 //   - bind to VMADDR_CID_ANY or the enclave's CID, and a port
 //     (VMADDR_PORT_ANY picks one above 1023): the socket is bound as
 //     vsock_<port> in the enclave's listener directory, with the caller's
