@@ -834,6 +834,15 @@ func attackIfconf(args []string) {
 			result(s.name+"_ifindex", "found")
 		}
 	}
+	// SIOCGSKNS runs as it is (it concerns the socket itself): the
+	// handed-off socket's namespace is the host's, where the sandbox has
+	// no CAP_NET_ADMIN.
+	ns, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(c), 0x894c, 0)
+	if e != 0 {
+		result("handed_off_netns", errName(e))
+	} else {
+		result("handed_off_netns", "got descriptor "+strconv.Itoa(int(ns)))
+	}
 }
 
 // ifconf lists the interfaces and IPv4 addresses SIOCGIFCONF returns on
