@@ -480,42 +480,22 @@ func TestSandboxNitroNotificationFlood(t *testing.T) {
 	}
 }
 
-// fullParentPort listens on the parent's port in D (host/vsock_<port>)
-// with a backlog that one pending connection fills, fills it, and never
-// accepts: a host program that is slow to accept. It returns a function
-// that closes the listener (which fails every connect waiting for it).
-func fullParentPort(t testing.TB, d string, port uint32) (closeListener func()) {
+// parentNoAccept listens on the parent's port in D (host/vsock_<port>,
+// mode 0666, as the daemon's host listeners) and never accepts: the
+// daemon's heartbeat listener does that once the heartbeat came, for the
+// enclave's whole life. It returns a function that closes the listener
+// (which fails every connect waiting for it).
+func parentNoAccept(t testing.TB, d string, port uint32) (closeListener func()) {
 	t.Helper()
-	path := filepath.Join(d, "host", fmt.Sprintf("vsock_%d", port))
-	l, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	l, err := hybrid.Listen(filepath.Join(d, "host", "vsock"), port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Bind(l, &unix.SockaddrUnix{Name: path}); err != nil {
+	if err := os.Chmod(filepath.Join(d, "host", fmt.Sprintf("vsock_%d", port)), 0o666); err != nil {
 		t.Fatal(err)
-	}
-	if err := os.Chmod(path, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(l, 0); err != nil {
-		t.Fatal(err)
-	}
-	// With a backlog of 0, one pending connection fills the queue.
-	c, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Connect(c, &unix.SockaddrUnix{Name: path}); err != nil {
-		t.Fatal(err)
-	}
-	if c2, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0); err == nil {
-		if err := unix.Connect(c2, &unix.SockaddrUnix{Name: path}); !errors.Is(err, unix.EAGAIN) {
-			t.Fatalf("a second connection to the full listener: %v, want EAGAIN", err)
-		}
-		unix.Close(c2)
 	}
 	var once sync.Once
-	closeListener = func() { once.Do(func() { unix.Close(l); unix.Close(c) }) }
+	closeListener = func() { once.Do(func() { l.Close() }) }
 	t.Cleanup(closeListener)
 	return closeListener
 }
@@ -537,9 +517,10 @@ func threadCount(t testing.TB) int {
 	return 0
 }
 
-// TestSandboxNitroStuckConnect is an attack on the monitor: blocking
-// AF_VSOCK connects to a parent port whose listener does not accept (its
-// backlog is full). Each used to be a connect(2) of the supervisor that
+// TestSandboxNitroStuckConnect is an attack on the monitor: the sandbox
+// fills the queue of a parent listener that does not accept (the
+// daemon's heartbeat listener, after the heartbeat) with plain Unix
+// connections, then makes blocking AF_VSOCK connects to it. Each used to be a connect(2) of the supervisor that
 // slept in the kernel for as long as the parent's queue stayed full: one
 // OS thread of the monitor each, never given back when the caller was
 // killed, and the sandbox's Wait hung on them for ever. A blocking
@@ -549,9 +530,10 @@ func threadCount(t testing.TB) int {
 func TestSandboxNitroStuckConnect(t *testing.T) {
 	const port, short, long = 5007, 4, 32
 	var closeListener func()
-	pr := startProbe(t, probeOpts{nitro: &Nitro{}, before: func(d string) { closeListener = fullParentPort(t, d, port) }},
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}, before: func(d string) { closeListener = parentNoAccept(t, d, port) }},
 		"attack-stuck-connect", fmt.Sprint(port), fmt.Sprint(short), fmt.Sprint(long))
 	threadsBefore := threadCount(t)
+	t.Logf("the sandbox queued %s connections", pr.result(t, "queued"))
 	pr.result(t, "connecting")
 	// The short connects end (ETIMEDOUT) or hang for ever.
 	got := ""

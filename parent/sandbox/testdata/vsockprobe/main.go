@@ -751,15 +751,37 @@ func benchNSM(args []string) {
 	result("ns_per_op", time.Since(start).Nanoseconds()/int64(n))
 }
 
-// attackStuckConnect makes blocking AF_VSOCK connects to the parent's
-// port args[0], whose backlog the test keeps full (a host listener that
-// does not accept). args[1] connects keep Linux's default connect
+// attackStuckConnect fills the queue of the parent's listener on port
+// args[0], which does not accept (as the daemon's heartbeat listener once
+// the heartbeat came), with plain Unix connections, then makes blocking
+// AF_VSOCK connects to that port. args[1] connects keep Linux's default connect
 // timeout (2 s) and end with its error; args[2] more set
 // SO_VM_SOCKETS_CONNECT_TIMEOUT to an hour and stay blocked until the
 // sandbox is killed. Each waiting connect holds a handler (and an OS
 // thread, if the handler sleeps in the kernel) in the monitor.
 func attackStuckConnect(args []string) {
 	port, short, long := uint32(atoi(args[0])), atoi(args[1]), atoi(args[2])
+	// Fill the listener's queue with plain Unix connections that are
+	// closed at once (a connection queued for accept stays queued).
+	filled := 0
+	path := fmt.Sprintf("/run/cloister/vsock/host/vsock_%d", port)
+	for ; filled < 100000; filled++ {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			result("fill", errName(err))
+			return
+		}
+		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+		unix.Close(fd)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if err != nil {
+			result("fill", errName(err))
+			return
+		}
+	}
+	result("queued", filled)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	outcomes := map[string]int{}
