@@ -608,3 +608,17 @@ func TestSandboxNitroHandoffIfconf(t *testing.T) {
 		t.Errorf("results (-want +got):\n%s", diff)
 	}
 }
+
+// TestSandboxNitroCompatABIs is an attack on the filter: socket(AF_VSOCK)
+// through x86_64's other system call ABIs, whose numbers differ (x32:
+// bit 30 set, with x86_64's audit architecture; i386: int $0x80). The
+// filter refuses x32 numbers (ENOSYS) and kills a process that uses
+// another architecture (SIGSYS); on other architectures the probe
+// reports those outcomes without trying.
+func TestSandboxNitroCompatABIs(t *testing.T) {
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}}, "attack-compat")
+	want := map[string]string{"x32_socket_vsock": "ENOSYS", "i386_socket_vsock": "signal: bad system call"}
+	if diff := cmp.Diff(want, pr.results(t)); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+}

@@ -79,6 +79,8 @@ func main() {
 		"flood-notify":         floodNotify,
 		"attack-stuck-connect": attackStuckConnect,
 		"attack-ifconf":        attackIfconf,
+		"attack-compat":        attackCompat,
+		"compat-int80-child":   compatInt80Child,
 		"bench-connect":        benchConnect,
 		"bench-rtt":            benchRoundTrip,
 		"bench-nsm":            benchNSM,
