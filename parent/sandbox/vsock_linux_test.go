@@ -622,3 +622,32 @@ func TestSandboxNitroCompatABIs(t *testing.T) {
 		t.Errorf("results (-want +got):\n%s", diff)
 	}
 }
+
+// TestSandboxNitroSweepKeepsAcceptedSockets fills the supervisor's socket
+// table after accepting a relayed connection from the parent (marker
+// 'R'). An accepted Unix socket belongs to the network namespace of the
+// side that connected (unix_stream_connect makes it there), here the
+// monitor's, the host's, although the listener is the sandbox's. The
+// sweep that makes room asks sock_diag whether each socket still exists;
+// it must look in that namespace, or it would forget a live socket, which
+// would then answer as the Unix socket it is underneath.
+func TestSandboxNitroSweepKeepsAcceptedSockets(t *testing.T) {
+	pr := startProbe(t, probeOpts{nitro: &Nitro{MaxSockets: 20}}, "sweep-accepted", "5009")
+	if got := pr.result(t, "listening"); got != "yes" {
+		t.Fatalf("listening = %q", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := hybrid.UnixConnector{Root: pr.p.GuestDir()}.ConnectGuest(ctx, 5009)
+	if err != nil {
+		t.Fatalf("ConnectGuest: %v", err)
+	}
+	defer c.Close()
+	want := map[string]string{
+		"listening": "yes", "refusal": "ENOBUFS", "after_refusal": "ENOBUFS",
+		"accepted_peer": "vm(3,5009)", "accepted_domain": "40 ok",
+	}
+	if diff := cmp.Diff(want, pr.results(t)); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+}

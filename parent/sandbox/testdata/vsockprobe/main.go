@@ -80,6 +80,7 @@ func main() {
 		"attack-stuck-connect": attackStuckConnect,
 		"attack-ifconf":        attackIfconf,
 		"attack-compat":        attackCompat,
+		"sweep-accepted":       sweepAccepted,
 		"compat-int80-child":   compatInt80Child,
 		"bench-connect":        benchConnect,
 		"bench-rtt":            benchRoundTrip,
@@ -890,4 +891,42 @@ func ifconf(fd int) string {
 		names = append(names, fmt.Sprintf("%s=%d.%d.%d.%d", strings.TrimRight(string(buf[off:off+16]), "\x00"), a[0], a[1], a[2], a[3]))
 	}
 	return "[" + strings.Join(names, " ") + "]"
+}
+
+// sweepAccepted accepts one connection from the parent on an AF_VSOCK
+// listener on port args[0], then makes AF_VSOCK sockets until the
+// supervisor refuses one (its table full: it sweeps out the sockets that
+// no longer exist), one more after that, and asks the accepted socket
+// for its peer and its domain: it is still an AF_VSOCK socket.
+func sweepAccepted(args []string) {
+	port := uint32(atoi(args[0]))
+	l, err := vsock(unix.SOCK_CLOEXEC)
+	if err == nil {
+		err = unix.Bind(l, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port})
+	}
+	if err == nil {
+		err = unix.Listen(l, 4)
+	}
+	if err != nil {
+		result("listening", errName(err))
+		return
+	}
+	result("listening", "yes")
+	c, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
+	if err != nil {
+		result("accept", errName(err))
+		return
+	}
+	n := 0
+	for ; n < 100000; n++ {
+		if _, err := vsock(unix.SOCK_CLOEXEC); err != nil {
+			result("refusal", errName(err))
+			break
+		}
+	}
+	_, err = vsock(unix.SOCK_CLOEXEC)
+	result("after_refusal", errName(err))
+	result("accepted_peer", vmName(unix.Getpeername(c)))
+	d, err := unix.GetsockoptInt(c, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	result("accepted_domain", fmt.Sprint(d, " ", errName(err)))
 }
