@@ -85,8 +85,10 @@
 //   - network device ioctls (0x8900–0x89ff but those the socket answers
 //     for itself, and the wireless 0x8b00–0x8bff) are never let run: on a
 //     socket the kernel answers them for that socket's network namespace,
-//     and the sandbox holds sockets of the host's (host programs'
-//     connections, handed off to its listeners). The supervisor answers
+//     and the sandbox holds sockets of the host's: host programs'
+//     connections handed off to its listeners, and the accepted end of
+//     every connection the monitor makes to them (an accepted Unix socket
+//     belongs to the namespace of the side that connected). The supervisor answers
 //     the ones that only read (SIOCGIFCONF, SIOCGIFINDEX, SIOCGIFFLAGS …)
 //     on a socket of its own in the sandbox's namespace, refuses the
 //     others with EPERM, and answers ENOTTY for a descriptor that is not

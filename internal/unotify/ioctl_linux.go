@@ -134,7 +134,10 @@ func (s *Supervisor) nsm(ctx context.Context, c *Caller, cmd uint32, arg uint64)
 // 0x8b00–0x8bff (wext_handle_ioctl) for the network namespace of that
 // socket. The sandbox holds sockets of the host's namespace: a host
 // program's connection to an enclave listener is handed off to it (the
-// hybrid handoff, no relay). Let run, SIOCGIFCONF on such a socket would
+// hybrid handoff, no relay), and the accepted end of a connection that
+// the monitor makes to an enclave listener (relay, requeue) belongs to the
+// monitor's namespace, as every accepted Unix socket belongs to the
+// connecting side's. Let run, SIOCGIFCONF on such a socket would
 // list the host's interfaces and addresses; and a call let run on one
 // descriptor may run on another that the sandbox swapped in meanwhile.
 // So these commands are never let run: the supervisor answers the
