@@ -651,3 +651,31 @@ func TestSandboxNitroSweepKeepsAcceptedSockets(t *testing.T) {
 		t.Errorf("results (-want +got):\n%s", diff)
 	}
 }
+
+// TestSandboxNitroWaitingFlood is an attack on the supervisor: more
+// blocking accepts than it lets wait at once (MaxInFlight less its
+// reserve of 16). The ones beyond fail with ENOBUFS, calls that do not
+// wait are still answered, and once the sandbox is killed the supervisor
+// abandons the waiting ones and stops.
+func TestSandboxNitroWaitingFlood(t *testing.T) {
+	const maxInFlight, accepts = 48, 40 // at most 32 wait
+	pr := startProbe(t, probeOpts{nitro: &Nitro{MaxInFlight: maxInFlight}}, "flood-waiting", fmt.Sprint(accepts), fmt.Sprint(accepts-(maxInFlight-16)))
+	got := pr.results(t)
+	want := map[string]string{"ended": "map[ENOBUFS:8]", "getsockname_while_flooded": "ok"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+	if st, _ := pr.p.SupervisorStats(); st.Waiting != maxInFlight-16 {
+		t.Errorf("supervisor %+v: want %d waiting", st, maxInFlight-16)
+	}
+	if err := pr.p.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-pr.done()
+	select {
+	case <-pr.p.sup.done:
+	case <-time.After(30 * time.Second):
+		st, _ := pr.p.SupervisorStats()
+		t.Fatalf("the supervisor did not stop within 30 s of the sandbox's death: %+v", st)
+	}
+}

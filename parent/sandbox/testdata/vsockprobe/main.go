@@ -81,6 +81,7 @@ func main() {
 		"attack-ifconf":        attackIfconf,
 		"attack-compat":        attackCompat,
 		"sweep-accepted":       sweepAccepted,
+		"flood-waiting":        floodWaiting,
 		"compat-int80-child":   compatInt80Child,
 		"bench-connect":        benchConnect,
 		"bench-rtt":            benchRoundTrip,
@@ -929,4 +930,57 @@ func sweepAccepted(args []string) {
 	result("accepted_peer", vmName(unix.Getpeername(c)))
 	d, err := unix.GetsockoptInt(c, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	result("accepted_domain", fmt.Sprint(d, " ", errName(err)))
+}
+
+// floodWaiting starts args[0] blocking accepts, each on an AF_VSOCK
+// listener of its own that nobody connects to, and reports how they end
+// (the supervisor refuses those beyond its bound of
+// waiting calls with ENOBUFS) once args[1] of them did; then checks that a call that does not
+// wait is still answered, and waits to be killed.
+func floodWaiting(args []string) {
+	n := atoi(args[0])
+	var mu sync.Mutex
+	outcomes := map[string]int{}
+	for i := range n {
+		go func() {
+			l, err := vsock(unix.SOCK_CLOEXEC)
+			if err == nil {
+				err = unix.Bind(l, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: uint32(7000 + i)})
+			}
+			if err == nil {
+				err = unix.Listen(l, 1)
+			}
+			if err == nil {
+				_, _, err = unix.Accept4(l, unix.SOCK_CLOEXEC)
+			}
+			mu.Lock()
+			outcomes[errName(err)]++
+			mu.Unlock()
+		}()
+	}
+	// Wait (at most 30 s) until args[1] of them ended, and a little more
+	// so that any other that would end is seen too.
+	ended := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		t := 0
+		for _, c := range outcomes {
+			t += c
+		}
+		return t
+	}
+	for i := 0; i < 3000 && ended() < atoi(args[1]); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	mu.Lock()
+	result("ended", fmt.Sprint(outcomes))
+	mu.Unlock()
+	fd, err := vsock(unix.SOCK_CLOEXEC)
+	if err == nil {
+		_, err = unix.Getsockname(fd)
+	}
+	result("getsockname_while_flooded", errName(err))
+	result("done", "yes")
+	select {}
 }
