@@ -679,3 +679,31 @@ func TestSandboxNitroWaitingFlood(t *testing.T) {
 		t.Fatalf("the supervisor did not stop within 30 s of the sandbox's death: %+v", st)
 	}
 }
+
+// TestSandboxNitroBindLinkRace is an attack on the supervisor's bind,
+// which creates vsock_<port> in the listener directory as root outside
+// the sandbox (with the caller's file-system ids) and replaces a stale
+// socket file there: the program keeps swapping a symbolic link to a
+// host path, a stale socket and nothing at that name. Nothing may ever
+// appear at the host path.
+func TestSandboxNitroBindLinkRace(t *testing.T) {
+	const rounds = 3000
+	target := filepath.Join(t.TempDir(), "planted")
+	// The sandbox's ids must be able to reach the directory, as they would
+	// reach a host directory they do not own.
+	if err := os.Chmod(filepath.Dir(target), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}}, "attack-bind-links", "5010", target, fmt.Sprint(rounds))
+	got := pr.results(t)
+	t.Logf("bind outcomes: %s", got["outcomes"])
+	if _, err := os.Lstat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the sandbox's bind made %s on the host (%v)", target, err)
+	}
+	for _, o := range strings.Fields(strings.Trim(got["outcomes"], "map[]")) {
+		k, _, _ := strings.Cut(o, ":")
+		if k != "ok" && k != "EADDRINUSE" {
+			t.Errorf("a bind ended with %s (outcomes %s)", k, got["outcomes"])
+		}
+	}
+}

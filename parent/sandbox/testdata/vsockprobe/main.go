@@ -82,6 +82,7 @@ func main() {
 		"attack-compat":        attackCompat,
 		"sweep-accepted":       sweepAccepted,
 		"flood-waiting":        floodWaiting,
+		"attack-bind-links":    attackBindLinks,
 		"compat-int80-child":   compatInt80Child,
 		"bench-connect":        benchConnect,
 		"bench-rtt":            benchRoundTrip,
@@ -983,4 +984,55 @@ func floodWaiting(args []string) {
 	result("getsockname_while_flooded", errName(err))
 	result("done", "yes")
 	select {}
+}
+
+// attackBindLinks races the supervisor's bind of emulated listeners on
+// port args[0] (which creates vsock_<port> in the listener directory,
+// with root's powers outside the sandbox, and replaces a stale socket
+// file there) with a thread that keeps putting a symbolic link to the
+// host path args[1] at that name, a stale socket, or nothing, args[2]
+// times. Links point outside the sandbox: the supervisor resolves them
+// in the host's file system, if it ever follows one.
+func attackBindLinks(args []string) {
+	port, target, rounds := args[0], args[1], atoi(args[2])
+	name := "/run/cloister/vsock/guest/vsock_" + port
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = unix.Unlink(name)
+			switch i % 3 {
+			case 0:
+				_ = unix.Symlink(target, name)
+			case 1:
+				// A stale socket file: bound, never listening.
+				if fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err == nil {
+					_ = unix.Bind(fd, &unix.SockaddrUnix{Name: name})
+					unix.Close(fd)
+				}
+			}
+		}
+	}()
+	outcomes := map[string]int{}
+	for range rounds {
+		fd, err := vsock(unix.SOCK_CLOEXEC)
+		if err != nil {
+			outcomes["socket "+errName(err)]++
+			continue
+		}
+		err = unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: uint32(atoi(port))})
+		outcomes[errName(err)]++
+		unix.Close(fd)
+	}
+	close(stop)
+	wg.Wait()
+	_ = unix.Unlink(name)
+	result("outcomes", fmt.Sprint(outcomes))
 }
