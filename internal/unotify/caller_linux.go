@@ -3,9 +3,11 @@
 package unotify
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"unsafe"
@@ -297,26 +299,33 @@ func (c *Caller) mapping(addr uint64) (start, end, flags uint64, err error) {
 // maxMapsText bounds the text of /proc/<tid>/maps read by the fallback.
 const maxMapsText = 16 << 20
 
-// mappingFromText finds addr's mapping in the text of /proc/<tid>/maps.
+// mapsLineBuf is the fallback's read buffer: longer than any line of
+// /proc/<tid>/maps (a path is at most PATH_MAX; newlines in it are
+// escaped).
+const mapsLineBuf = 16 << 10
+
+// mappingFromText finds addr's mapping in the text of /proc/<tid>/maps,
+// reading it line by line: the text of a caller with tens of thousands
+// of mappings is megabytes, and many handlers may look at once, so it is
+// never held whole.
 func (c *Caller) mappingFromText(addr uint64) (start, end, flags uint64, err error) {
-	var buf bytes.Buffer
-	chunk := make([]byte, 64<<10)
-	for off := int64(0); ; {
-		n, rerr := c.maps.ReadAt(chunk, off)
-		buf.Write(chunk[:n])
-		off += int64(n)
-		if rerr != nil || n == 0 {
-			break
+	r := bufio.NewReaderSize(io.NewSectionReader(c.maps, 0, maxMapsText), mapsLineBuf)
+	for {
+		line, rerr := r.ReadSlice('\n')
+		if errors.Is(rerr, bufio.ErrBufferFull) {
+			// Not a line of the format: skip the rest of it.
+			for errors.Is(rerr, bufio.ErrBufferFull) {
+				_, rerr = r.ReadSlice('\n')
+			}
+			line = nil
 		}
-		if buf.Len() > maxMapsText {
-			return 0, 0, 0, fmt.Errorf("unotify: the caller's memory map is over %d bytes", maxMapsText)
+		if start, end, flags, ok := FindMapping(line, addr); ok {
+			return start, end, flags, nil
+		}
+		if rerr != nil {
+			return 0, 0, 0, errFault
 		}
 	}
-	start, end, flags, ok := FindMapping(buf.Bytes(), addr)
-	if !ok {
-		return 0, 0, 0, errFault
-	}
-	return start, end, flags, nil
 }
 
 // FindMapping returns the mapping of the /proc/<pid>/maps text maps that

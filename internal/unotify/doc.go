@@ -26,7 +26,8 @@
 // [Supervisor] runs one goroutine per notification, at most MaxInFlight at
 // once (further calls wait in the kernel); a handler that waits (a blocking
 // accept) registers with one shared epoll instance rather than holding a
-// thread, and checks every 100 ms that its caller still waits: a signal
+// thread (a connect to a full backlog sleeps in the kernel in 100 ms
+// steps), and checks every 100 ms that its caller still waits: a signal
 // interrupts the call, and a connection accepted for a caller that went
 // away is put back in the listener's queue.
 //
@@ -58,7 +59,12 @@
 //     listeners are. Nobody listening, or any other CID, is ECONNRESET,
 //     the reset a Nitro enclave's virtio-vsock connect gets. A Unix
 //     connect completes at once: a non-blocking connect returns 0, not
-//     EINPROGRESS.
+//     EINPROGRESS. When the parent's backlog is full, a non-blocking
+//     connect fails with EAGAIN and a blocking one waits at most the
+//     socket's SO_VM_SOCKETS_CONNECT_TIMEOUT (ETIMEDOUT), in steps of
+//     100 ms between which the supervisor checks that the caller still
+//     waits (a Unix connect left to sleep in the kernel would hold a
+//     thread of the monitor for as long as the parent does not accept).
 //   - bind to VMADDR_CID_ANY or the enclave's CID, and a port
 //     (VMADDR_PORT_ANY picks one above 1023): the socket is bound as
 //     vsock_<port> in the enclave's listener directory, with the caller's
@@ -76,6 +82,17 @@
 //     Config.NSM (nsmdev.Ioctl with the daemon's emulated security
 //     module). Each is recognised by device, inode and mount; the same
 //     ioctl on any other file runs as it is.
+//   - network device ioctls (0x8900–0x89ff but those the socket answers
+//     for itself, and the wireless 0x8b00–0x8bff) are never let run: on a
+//     socket the kernel answers them for that socket's network namespace,
+//     and the sandbox holds sockets of the host's: host programs'
+//     connections handed off to its listeners, and the accepted end of
+//     every connection the monitor makes to them (an accepted Unix socket
+//     belongs to the namespace of the side that connected). The supervisor answers
+//     the ones that only read (SIOCGIFCONF, SIOCGIFINDEX, SIOCGIFFLAGS …)
+//     on a socket of its own in the sandbox's namespace, refuses the
+//     others with EPERM, and answers ENOTTY for a descriptor that is not
+//     a socket.
 //
 // # Limits and differences from Linux's vsock
 //

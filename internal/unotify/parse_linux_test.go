@@ -3,7 +3,12 @@
 package unotify
 
 import (
+	"os"
+	"runtime"
 	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -67,4 +72,47 @@ func FuzzParseNetlink(f *testing.F) {
 			t.Fatalf("messages of %d bytes from %d", total, len(b))
 		}
 	})
+}
+
+// TestMapsFallbackMemory is an attack on the monitor's memory on kernels
+// without PROCMAP_QUERY (before 6.11, Debian 12's 6.1 among them): a
+// caller with tens of thousands of mappings makes every check of a write
+// to its memory read its /proc/<tid>/maps, megabytes of text, and up to
+// MaxInFlight handlers do that at once. The fallback must read the text
+// in bounded pieces, never hold all of it.
+func TestMapsFallbackMemory(t *testing.T) {
+	const n = 30000
+	page := unix.Getpagesize()
+	var last []byte
+	for i := range n {
+		prot := unix.PROT_READ
+		if i%2 == 1 {
+			prot |= unix.PROT_WRITE // alternate, so no two mappings merge
+		}
+		b, err := unix.Mmap(-1, 0, page, prot, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			t.Fatalf("mapping %d: %v", i, err)
+		}
+		defer unix.Munmap(b)
+		if i == n-1 || i == n-2 {
+			last = b
+		}
+	}
+	maps, err := os.Open("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps.Close()
+	c := &Caller{maps: maps, pidfd: -1}
+	addr := uint64(uintptr(unsafe.Pointer(&last[0])))
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	start, end, _, err := c.mappingFromText(addr)
+	runtime.ReadMemStats(&after)
+	if err != nil || addr < start || addr >= end {
+		t.Fatalf("mappingFromText(%#x) = [%#x, %#x), %v", addr, start, end, err)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 512<<10 {
+		t.Errorf("one look-up in a memory map of %d mappings allocated %d bytes, want at most 512 KiB", n, alloc)
+	}
 }

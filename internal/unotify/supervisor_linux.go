@@ -137,10 +137,13 @@ type Supervisor struct {
 	// diags ask the sandbox's and this process's namespaces whether a
 	// socket still exists.
 	sandboxDiag, hostDiag *diag
-	nsmID, vsockID        *fileID
-	maxWaiting            int64
-	gcMu                  sync.Mutex
-	lastGC                time.Time
+	// ifSock is a socket of the sandbox's network namespace on which
+	// the network device ioctls are answered (see netdevIoctl).
+	ifSock         int
+	nsmID, vsockID *fileID
+	maxWaiting     int64
+	gcMu           sync.Mutex
+	lastGC         time.Time
 
 	notifications, continued, interrupted, nsmCalls atomic.Uint64
 	inFlight, maxInFlight, waiting, refused         atomic.Int64
@@ -213,6 +216,13 @@ func New(l *Listener, cfg Config) (*Supervisor, error) {
 		s.sandboxDiag.close()
 		s.closeNS()
 		return nil, err
+	}
+	if s.ifSock, err = s.ns.Socket(unix.AF_UNIX, unix.SOCK_DGRAM, 0); err != nil {
+		s.waiter.close()
+		s.sandboxDiag.close()
+		s.hostDiag.close()
+		s.closeNS()
+		return nil, fmt.Errorf("unotify: a socket of the sandbox's network namespace: %w", err)
 	}
 	return s, nil
 }
@@ -290,6 +300,7 @@ func (s *Supervisor) release() {
 	s.waiter.close()
 	s.sandboxDiag.close()
 	s.hostDiag.close()
+	unix.Close(s.ifSock)
 	s.closeNS()
 }
 

@@ -12,6 +12,7 @@ const (
 	stateUnbound    sockState = iota // fresh from socket()
 	stateBound                       // bind() done
 	stateListening                   // listen() done
+	stateConnecting                  // connect() waits for the parent's backlog
 	stateConnected                   // connect() done, or accepted
 	stateDisconnect                  // shutdown() on a connected socket
 )

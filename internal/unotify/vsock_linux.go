@@ -215,7 +215,7 @@ func (s *Supervisor) sysOnSocket(ctx context.Context, c *Caller, n *Notification
 		// A blocking connect waits while the parent's backlog is full.
 		return later(func() answer {
 			defer unix.Close(fd)
-			return s.sysConnect(c, n, fd, v)
+			return s.sysConnect(ctx, c, n, fd, v)
 		})
 	case unix.SYS_ACCEPT, unix.SYS_ACCEPT4:
 		flags := int32(0)
@@ -437,61 +437,146 @@ func fsIDs(tid int) (int, int, error) {
 func isParent(cid uint32) bool { return cid == CIDParent || cid == CIDHost }
 
 // sysConnect emulates connect on an emulated socket (vsock_connect): an
-// address error or a listening socket is EINVAL, a connected one EISCONN;
-// an unbound socket is bound to an ephemeral port first. Only the parent
-// (CID 3, or 2) can be reached: the socket is connected to the parent's
-// listener for the port (hybrid vsock, D/host/vsock_<port>). Nobody
-// listening there, or any other CID, is ECONNRESET, as the reset a Nitro
-// enclave (virtio-vsock) gets. A Unix connect completes at once, so a
-// non-blocking connect succeeds at once too (0, not EINPROGRESS), or
-// fails with EAGAIN when the parent's backlog is full.
-func (s *Supervisor) sysConnect(c *Caller, n *Notification, fd int, v *vsock) answer {
+// address error or a listening socket is EINVAL, a connected one EISCONN,
+// one whose connect still waits EALREADY; an unbound socket is bound to an
+// ephemeral port first. Only the parent (CID 3, or 2) can be reached: the
+// socket is connected to the parent's listener for the port (hybrid
+// vsock, D/host/vsock_<port>). Nobody listening there, or any other CID,
+// is ECONNRESET, as the reset a Nitro enclave (virtio-vsock) gets. A Unix
+// connect completes at once unless the parent's backlog is full: a
+// non-blocking connect then fails with EAGAIN, a blocking one waits (see
+// connectParent) at most the socket's connect timeout
+// (SO_VM_SOCKETS_CONNECT_TIMEOUT) and fails with ETIMEDOUT, as
+// vsock_connect does.
+func (s *Supervisor) sysConnect(ctx context.Context, c *Caller, n *Notification, fd int, v *vsock) answer {
 	raw, err := readSockaddr(c, n.Args[1], n.Args[2])
 	if err != nil {
 		return s.errAnswer("connect", err)
 	}
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	switch v.state {
 	case stateConnected:
+		v.mu.Unlock()
 		return fail(unix.EISCONN)
+	case stateConnecting:
+		v.mu.Unlock()
+		return fail(unix.EALREADY)
 	case stateDisconnect, stateListening:
+		v.mu.Unlock()
 		return fail(unix.EINVAL)
 	}
 	sa, err := ParseSockaddrVM(raw)
 	if err != nil {
+		v.mu.Unlock()
 		return fail(unix.EINVAL)
 	}
 	if !v.bound {
 		p, ok := s.table.ephemeral(v)
 		if !ok {
+			v.mu.Unlock()
 			return fail(unix.EADDRNOTAVAIL)
 		}
 		v.bound, v.state = true, stateBound
 		v.local = NewSockaddrVM(CIDAny, p)
 	}
 	if !isParent(sa.CID) {
+		v.mu.Unlock()
 		return fail(unix.ECONNRESET)
 	}
+	// The socket's lock is not held while the connect waits, so that
+	// the sandbox's other calls on it (answered on the receiving
+	// goroutine) never wait for it.
+	prev := v.state
+	timeout := time.Duration(min(v.connectTimeoutMS, math.MaxInt64/int64(time.Millisecond))) * time.Millisecond
+	v.state = stateConnecting
+	v.mu.Unlock()
+	err = s.connectParent(ctx, c, fd, sa.Port, timeout)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err == nil {
+		v.state, v.remote = stateConnected, sa
+		return ret(0)
+	}
+	v.state = prev
+	switch {
+	case errors.Is(err, ErrGone):
+		return s.gone()
+	case errors.Is(err, context.Canceled):
+		return done // the supervisor stops; closing its listener ends the call
+	}
+	var e unix.Errno
+	if errors.As(err, &e) && (e == unix.EAGAIN || e == unix.ETIMEDOUT || e == unix.ENOBUFS) {
+		return fail(e)
+	}
+	s.log.Debug("unotify: connect to the parent refused", "port", sa.Port, "err", err)
+	return fail(unix.ECONNRESET)
+}
+
+// connectParent connects fd to the parent's listener for port. A
+// blocking Unix connect to a listener whose queue is full sleeps in the
+// kernel until the parent accepts, for as long as that takes, and
+// nothing the sandbox does (a signal, its death) would end it: every such
+// connect would keep one of this process's OS threads and its handler,
+// and the supervisor could never stop. So a blocking connect waits in
+// steps of validPoll (SO_SNDTIMEO bounds unix_stream_connect's wait; the
+// socket's own value is put back afterwards), checks between steps that
+// its caller still waits and that the supervisor runs, and gives up with
+// ETIMEDOUT after timeout. At most MaxInFlight-waitReserve calls wait at
+// once (with blocking accepts); beyond that a connect that would wait
+// fails with ENOBUFS.
+func (s *Supervisor) connectParent(ctx context.Context, c *Caller, fd int, port uint32, timeout time.Duration) error {
 	// Through the directory's descriptor: the path stays short whatever
 	// the daemon's state directory is.
-	path := "/proc/self/fd/" + strconv.Itoa(s.parentDir) + "/" + wellknown.VsockSocketName(sa.Port)
+	sa := &unix.SockaddrUnix{Name: "/proc/self/fd/" + strconv.Itoa(s.parentDir) + "/" + wellknown.VsockSocketName(port)}
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	blocking := fl&unix.O_NONBLOCK == 0
+	var deadline time.Time
+	if blocking {
+		old, err := unix.GetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO)
+		if err != nil {
+			return err
+		}
+		step := unix.NsecToTimeval(validPoll.Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &step); err != nil {
+			return err
+		}
+		defer func() { _ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, old) }()
+		deadline = time.Now().Add(timeout)
+	}
+	waiting := false
+	defer func() {
+		if waiting {
+			s.waiting.Add(-1)
+		}
+	}()
 	for {
-		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
-		if !errors.Is(err, unix.EINTR) {
-			break
+		err := unix.Connect(fd, sa)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case !errors.Is(err, unix.EAGAIN) || !blocking:
+			return err
+		}
+		if !waiting {
+			if s.waiting.Add(1) > s.maxWaiting {
+				s.waiting.Add(-1)
+				s.refused.Add(1)
+				return unix.ENOBUFS
+			}
+			waiting = true
+		}
+		switch {
+		case !c.Valid():
+			return ErrGone
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case !time.Now().Before(deadline):
+			return unix.ETIMEDOUT
 		}
 	}
-	switch {
-	case err == nil:
-	case errors.Is(err, unix.EAGAIN):
-		return fail(unix.EAGAIN)
-	default:
-		s.log.Debug("unotify: connect to the parent refused", "port", sa.Port, "err", err)
-		return fail(unix.ECONNRESET)
-	}
-	v.state, v.remote = stateConnected, sa
-	return ret(0)
 }
 
 // sysListen emulates listen (vsock_listen): an unbound or connected

@@ -71,16 +71,23 @@ func main() {
 			}
 			attackNested(nil)
 		},
-		"attack-race":   attackRace,
-		"attack-dup2":   attackDup2,
-		"attack-fakefd": attackFakeFD,
-		"attack-fork":   attackFork,
-		"flood-sockets": floodSockets,
-		"flood-notify":  floodNotify,
-		"bench-connect": benchConnect,
-		"bench-rtt":     benchRoundTrip,
-		"bench-nsm":     benchNSM,
-		"exit":          func([]string) {},
+		"attack-race":          attackRace,
+		"attack-dup2":          attackDup2,
+		"attack-fakefd":        attackFakeFD,
+		"attack-fork":          attackFork,
+		"flood-sockets":        floodSockets,
+		"flood-notify":         floodNotify,
+		"attack-stuck-connect": attackStuckConnect,
+		"attack-ifconf":        attackIfconf,
+		"attack-compat":        attackCompat,
+		"sweep-accepted":       sweepAccepted,
+		"flood-waiting":        floodWaiting,
+		"attack-bind-links":    attackBindLinks,
+		"compat-int80-child":   compatInt80Child,
+		"bench-connect":        benchConnect,
+		"bench-rtt":            benchRoundTrip,
+		"bench-nsm":            benchNSM,
+		"exit":                 func([]string) {},
 	}
 	f, ok := modes[os.Args[1]]
 	if !ok {
@@ -747,4 +754,285 @@ func benchNSM(args []string) {
 		}
 	}
 	result("ns_per_op", time.Since(start).Nanoseconds()/int64(n))
+}
+
+// attackStuckConnect fills the queue of the parent's listener on port
+// args[0], which does not accept (as the daemon's heartbeat listener once
+// the heartbeat came), with plain Unix connections, then makes blocking
+// AF_VSOCK connects to that port. args[1] connects keep Linux's default connect
+// timeout (2 s) and end with its error; args[2] more set
+// SO_VM_SOCKETS_CONNECT_TIMEOUT to an hour and stay blocked until the
+// sandbox is killed. Each waiting connect holds a handler (and an OS
+// thread, if the handler sleeps in the kernel) in the monitor.
+func attackStuckConnect(args []string) {
+	port, short, long := uint32(atoi(args[0])), atoi(args[1]), atoi(args[2])
+	// Fill the listener's queue with plain Unix connections that are
+	// closed at once (a connection queued for accept stays queued).
+	filled := 0
+	path := fmt.Sprintf("/run/cloister/vsock/host/vsock_%d", port)
+	for ; filled < 100000; filled++ {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			result("fill", errName(err))
+			return
+		}
+		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+		unix.Close(fd)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if err != nil {
+			result("fill", errName(err))
+			return
+		}
+	}
+	result("queued", filled)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	outcomes := map[string]int{}
+	for range short {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fd, err := vsock(0)
+			if err == nil {
+				err = unix.Connect(fd, &unix.SockaddrVM{CID: 3, Port: port})
+			}
+			mu.Lock()
+			outcomes[errName(err)]++
+			mu.Unlock()
+		}()
+	}
+	for range long {
+		go func() {
+			fd, err := vsock(0)
+			if err != nil {
+				return
+			}
+			tv := unix.Timeval{Sec: 3600}
+			_ = unix.SetsockoptTimeval(fd, unix.AF_VSOCK, unix.SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv)
+			err = unix.Connect(fd, &unix.SockaddrVM{CID: 3, Port: port})
+			result("long_connect_ended", errName(err))
+		}()
+	}
+	result("connecting", short+long)
+	wg.Wait()
+	result("short_connects", fmt.Sprint(outcomes))
+	select {}
+}
+
+// attackIfconf accepts one connection on an AF_VSOCK listener on port
+// args[0] (a host client's socket, handed off by the monitor, from the
+// host's network namespace) and asks the kernel, through that socket,
+// for the network interfaces (SIOCGIFCONF) and for the index of args[1]
+// (SIOCGIFINDEX), a host interface. Then the same through a socket of
+// its own. Network device ioctls on a socket act on its namespace.
+func attackIfconf(args []string) {
+	port := uint32(atoi(args[0]))
+	l, err := vsock(unix.SOCK_CLOEXEC)
+	if err == nil {
+		err = unix.Bind(l, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port})
+	}
+	if err == nil {
+		err = unix.Listen(l, 4)
+	}
+	if err != nil {
+		result("listening", errName(err))
+		return
+	}
+	result("listening", "yes")
+	c, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
+	if err != nil {
+		result("accept", errName(err))
+		return
+	}
+	own, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	for _, s := range []struct {
+		name string
+		fd   int
+	}{{"handed_off", c}, {"own", own}} {
+		result(s.name+"_ifconf", ifconf(s.fd))
+		var ifr [40]byte
+		copy(ifr[:], args[1])
+		_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(s.fd), unix.SIOCGIFINDEX, uintptr(unsafe.Pointer(&ifr[0])))
+		if e != 0 {
+			result(s.name+"_ifindex", errName(e))
+		} else {
+			result(s.name+"_ifindex", "found")
+		}
+	}
+	// SIOCGSKNS runs as it is (it concerns the socket itself): the
+	// handed-off socket's namespace is the host's, where the sandbox has
+	// no CAP_NET_ADMIN.
+	ns, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(c), 0x894c, 0)
+	if e != 0 {
+		result("handed_off_netns", errName(e))
+	} else {
+		result("handed_off_netns", "got descriptor "+strconv.Itoa(int(ns)))
+	}
+}
+
+// ifconf lists the interfaces and IPv4 addresses SIOCGIFCONF returns on
+// fd.
+func ifconf(fd int) string {
+	buf := make([]byte, 40*64)
+	var ifc struct {
+		Len int32
+		_   int32
+		Buf uintptr
+	}
+	ifc.Len, ifc.Buf = int32(len(buf)), uintptr(unsafe.Pointer(&buf[0]))
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCGIFCONF, uintptr(unsafe.Pointer(&ifc)))
+	runtime.KeepAlive(buf)
+	if e != 0 {
+		return errName(e)
+	}
+	var names []string
+	for off := 0; off+40 <= int(ifc.Len); off += 40 {
+		a := buf[off+20 : off+24] // the sockaddr_in's address
+		names = append(names, fmt.Sprintf("%s=%d.%d.%d.%d", strings.TrimRight(string(buf[off:off+16]), "\x00"), a[0], a[1], a[2], a[3]))
+	}
+	return "[" + strings.Join(names, " ") + "]"
+}
+
+// sweepAccepted accepts one connection from the parent on an AF_VSOCK
+// listener on port args[0], then makes AF_VSOCK sockets until the
+// supervisor refuses one (its table full: it sweeps out the sockets that
+// no longer exist), one more after that, and asks the accepted socket
+// for its peer and its domain: it is still an AF_VSOCK socket.
+func sweepAccepted(args []string) {
+	port := uint32(atoi(args[0]))
+	l, err := vsock(unix.SOCK_CLOEXEC)
+	if err == nil {
+		err = unix.Bind(l, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port})
+	}
+	if err == nil {
+		err = unix.Listen(l, 4)
+	}
+	if err != nil {
+		result("listening", errName(err))
+		return
+	}
+	result("listening", "yes")
+	c, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
+	if err != nil {
+		result("accept", errName(err))
+		return
+	}
+	n := 0
+	for ; n < 100000; n++ {
+		if _, err := vsock(unix.SOCK_CLOEXEC); err != nil {
+			result("refusal", errName(err))
+			break
+		}
+	}
+	_, err = vsock(unix.SOCK_CLOEXEC)
+	result("after_refusal", errName(err))
+	result("accepted_peer", vmName(unix.Getpeername(c)))
+	d, err := unix.GetsockoptInt(c, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	result("accepted_domain", fmt.Sprint(d, " ", errName(err)))
+}
+
+// floodWaiting starts args[0] blocking accepts, each on an AF_VSOCK
+// listener of its own that nobody connects to, and reports how they end
+// (the supervisor refuses those beyond its bound of
+// waiting calls with ENOBUFS) once args[1] of them did; then checks that a call that does not
+// wait is still answered, and waits to be killed.
+func floodWaiting(args []string) {
+	n := atoi(args[0])
+	var mu sync.Mutex
+	outcomes := map[string]int{}
+	for i := range n {
+		go func() {
+			l, err := vsock(unix.SOCK_CLOEXEC)
+			if err == nil {
+				err = unix.Bind(l, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: uint32(7000 + i)})
+			}
+			if err == nil {
+				err = unix.Listen(l, 1)
+			}
+			if err == nil {
+				_, _, err = unix.Accept4(l, unix.SOCK_CLOEXEC)
+			}
+			mu.Lock()
+			outcomes[errName(err)]++
+			mu.Unlock()
+		}()
+	}
+	// Wait (at most 30 s) until args[1] of them ended, and a little more
+	// so that any other that would end is seen too.
+	ended := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		t := 0
+		for _, c := range outcomes {
+			t += c
+		}
+		return t
+	}
+	for i := 0; i < 3000 && ended() < atoi(args[1]); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	mu.Lock()
+	result("ended", fmt.Sprint(outcomes))
+	mu.Unlock()
+	fd, err := vsock(unix.SOCK_CLOEXEC)
+	if err == nil {
+		_, err = unix.Getsockname(fd)
+	}
+	result("getsockname_while_flooded", errName(err))
+	result("done", "yes")
+	select {}
+}
+
+// attackBindLinks races the supervisor's bind of emulated listeners on
+// port args[0] (which creates vsock_<port> in the listener directory,
+// with root's powers outside the sandbox, and replaces a stale socket
+// file there) with a thread that keeps putting a symbolic link to the
+// host path args[1] at that name, a stale socket, or nothing, args[2]
+// times. Links point outside the sandbox: the supervisor resolves them
+// in the host's file system, if it ever follows one.
+func attackBindLinks(args []string) {
+	port, target, rounds := args[0], args[1], atoi(args[2])
+	name := "/run/cloister/vsock/guest/vsock_" + port
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = unix.Unlink(name)
+			switch i % 3 {
+			case 0:
+				_ = unix.Symlink(target, name)
+			case 1:
+				// A stale socket file: bound, never listening.
+				if fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err == nil {
+					_ = unix.Bind(fd, &unix.SockaddrUnix{Name: name})
+					unix.Close(fd)
+				}
+			}
+		}
+	}()
+	outcomes := map[string]int{}
+	for range rounds {
+		fd, err := vsock(unix.SOCK_CLOEXEC)
+		if err != nil {
+			outcomes["socket "+errName(err)]++
+			continue
+		}
+		err = unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: uint32(atoi(port))})
+		outcomes[errName(err)]++
+		unix.Close(fd)
+	}
+	close(stop)
+	wg.Wait()
+	_ = unix.Unlink(name)
+	result("outcomes", fmt.Sprint(outcomes))
 }
