@@ -75,7 +75,12 @@ func TestSandboxNSMProbe(t *testing.T) {
 	case <-pr.done():
 	case <-timeout(t):
 	}
+	// The process may end before the console pump has drained its output:
+	// wait (a bound, not an assertion) for the report's last line.
 	out := pr.console.String()
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(out, "\n}\n") && time.Now().Before(deadline); out = pr.console.String() {
+		time.Sleep(10 * time.Millisecond)
+	}
 	start, end := strings.Index(out, "\n{\n"), strings.LastIndex(out, "\n}\n")
 	if start < 0 || end < start {
 		t.Fatalf("no JSON report on the console:\n%s", out)

@@ -116,6 +116,7 @@ func startProbe(t testing.TB, o probeOpts, args ...string) *probe {
 func (pr *probe) result(t testing.TB, key string) string {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
+	var ended time.Time
 	for {
 		for _, line := range strings.Split(pr.console.String(), "\n") {
 			if v, ok := strings.CutPrefix(line, "RESULT "+key+"="); ok {
@@ -124,13 +125,14 @@ func (pr *probe) result(t testing.TB, key string) string {
 		}
 		select {
 		case <-pr.done():
-			// One more look: the line may have come with the exit.
-			for _, line := range strings.Split(pr.console.String(), "\n") {
-				if v, ok := strings.CutPrefix(line, "RESULT "+key+"="); ok {
-					return v
-				}
+			// The line may come with the exit, and the console pump may
+			// still be draining it: look for a while (a bound, not an
+			// assertion) before giving up.
+			if ended.IsZero() {
+				ended = time.Now()
+			} else if time.Since(ended) > 10*time.Second {
+				t.Fatalf("the sandbox ended without RESULT %s; console:\n%s", key, pr.console)
 			}
-			t.Fatalf("the sandbox ended without RESULT %s; console:\n%s", key, pr.console)
 		default:
 		}
 		if time.Now().After(deadline) {
