@@ -35,6 +35,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -619,25 +620,19 @@ type ArgsConfig struct {
 func Args(c ArgsConfig) []string {
 	cpu := cpuModel(c.Accel)
 	mem := strconv.Itoa(c.MemoryMiB) + "M"
-	return []string{
+	return slices.Concat([]string{
 		"-M", "microvm,x-option-roms=off,rtc=on,memory-backend=mem",
 		"-accel", c.Accel,
 		"-cpu", cpu,
 		"-m", mem,
 		"-smp", strconv.Itoa(max(c.CPUs, 1)),
 		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
-		"-global", "virtio-mmio.force-legacy=false",
-		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-nic", "none",
-		"-monitor", "none",
-		"-serial", "stdio",
-		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-		"-chardev", "socket,id=vsock0,path=" + c.VhostSocket,
+	}, lockdown(c.VhostSocket), []string{
 		"-device", "vhost-user-vsock-device,chardev=vsock0",
 		"-kernel", c.Kernel,
 		"-initrd", c.Initrd,
 		"-append", c.Cmdline,
-	}
+	})
 }
 
 // NitroArgsConfig describes one nitro-enclave VM's command line.
@@ -661,21 +656,32 @@ type NitroArgsConfig struct {
 // (they lack CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, the other way).
 func NitroArgs(c NitroArgsConfig) []string {
 	mem := strconv.Itoa(c.MemoryMiB) + "M"
-	return []string{
+	return slices.Concat([]string{
 		"-M", "nitro-enclave,vsock=vsock0,id=" + c.ModuleID + ",acpi=on,x-option-roms=off,rtc=on",
 		"-accel", c.Accel,
 		"-cpu", cpuModel(c.Accel),
 		"-m", mem,
 		"-smp", strconv.Itoa(max(c.CPUs, 1)),
+	}, lockdown(c.VhostSocket), []string{
+		"-kernel", c.EIF,
+		"-append", c.ExtraCmdline,
+	})
+}
+
+// lockdown is the part of every VM's command line that keeps QEMU locked
+// down, the same for both machines: no default devices, user
+// configuration, display, reboot, network or monitor; the console on the
+// serial port; QEMU's own seccomp sandbox; and the vhost-user-vsock
+// chardev (vsock0), the VM's only way out.
+func lockdown(vhostSocket string) []string {
+	return []string{
 		"-global", "virtio-mmio.force-legacy=false",
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-nic", "none",
 		"-monitor", "none",
 		"-serial", "stdio",
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-		"-chardev", "socket,id=vsock0,path=" + c.VhostSocket,
-		"-kernel", c.EIF,
-		"-append", c.ExtraCmdline,
+		"-chardev", "socket,id=vsock0,path=" + vhostSocket,
 	}
 }
 
