@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -552,6 +553,15 @@ func (s *Supervisor) connectParent(ctx context.Context, c *Caller, fd int, port 
 			s.waiting.Add(-1)
 		}
 	}()
+	// A Unix connect records the connecting thread's credentials as the
+	// peer's (SO_PEERCRED): the parent's listener must see the sandbox's
+	// ids, as for a connect the enclave makes itself, never root's.
+	uid, gid := s.callerIDs(c)
+	restore, err := effectiveIDs(uid, gid)
+	if err != nil {
+		return err
+	}
+	defer restore()
 	for {
 		err := unix.Connect(fd, sa)
 		switch {
@@ -1004,4 +1014,50 @@ func (s *Supervisor) requeue(port uint32, stream int) error {
 	}
 	_, _, err = g.WriteMsgUnix([]byte{hybrid.MarkerHandoff}, unix.UnixRights(stream), nil)
 	return err
+}
+
+// effectiveIDs locks the calling goroutine to its OS thread and sets that
+// thread's effective uid and gid (and so its file-system ids) to uid and
+// gid, for system calls that record or check the caller's credentials;
+// restore puts the process's ids back and unlocks the thread. The other
+// threads keep theirs (raw setresuid/setresgid act on one thread, unlike
+// syscall.Setresuid). It does nothing when the ids are already those.
+// Should restoring fail (it cannot while the real and saved ids are the
+// process's), the thread is parked for good rather than returned to the
+// runtime or ended: an ended thread of the monitor may be the one that
+// started the sandbox, whose death signal would kill it.
+func effectiveIDs(uid, gid int) (restore func(), err error) {
+	euid, egid := os.Geteuid(), os.Getegid()
+	if uid == euid && gid == egid {
+		return func() {}, nil
+	}
+	runtime.LockOSThread()
+	set := func(nr uintptr, id int) error {
+		if _, _, e := unix.RawSyscall(nr, ^uintptr(0), uintptr(id), ^uintptr(0)); e != 0 {
+			return e
+		}
+		return nil
+	}
+	park := func() {
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
+	if err := set(unix.SYS_SETRESGID, gid); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("unotify: set the thread's effective gid to %d: %w", gid, err)
+	}
+	if err := set(unix.SYS_SETRESUID, uid); err != nil {
+		if set(unix.SYS_SETRESGID, egid) != nil {
+			park()
+		}
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("unotify: set the thread's effective uid to %d: %w", uid, err)
+	}
+	return func() {
+		if set(unix.SYS_SETRESUID, euid) != nil || set(unix.SYS_SETRESGID, egid) != nil {
+			park()
+		}
+		runtime.UnlockOSThread()
+	}, nil
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -707,5 +708,56 @@ func TestSandboxNitroBindLinkRace(t *testing.T) {
 		if k != "ok" && k != "EADDRINUSE" {
 			t.Errorf("a bind ended with %s (outcomes %s)", k, got["outcomes"])
 		}
+	}
+}
+
+// TestSandboxNitroConnectPeerCreds is an attack on the parent side: an
+// emulated AF_VSOCK connect is made by the root supervisor, and a Unix
+// connect records the connecting thread's credentials as the peer's
+// (SO_PEERCRED). A parent listener that trusts uid 0 on its socket (a
+// host service behind a parent port) must never see the enclave as root:
+// it must see the sandbox's ids, as for a connect the enclave makes itself.
+func TestSandboxNitroConnectPeerCreds(t *testing.T) {
+	creds := make(chan *unix.Ucred, 16)
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}, before: func(d string) {
+		l, err := hybrid.Listen(filepath.Join(d, "host", "vsock"), 5000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				if sc, ok := c.(syscall.Conn); ok {
+					if rc, err := sc.SyscallConn(); err == nil {
+						_ = rc.Control(func(fd uintptr) {
+							if cr, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+								select {
+								case creds <- cr:
+								default:
+								}
+							}
+						})
+					}
+				}
+				go func() {
+					defer c.Close()
+					_, _ = io.Copy(c, c)
+				}()
+			}
+		}()
+	}}, "basics", "5000")
+	pr.results(t)
+	select {
+	case cr := <-creds:
+		lo, hi := uint32(pr.hostUID), uint32(pr.hostUID+idsPer)
+		if cr.Uid < lo || cr.Uid >= hi || cr.Gid < lo || cr.Gid >= hi {
+			t.Errorf("the parent's listener sees the enclave's connect as uid %d gid %d (pid %d); want the sandbox's ids %d…%d", cr.Uid, cr.Gid, cr.Pid, lo, hi-1)
+		}
+	default:
+		t.Fatal("no connection reached the parent's listener")
 	}
 }
