@@ -65,6 +65,9 @@
 //     100 ms between which the supervisor checks that the caller still
 //     waits (a Unix connect left to sleep in the kernel would hold a
 //     thread of the monitor for as long as the parent does not accept).
+//     The connect runs with the caller's ids as the thread's effective
+//     ids, so the parent's listener sees the sandbox's uid and gid
+//     (SO_PEERCRED), never the supervisor's root.
 //   - bind to VMADDR_CID_ANY or the enclave's CID, and a port
 //     (VMADDR_PORT_ANY picks one above 1023): the socket is bound as
 //     vsock_<port> in the enclave's listener directory, with the caller's
