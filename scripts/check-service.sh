@@ -51,7 +51,7 @@ chmod 0755 "$work"
 run=()         # runs a command beside the unit's systemd (in the container)
 nspawn_pid=''  # the container's systemd-nspawn
 root=''        # the container's root mount point (mounted in its namespace only)
-made_nspawn_dir=''
+made_systemd_dir=''
 id=''
 cleanup() {
 	set +e
@@ -69,7 +69,7 @@ cleanup() {
 		done < "$work/cgroups"
 	fi
 	[ -n "$root" ] && rmdir "$root"
-	[ -n "$made_nspawn_dir" ] && rmdir /run/systemd/nspawn 2>/dev/null
+	[ -n "$made_systemd_dir" ] && rmdir /run/systemd 2>/dev/null
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -87,15 +87,16 @@ boot_container() {
 			"(Debian package systemd-container) is not installed: $unit was not run under a service manager"
 	[ -f "/lib/systemd/system/$unit" ] || fail "/lib/systemd/system/$unit is missing: install the package first"
 	caps=$(sed -n 's/^CapabilityBoundingSet=//p' "/lib/systemd/system/$unit" | tr ' ' ',')
-	if [ ! -d /run/systemd/nspawn ]; then
-		mkdir -p /run/systemd/nspawn
-		made_nspawn_dir=1
+	if [ ! -d /run/systemd ]; then
+		mkdir -p /run/systemd
+		made_systemd_dir=1
 	fi
 	root=$(mktemp -d /tmp/cloister-service-root.XXXXXX)
 	# In a mount namespace of its own: a group of its own in every cgroup
 	# hierarchy (the container's cgroup namespace is rooted there), nspawn's
-	# state on a tmpfs, and / bound without its submounts (nspawn refuses
-	# "/" itself, and a pre-populated /dev).
+	# state on a tmpfs over /run/systemd (nothing of it stays on the host),
+	# and / bound without its submounts (nspawn refuses "/" itself, and a
+	# pre-populated /dev).
 	# shellcheck disable=SC2016 # expanded by the inner shells
 	unshare --mount --propagation private -- bash -euc '
 		work=$1 root=$2; shift 2
@@ -116,7 +117,7 @@ boot_container() {
 			done
 			echo $$ > "$d/cgroup.procs"
 		done <<< "$groups"
-		mount -t tmpfs tmpfs /run/systemd/nspawn
+		mount -t tmpfs tmpfs /run/systemd
 		mount --bind / "$root"
 		exec systemd-nspawn "$@"
 	' bash "$work" "$root" \
