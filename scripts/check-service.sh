@@ -191,14 +191,15 @@ running || fail "the enclave ended at once: $(ctl status --no-pager -n 20 "$unit
 # every hierarchy where it is not in the root group. On a pure cgroup v2
 # host that needs DelegateSubgroup=supervisor (systemd >= 254), see the unit.
 groups=$("${run[@]}" cat "/proc/$enclave/cgroup")
-if [ "$("${run[@]}" stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] || [ "${cg##*/}" = supervisor ]; then
-	grep -q ":${cg%/supervisor}/enclaves/$id\$" <<< "$groups" ||
-		fail "the enclave's cgroups are not in ${cg%/supervisor}/enclaves/$id:"$'\n'"$groups"
-	outside=$(awk -F: -v cg="${cg%/supervisor}" '$3 != "/" && $3 != cg && index($3, cg "/") != 1' <<< "$groups")
+own=$("${run[@]}" cat "/proc/$main/cgroup" | sed -n 's/^0:://p')
+if [ "$("${run[@]}" stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] || [ "${own##*/}" = supervisor ]; then
+	grep -q ":$cg/enclaves/$id\$" <<< "$groups" ||
+		fail "the enclave's cgroups are not in $cg/enclaves/$id:"$'\n'"$groups"
+	outside=$(awk -F: -v cg="$cg" '$3 != "/" && $3 != cg && index($3, cg "/") != 1' <<< "$groups")
 	[ -z "$outside" ] || fail "enclave cgroups outside the unit's delegated cgroup:"$'\n'"$outside"
-	echo "check-service: the enclave's cgroups are beneath the unit's: ${cg%/supervisor}/enclaves/$id"
+	echo "check-service: the enclave's cgroups are beneath the unit's: $cg/enclaves/$id"
 else
-	echo "check-service: cgroup v2 without DelegateSubgroup: the enclave's cgroups are not delegated (see the unit):"$'\n'"$groups"
+	echo "check-service: cgroup v2 without DelegateSubgroup=supervisor: the enclave's cgroups are not delegated (see the unit):"$'\n'"$groups"
 fi
 
 ctl restart "$unit"
