@@ -49,10 +49,11 @@ as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else 
 # ---------------------------------------------------------------------------
 # For the Debian package: dpkg-dev (dpkg-parsechangelog), lintian, man-db
 # (the manual pages' groff check), systemd (systemd-analyze), util-linux
-# (setpriv), curl (check-service.sh), and the package's own dependencies,
+# (setpriv), curl and systemd-container (check-service.sh: systemd-nspawn
+# boots systemd where it is not PID 1), and the package's own dependencies,
 # which dpkg -i does not install.
 apt_packages=(qemu-system-x86 postgresql openssl chromium cpio ca-certificates python3 python3-boto3 awscli containerd iproute2 etcd-server
-	dpkg-dev lintian man-db systemd util-linux curl adduser init-system-helpers)
+	dpkg-dev lintian man-db systemd systemd-container util-linux curl adduser init-system-helpers)
 
 install_prereqs() {
 	local missing=()
@@ -203,7 +204,7 @@ if [ "${SKIP_PACKAGE:-}" != 1 ]; then
 	bash scripts/check-service.sh || rc=$?
 	case $rc in
 	0) ;;
-	77) not_run+=("the daemon under systemd (scripts/check-service.sh): systemd is not PID 1 on this machine") ;;
+	77) not_run+=("the daemon under systemd (scripts/check-service.sh): neither systemd as PID 1 nor systemd-nspawn could run it") ;;
 	*) exit "$rc" ;;
 	esac
 fi
