@@ -17,4 +17,8 @@ var (
 	ErrGone = errors.New("unotify: the notified call is gone (caller interrupted or dead)")
 	// ErrUnsupported reports a platform without seccomp user notification.
 	ErrUnsupported = errors.New("unotify: seccomp user notification needs Linux")
+	// ErrHost reports a host (or container) on which this process cannot
+	// supervise a sandbox: a system call the supervisor needs is missing
+	// or refused (see CheckHost).
+	ErrHost = errors.New("unotify: this process cannot supervise a sandbox")
 )

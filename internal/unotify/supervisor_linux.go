@@ -151,6 +151,9 @@ type Supervisor struct {
 
 // New returns a supervisor for the notifications of l. It does not own l.
 func New(l *Listener, cfg Config) (*Supervisor, error) {
+	if err := CheckHost(); err != nil {
+		return nil, err
+	}
 	if cfg.CID < 4 || cfg.CID == CIDAny {
 		return nil, fmt.Errorf("unotify: enclave CID %d is outside 4…4294967294", cfg.CID)
 	}
@@ -401,4 +404,24 @@ func (s *Supervisor) errAnswer(op string, err error) answer {
 	}
 	s.log.Warn("unotify: "+op+" failed", "err", err)
 	return fail(unix.EIO)
+}
+
+// CheckHost reports whether this process can supervise a sandbox: the
+// supervisor identifies the caller's descriptors with pidfd_getfd (Linux
+// 5.6), and a process whose own seccomp filter refuses it (a container's:
+// systemd-nspawn 252's default filter does) would let every ioctl and
+// socket call run on the real file underneath, so that /dev/nsm answers
+// as /dev/null. It fails with a wrapped ErrHost saying what to allow.
+func CheckHost() error {
+	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		return fmt.Errorf("%w: pidfd_open: %v (Linux 5.3 or later, and a seccomp filter that allows it, are needed)", ErrHost, err)
+	}
+	defer unix.Close(pidfd)
+	fd, err := unix.PidfdGetfd(pidfd, pidfd, 0)
+	if err != nil {
+		return fmt.Errorf("%w: pidfd_getfd: %v (Linux 5.6 or later is needed; in a container, allow pidfd_getfd in its seccomp filter, e.g. systemd-nspawn --system-call-filter=pidfd_getfd)", ErrHost, err)
+	}
+	unix.Close(fd)
+	return nil
 }

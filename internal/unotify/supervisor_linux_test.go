@@ -42,6 +42,9 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(checkHostChildEnv) != "" {
+		os.Exit(checkHostChild())
+	}
 	if sc := os.Getenv(childScenarioEnv); sc != "" {
 		os.Exit(child(sc, os.Getenv(childArgEnv)))
 	}

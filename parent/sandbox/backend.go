@@ -12,6 +12,7 @@ import (
 	"github.com/cloister/cloister/internal/cgroups"
 	"github.com/cloister/cloister/internal/hybrid"
 	"github.com/cloister/cloister/internal/ratelimit"
+	"github.com/cloister/cloister/internal/unotify"
 	"github.com/cloister/cloister/parent/backend"
 )
 
@@ -43,8 +44,9 @@ func (*Backend) Capabilities() backend.Capabilities {
 	return backend.Capabilities{NoKernel: true, EmulatedNSM: true, HostSockets: true}
 }
 
-// Check reports whether this host can run sandboxes: root, user namespaces
-// and the cgroup controllers the sandbox needs.
+// Check reports whether this host can run sandboxes: root, user namespaces,
+// the cgroup controllers the sandbox needs, and (unless NoNitro) what the
+// seccomp supervisor needs (unotify.CheckHost).
 func (b *Backend) Check(ctx context.Context) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("%w: the sandbox backend needs root (run the daemon with sudo)", backend.ErrUnavailable)
@@ -54,6 +56,13 @@ func (b *Backend) Check(ctx context.Context) error {
 	}
 	if _, err := cgroups.New(cgroups.Config{Parent: b.CgroupParent}); err != nil {
 		return fmt.Errorf("%w: %v (see cloister doctor)", backend.ErrUnavailable, err)
+	}
+	if !b.NoNitro {
+		// The emulation of /dev/nsm and AF_VSOCK needs it; without it
+		// they would silently answer as /dev/null.
+		if err := unotify.CheckHost(); err != nil {
+			return fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
+		}
 	}
 	return nil
 }
