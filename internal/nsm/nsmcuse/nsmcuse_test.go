@@ -20,32 +20,6 @@ import (
 	"github.com/cloister/cloister/internal/nsm/nsmdev/nsmdevtest"
 )
 
-// module records requests and answers with a fixed response or error.
-type module struct {
-	mu   sync.Mutex
-	reqs [][]byte
-	resp []byte
-	err  error
-}
-
-func (m *module) RoundTrip(ctx context.Context, req []byte) ([]byte, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.reqs = append(m.reqs, bytes.Clone(req))
-	if m.err != nil {
-		return nil, m.err
-	}
-	return bytes.Clone(m.resp), nil
-}
-
-func pattern(n int, seed byte) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = seed + byte(i*7)
-	}
-	return b
-}
-
 const (
 	argAddr  = 0x1000
 	roAddr   = 0x3000
@@ -58,17 +32,17 @@ const (
 // driver (nsmdev.Ioctl directly), once for CUSE.
 type world struct {
 	mem *nsmdevtest.Memory
-	mod *module
+	mod *nsmdevtest.Module
 }
 
 func newWorld(raw nsmdev.Raw, resp []byte, rtErr error) world {
-	mem := nsmdevtest.NewMemory(nsmdevtest.Region{Addr: reqAddr, Data: pattern(nsmdev.RequestMaxSize+100, 1), Perm: nsmdevtest.Read})
+	mem := nsmdevtest.NewMemory(nsmdevtest.Region{Addr: reqAddr, Data: nsmdevtest.Pattern(nsmdev.RequestMaxSize+100, 1), Perm: nsmdevtest.Read})
 	rb := raw.Bytes()
 	copy(mem.Map(argAddr, nsmdev.RawSize, nsmdevtest.RW), rb[:])
 	copy(mem.Map(roAddr, nsmdev.RawSize, nsmdevtest.Read), rb[:])
 	mem.Map(respAddr, 16384, nsmdevtest.RW)
 	copy(mem.Map(edge, 16, nsmdevtest.RW), rb[:])
-	return world{mem: mem, mod: &module{resp: resp, err: rtErr}}
+	return world{mem: mem, mod: &nsmdevtest.Module{Resp: resp, Err: rtErr}}
 }
 
 // TestMatchesDriver runs each case through the driver's semantics directly
@@ -76,7 +50,7 @@ func newWorld(raw nsmdev.Raw, resp []byte, rtErr error) world {
 // the module, and the caller's memory afterwards; the two documented
 // differences in the order of the final copies are pinned exactly.
 func TestMatchesDriver(t *testing.T) {
-	response := pattern(nsmdev.ResponseMaxSize, 9)
+	response := nsmdevtest.Pattern(nsmdev.ResponseMaxSize, 9)
 	okRaw := nsmdev.Raw{RequestAddr: reqAddr, RequestLen: 40, ResponseAddr: respAddr, ResponseLen: 16384}
 	tests := []struct {
 		name   string
@@ -108,7 +82,7 @@ func TestMatchesDriver(t *testing.T) {
 		{name: "request past its mapping", arg: argAddr, raw: nsmdev.Raw{RequestAddr: edge, RequestLen: 17, ResponseAddr: respAddr, ResponseLen: 10}, want: syscall.EFAULT, passes: 3},
 		{name: "module timed out", arg: argAddr, raw: okRaw, rtErr: context.DeadlineExceeded, want: syscall.ETIMEDOUT, passes: 3},
 		{name: "module unreachable", arg: argAddr, raw: okRaw, rtErr: errors.New("refused"), want: syscall.EIO, passes: 3},
-		{name: "response too long", arg: argAddr, raw: okRaw, resp: pattern(nsmdev.ResponseMaxSize+1, 2), want: syscall.EIO, passes: 3},
+		{name: "response too long", arg: argAddr, raw: okRaw, resp: nsmdevtest.Pattern(nsmdev.ResponseMaxSize+1, 2), want: syscall.EIO, passes: 3},
 		{name: "response claims more than mapped, fits", arg: argAddr, raw: nsmdev.Raw{RequestAddr: reqAddr, RequestLen: 40, ResponseAddr: edge, ResponseLen: 1 << 40}, resp: response[:16], passes: 3},
 		{name: "response buffer read-only", arg: argAddr, raw: nsmdev.Raw{RequestAddr: reqAddr, RequestLen: 40, ResponseAddr: reqAddr, ResponseLen: 100}, resp: response[:50], want: syscall.EFAULT, passes: 3,
 			differs: "response.len updated"},
@@ -136,7 +110,7 @@ func TestMatchesDriver(t *testing.T) {
 			if st.Passes != tt.passes {
 				t.Errorf("%d passes, want %d", st.Passes, tt.passes)
 			}
-			if diff := cmp.Diff(drv.mod.reqs, cw.mod.reqs); diff != "" {
+			if diff := cmp.Diff(drv.mod.Requests(), cw.mod.Requests()); diff != "" {
 				t.Errorf("module requests, driver vs CUSE (-driver +cuse):\n%s", diff)
 			}
 			dm, cm := drv.mem.Snapshot(), cw.mem.Snapshot()
@@ -217,8 +191,8 @@ func TestStructChangesBetweenPasses(t *testing.T) {
 	if st.Passes != 4 {
 		t.Errorf("%d passes, want 4 (one more for the changed struct)", st.Passes)
 	}
-	if want := [][]byte{pattern(nsmdev.RequestMaxSize+100, 1)[100:120]}; !cmp.Equal(want, w.mod.reqs) {
-		t.Errorf("module got %x, want %x", w.mod.reqs, want)
+	if want := [][]byte{nsmdevtest.Pattern(nsmdev.RequestMaxSize+100, 1)[100:120]}; !cmp.Equal(want, w.mod.Requests()) {
+		t.Errorf("module got %x, want %x", w.mod.Requests(), want)
 	}
 	after.ResponseLen = 6
 	checkStruct(t, w.mem, argAddr, after)
@@ -237,14 +211,14 @@ func FuzzHandler(f *testing.F) {
 	f.Add(uint32(7), uint64(argAddr), uint64(reqAddr), uint64(40), uint64(respAddr), uint64(100), uint8(0x3f), []byte("x"), uint8(2))
 	f.Fuzz(func(t *testing.T, cmd uint32, arg, reqA, reqLen, respA, respLen uint64, perms uint8, resp []byte, fail uint8) {
 		raw := nsmdev.Raw{RequestAddr: reqA, RequestLen: reqLen, ResponseAddr: respA, ResponseLen: respLen}
-		build := func() (*nsmdevtest.Memory, *module) {
+		build := func() (*nsmdevtest.Memory, *nsmdevtest.Module) {
 			p := func(i int) nsmdevtest.Perm { return nsmdevtest.Perm(perms>>(2*i)) & nsmdevtest.RW }
 			rb := raw.Bytes()
 			a := make([]byte, 48)
 			copy(a, rb[:])
 			mem := nsmdevtest.NewMemory(
 				nsmdevtest.Region{Addr: argAddr, Data: a, Perm: p(0)},
-				nsmdevtest.Region{Addr: reqAddr, Data: pattern(5000, 3), Perm: p(1)},
+				nsmdevtest.Region{Addr: reqAddr, Data: nsmdevtest.Pattern(5000, 3), Perm: p(1)},
 				nsmdevtest.Region{Addr: respAddr, Data: make([]byte, 13000), Perm: p(2)},
 			)
 			var err error
@@ -254,7 +228,7 @@ func FuzzHandler(f *testing.F) {
 			case 2:
 				err = errors.New("broken")
 			}
-			return mem, &module{resp: resp, err: err}
+			return mem, &nsmdevtest.Module{Resp: resp, Err: err}
 		}
 		dm, dmod := build()
 		dErr := nsmdev.Ioctl(context.Background(), dm, cmd, arg, dmod)
@@ -266,10 +240,10 @@ func FuzzHandler(f *testing.F) {
 		if dErr != cErr {
 			t.Fatalf("errno: driver %v, CUSE %v (raw %+v)", dErr, cErr, raw)
 		}
-		if !cmp.Equal(dmod.reqs, cmod.reqs) {
-			t.Fatalf("module requests differ: driver %d, CUSE %d", len(dmod.reqs), len(cmod.reqs))
+		if !cmp.Equal(dmod.Requests(), cmod.Requests()) {
+			t.Fatalf("module requests differ: driver %d, CUSE %d", len(dmod.Requests()), len(cmod.Requests()))
 		}
-		if dErr == syscall.EFAULT && len(dmod.reqs) > 0 {
+		if dErr == syscall.EFAULT && len(dmod.Requests()) > 0 {
 			return
 		}
 		ds, cs := dm.Snapshot(), cm.Snapshot()
@@ -369,10 +343,10 @@ func (f roundTripFunc) RoundTrip(ctx context.Context, req []byte) ([]byte, error
 func BenchmarkHandler(b *testing.B) {
 	mem := nsmdevtest.NewMemory()
 	a := mem.Map(argAddr, nsmdev.RawSize, nsmdevtest.RW)
-	copy(mem.Map(reqAddr, 1100, nsmdevtest.Read), pattern(1100, 1))
+	copy(mem.Map(reqAddr, 1100, nsmdevtest.Read), nsmdevtest.Pattern(1100, 1))
 	mem.Map(respAddr, nsmdev.ResponseMaxSize, nsmdevtest.RW)
 	rb := nsmdev.Raw{RequestAddr: reqAddr, RequestLen: 1100, ResponseAddr: respAddr, ResponseLen: nsmdev.ResponseMaxSize}.Bytes()
-	doc := pattern(4500, 2)
+	doc := nsmdevtest.Pattern(4500, 2)
 	h := nsmcuse.NewHandler(roundTripFunc(func(ctx context.Context, r []byte) ([]byte, error) { return doc, nil }))
 	b.ReportAllocs()
 	for b.Loop() {

@@ -154,12 +154,12 @@ func BenchmarkIoctl(b *testing.B) {
 	mem := nsmdevtest.NewMemory()
 	arg := mem.Map(argAddr, nsmdev.RawSize, nsmdevtest.RW)
 	req := mem.Map(reqAddr, 1100, nsmdevtest.Read)
-	copy(req, pattern(1100, 1))
+	copy(req, nsmdevtest.Pattern(1100, 1))
 	mem.Map(respAddr, nsmdev.ResponseMaxSize, nsmdevtest.RW)
 	raw := nsmdev.Raw{RequestAddr: reqAddr, RequestLen: 1100, ResponseAddr: respAddr, ResponseLen: nsmdev.ResponseMaxSize}
 	rb := raw.Bytes()
 	copy(arg, rb[:])
-	doc := pattern(4500, 2) // an attestation document's size
+	doc := nsmdevtest.Pattern(4500, 2) // an attestation document's size
 	rt := roundTripFunc(func(ctx context.Context, r []byte) ([]byte, error) { return doc, nil })
 	b.ReportAllocs()
 	for b.Loop() {

@@ -26,32 +26,6 @@ const (
 	edge     = 0x30000 // a 16-byte read-write region with nothing after it
 )
 
-// module is a RoundTripper that records the requests it gets.
-type module struct {
-	mu   sync.Mutex
-	reqs [][]byte
-	resp []byte
-	err  error
-}
-
-func (m *module) RoundTrip(ctx context.Context, req []byte) ([]byte, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.reqs = append(m.reqs, bytes.Clone(req))
-	if m.err != nil {
-		return nil, m.err
-	}
-	return bytes.Clone(m.resp), nil
-}
-
-func pattern(n int, seed byte) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = seed + byte(i*7)
-	}
-	return b
-}
-
 func TestConstants(t *testing.T) {
 	// _IOWR(0x0A, 0, 32): dir 3 << 30 | size 32 << 16 | type 0x0A << 8 | nr 0.
 	if got, want := uint32(nsmdev.IoctlRaw), uint32(3<<30|nsmdev.RawSize<<16|0x0A<<8); got != want {
@@ -74,8 +48,8 @@ func TestRawRoundTrip(t *testing.T) {
 }
 
 func TestIoctl(t *testing.T) {
-	request := pattern(nsmdev.RequestMaxSize+100, 1)
-	response := pattern(nsmdev.ResponseMaxSize, 9)
+	request := nsmdevtest.Pattern(nsmdev.RequestMaxSize+100, 1)
+	response := nsmdevtest.Pattern(nsmdev.ResponseMaxSize, 9)
 	okRaw := nsmdev.Raw{RequestAddr: reqAddr, RequestLen: 40, ResponseAddr: respAddr, ResponseLen: 16384}
 
 	tests := []struct {
@@ -186,7 +160,7 @@ func TestIoctl(t *testing.T) {
 		},
 		{
 			name: "response longer than the device buffer", cmd: nsmdev.IoctlRaw, arg: argAddr, raw: okRaw,
-			resp: pattern(nsmdev.ResponseMaxSize+1, 3), want: syscall.EIO, wantReq: request[:40],
+			resp: nsmdevtest.Pattern(nsmdev.ResponseMaxSize+1, 3), want: syscall.EIO, wantReq: request[:40],
 		},
 		// EFAULT: parse_resp_raw's copy_to_user(response), after the module
 		// ran the request; raw is not written back.
@@ -233,7 +207,7 @@ func TestIoctl(t *testing.T) {
 			copy(arg, rb[:])
 			copy(ro, rb[:])
 			copy(edgeData, rb[:])
-			mod := &module{resp: tt.resp, err: tt.rtErr}
+			mod := &nsmdevtest.Module{Resp: tt.resp, Err: tt.rtErr}
 
 			got := nsmdev.Ioctl(context.Background(), mem, tt.cmd, tt.arg, mod)
 			if got != tt.want {
@@ -243,7 +217,7 @@ func TestIoctl(t *testing.T) {
 			if tt.wantReq != nil {
 				wantReqs = [][]byte{tt.wantReq}
 			}
-			if diff := cmp.Diff(wantReqs, mod.reqs); diff != "" {
+			if diff := cmp.Diff(wantReqs, mod.Requests()); diff != "" {
 				t.Errorf("requests the module got (-want +got):\n%s", diff)
 			}
 			wantOut := make([]byte, 16384)
