@@ -5,11 +5,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -18,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/parent/parenttest"
 )
 
@@ -167,19 +164,7 @@ func runExistingApp(t *testing.T, w existingWorld, p existingProgram) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rootPEM, err := d.Client.DevRootPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(rootPEM)
-	root, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := attest.Verify(doc, time.Now(), attest.VerifierConfig{Roots: []*x509.Certificate{root}, NoAWSRoot: true})
-	if err != nil {
-		t.Fatalf("document does not verify under the daemon's development root: %v", err)
-	}
+	v := verifyDevRoot(ctx, t, d, doc, "the program's document")
 	got := v.Document()
 	if !bytes.Equal(got.Nonce, nonce) || !bytes.Equal(got.UserData, userData) {
 		t.Errorf("document nonce %x user data %x, want %x and %x", got.Nonce, got.UserData, nonce, userData)

@@ -1,10 +1,15 @@
 package e2e
 
 import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/parent/parenttest"
 )
 
@@ -41,4 +46,28 @@ func appImage(t testing.TB, dir, name string, extra []string, args ...string) st
 		Cmd:   append([]string{"/bin/enclaveapp"}, args...),
 		Extra: extra,
 	})
+}
+
+// verifyDevRoot verifies an attestation document under d's development
+// root (fetched from the daemon) and nothing else; a document that does
+// not verify fails the test, naming what (where it came from).
+func verifyDevRoot(ctx context.Context, t testing.TB, d *parenttest.Daemon, doc []byte, what string) *attest.Verified {
+	t.Helper()
+	rootPEM, err := d.Client.DevRootPEM(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(rootPEM)
+	if blk == nil {
+		t.Fatalf("the daemon's development root is not PEM: %q", rootPEM)
+	}
+	root, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := attest.Verify(doc, time.Now(), attest.VerifierConfig{Roots: []*x509.Certificate{root}, NoAWSRoot: true})
+	if err != nil {
+		t.Fatalf("%s does not verify under the daemon's development root: %v", what, err)
+	}
+	return v
 }

@@ -3,9 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"math/rand"
@@ -17,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloister/cloister/attest"
 	"github.com/cloister/cloister/internal/testenv"
 	"github.com/cloister/cloister/parent/backend"
 	"github.com/cloister/cloister/parent/parenttest"
@@ -137,19 +134,7 @@ func TestMicroVMAttestationMatchesDescribeEIF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rootPEM, err := d.Client.DevRootPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(rootPEM)
-	root, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := attest.Verify(doc, time.Now(), attest.VerifierConfig{Roots: []*x509.Certificate{root}, NoAWSRoot: true})
-	if err != nil {
-		t.Fatalf("document from the microVM does not verify: %v", err)
-	}
+	v := verifyDevRoot(ctx, t, d, doc, "the document from the microVM")
 	desc := describeEIF(t, img)
 	if got := hex.EncodeToString(v.Document().PCRs[0]); got != desc.PCR0 {
 		t.Errorf("attested PCR0 %s, describe-eif %s", got, desc.PCR0)

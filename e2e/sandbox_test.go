@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -124,19 +122,7 @@ func TestSandboxAttestationMatchesDescribeEIF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rootPEM, err := d.Client.DevRootPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(rootPEM)
-	root, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := attest.Verify(doc, time.Now(), attest.VerifierConfig{Roots: []*x509.Certificate{root}, NoAWSRoot: true})
-	if err != nil {
-		t.Fatalf("document from the enclave does not verify under the daemon's root: %v", err)
-	}
+	v := verifyDevRoot(ctx, t, d, doc, "the document from the enclave")
 	if _, err := attest.Verify(doc, time.Now(), attest.VerifierConfig{}); err == nil {
 		t.Fatal("a development document verified under the AWS root")
 	}
