@@ -221,7 +221,11 @@ func TestSandboxHandoffSocketCannotClaimHostNames(t *testing.T) {
 
 // parentEcho listens on the parent's port in D (host/vsock_<port>, as the
 // daemon's host listeners) and echoes.
-func parentEcho(t testing.TB, d string, port uint32) {
+func parentEcho(t testing.TB, d string, port uint32) { parentEchoSeeing(t, d, port, nil) }
+
+// parentEchoSeeing is parentEcho that first shows each accepted connection
+// to seen (when not nil).
+func parentEchoSeeing(t testing.TB, d string, port uint32, seen func(net.Conn)) {
 	t.Helper()
 	l, err := hybrid.Listen(filepath.Join(d, "host", "vsock"), port)
 	if err != nil {
@@ -233,6 +237,9 @@ func parentEcho(t testing.TB, d string, port uint32) {
 			c, err := l.Accept()
 			if err != nil {
 				return
+			}
+			if seen != nil {
+				seen(c)
 			}
 			go func() {
 				defer c.Close()
@@ -719,37 +726,25 @@ func TestSandboxNitroBindLinkRace(t *testing.T) {
 // it must see the sandbox's ids, as for a connect the enclave makes itself.
 func TestSandboxNitroConnectPeerCreds(t *testing.T) {
 	creds := make(chan *unix.Ucred, 16)
-	pr := startProbe(t, probeOpts{nitro: &Nitro{}, before: func(d string) {
-		l, err := hybrid.Listen(filepath.Join(d, "host", "vsock"), 5000)
-		if err != nil {
-			t.Fatal(err)
+	peerCred := func(c net.Conn) {
+		sc, ok := c.(syscall.Conn)
+		if !ok {
+			return
 		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
+		rc, err := sc.SyscallConn()
+		if err != nil {
+			return
+		}
+		_ = rc.Control(func(fd uintptr) {
+			if cr, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+				select {
+				case creds <- cr:
+				default:
 				}
-				if sc, ok := c.(syscall.Conn); ok {
-					if rc, err := sc.SyscallConn(); err == nil {
-						_ = rc.Control(func(fd uintptr) {
-							if cr, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
-								select {
-								case creds <- cr:
-								default:
-								}
-							}
-						})
-					}
-				}
-				go func() {
-					defer c.Close()
-					_, _ = io.Copy(c, c)
-				}()
 			}
-		}()
-	}}, "basics", "5000")
+		})
+	}
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}, before: func(d string) { parentEchoSeeing(t, d, 5000, peerCred) }}, "basics", "5000")
 	pr.results(t)
 	select {
 	case cr := <-creds:
