@@ -45,16 +45,7 @@ else
 fi
 CGO_ENABLED=0 go build -o "$bin/kms-secret-enclave" ./examples/kms-secret/enclave
 
+# The qemu backend's kernel: the one `cloister doctor` recommends for this
+# host's QEMU (pass --kernel to choose another).
 args=(--init "$init" --app "$bin/kms-secret-enclave")
-for a in "$@"; do
-	if [ "$a" = qemu ] || [ "$a" = "--backend=qemu" ]; then
-		# A microVM needs a kernel: Debian's cloud kernel and its vsock modules.
-		kernel=$(ls -1 /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1 || true)
-		if [ -z "$kernel" ]; then
-			echo "the qemu backend needs a kernel: apt-get install linux-image-cloud-amd64 qemu-system-x86" >&2
-			exit 1
-		fi
-		args+=(--kernel "$kernel" --kernel-modules-dir "/lib/modules/${kernel#/boot/vmlinuz-}")
-	fi
-done
 "$cloister" demo "${args[@]}" "$@"

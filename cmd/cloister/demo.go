@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
+	"strings"
+
 	"github.com/spf13/cobra"
 
 	"github.com/cloister/cloister/cmd/cloister/internal/demo"
 	"github.com/cloister/cloister/internal/buildinfo"
 	"github.com/cloister/cloister/parent/daemon"
+	"github.com/cloister/cloister/parent/doctor"
 )
 
 func init() { register(newDemoCmd) }
@@ -22,7 +26,9 @@ enclave, and narrates: the measurements, the enclave's attestation verified,
 the key released to the enclave, and the parent — with the same credentials
 but no attestation — refused. Everything is cleaned up afterwards; the exit
 status is non-zero if any step fails. It needs root (sandbox and microVM
-backends both do). scripts/demo.sh builds what it needs and runs it.`,
+backends both do). With --backend qemu and no --kernel it uses the kernel
+cloister doctor recommends for this host. scripts/demo.sh builds what it
+needs and runs it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -33,6 +39,9 @@ backends both do). scripts/demo.sh builds what it needs and runs it.`,
 			cfg.Out = cmd.OutOrStdout()
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
+			if cfg.Backend == "qemu" {
+				chooseDemoKernel(ctx, &cfg)
+			}
 			cfg.MonitorBinary, _ = daemon.FindMonitorBinary(ctx, buildinfo.String())
 			if err := demo.Run(ctx, cfg); err != nil {
 				return withExit(1, err)
@@ -44,9 +53,29 @@ backends both do). scripts/demo.sh builds what it needs and runs it.`,
 	f.StringVar(&cfg.Backend, "backend", "sandbox", "enclave backend: sandbox or qemu")
 	f.StringVar(&cfg.Init, "init", "", "the static cloister-init binary (default: as build-enclave finds it)")
 	f.StringVar(&cfg.App, "app", "", "the kms-secret example's enclave program (static)")
-	f.StringVar(&cfg.Kernel, "kernel", "", "kernel image for the qemu backend")
-	f.StringVar(&cfg.ModulesDir, "kernel-modules-dir", "", "the kernel's /lib/modules/<version> directory (qemu backend)")
+	f.StringVar(&cfg.Kernel, "kernel", "", "kernel image for the qemu backend (default: the one cloister doctor recommends)")
+	f.StringVar(&cfg.ModulesDir, "kernel-modules-dir", "", "the kernel's /lib/modules/<version> directory (qemu backend; default: the one matching /boot/vmlinuz-<version>)")
 	f.BoolVar(&cfg.Keep, "keep", false, "keep the working directory (image, state, logs) for inspection")
 	_ = cmd.MarkFlagRequired("app")
 	return cmd
+}
+
+// chooseDemoKernel fills in the microVM's kernel the user did not name:
+// the modules directory of a /boot/vmlinuz-<release> kernel, or the kernel
+// cloister doctor recommends for this host's QEMU.
+func chooseDemoKernel(ctx context.Context, cfg *demo.Config) {
+	if cfg.Kernel != "" {
+		if rel, ok := strings.CutPrefix(cfg.Kernel, "/boot/vmlinuz-"); ok && cfg.ModulesDir == "" {
+			cfg.ModulesDir = "/lib/modules/" + rel
+		}
+		return
+	}
+	k := doctor.EnclaveKernel(ctx, doctor.Host{})
+	cfg.Kernel, cfg.ModulesDir = k.Path, k.ModulesDir
+	switch {
+	case k.Hazard != "":
+		cfg.KernelNote = "warning: " + k.Hazard
+	case k.PassedOver != "":
+		cfg.KernelNote = "passed over " + k.PassedOver
+	}
 }

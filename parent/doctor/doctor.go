@@ -5,6 +5,7 @@ package doctor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -66,6 +67,10 @@ type Host struct {
 	OpenRW func(path string) error
 	// Env reads environment variables (default os.Getenv).
 	Env func(string) string
+	// ProbeKVM reports whether the QEMU at bin can run a vCPU on KVM
+	// (default qemu.ProbeKVM as this user): /dev/kvm can open on hosts
+	// whose nested hypervisor then refuses the vCPU.
+	ProbeKVM func(ctx context.Context, bin string) error
 }
 
 func (h Host) withDefaults() Host {
@@ -94,6 +99,9 @@ func (h Host) withDefaults() Host {
 	}
 	if h.Env == nil {
 		h.Env = os.Getenv
+	}
+	if h.ProbeKVM == nil {
+		h.ProbeKVM = func(ctx context.Context, bin string) error { return qemu.ProbeKVM(ctx, bin, nil) }
 	}
 	return h
 }
@@ -209,18 +217,186 @@ func qemuChecks(ctx context.Context, h Host, add func(Check)) {
 		}
 	}
 	add(nitroEnclaveCheck(ctx, h, qemu, machines))
-	if err := h.OpenRW("/dev/kvm"); err != nil {
-		add(Check{Backend: b, Name: "kvm", Status: Warning, Detail: "/dev/kvm is not usable (" + err.Error() + "); microVMs run under TCG emulation, about 10–50× slower",
-			Fix: "on bare metal or a VM with nested virtualization: modprobe kvm_intel (or kvm_amd) and give the daemon access to /dev/kvm"})
+	kvmErr := kvmUsable(ctx, h, qemu)
+	if kvmErr != nil {
+		fix := "on bare metal or a VM with nested virtualization: modprobe kvm_intel (or kvm_amd) and give the daemon access to /dev/kvm"
+		if errors.Is(kvmErr, errVCPURefused) {
+			fix = "nothing to do for microVMs to work; for hardware speed, run on bare metal or under a hypervisor whose nested KVM QEMU can use"
+		}
+		add(Check{Backend: b, Name: "kvm", Status: Warning, Detail: kvmErr.Error() + "; microVMs run under TCG emulation, about 10–50× slower", Fix: fix})
 	} else {
 		add(Check{Backend: b, Name: "kvm", Status: OK, Detail: "/dev/kvm usable: microVMs run with hardware virtualization"})
 	}
-	if k := findKernel(h); k != "" {
-		add(Check{Backend: b, Name: "kernel", Status: OK, Detail: "enclave kernel available: " + k + " (pass it to build-enclave --kernel)"})
-	} else {
-		add(Check{Backend: b, Name: "kernel", Status: Warning, Detail: "no kernel for enclave images found (images built without one only run on the sandbox backend)",
-			Fix: "apt-get install linux-image-cloud-amd64, then build-enclave --kernel /boot/vmlinuz-<version>-cloud-amd64, or install AWS's blobs under /usr/share/nitro_enclaves/blobs"})
+	add(kernelCheck(pickKernel(ctx, h, qemu, kvmErr == nil)))
+}
+
+// errVCPURefused is kvmUsable's error when /dev/kvm opens but QEMU
+// cannot run a vCPU on it.
+var errVCPURefused = errors.New("/dev/kvm opens")
+
+// kvmUsable reports why microVMs cannot use KVM, or nil: /dev/kvm must
+// open, and the QEMU at bin must get a vCPU through its first reset.
+func kvmUsable(ctx context.Context, h Host, bin string) error {
+	if err := h.OpenRW("/dev/kvm"); err != nil {
+		return fmt.Errorf("/dev/kvm is not usable (%v)", err)
 	}
+	if bin == "" {
+		return nil
+	}
+	if err := h.ProbeKVM(ctx, bin); err != nil {
+		return fmt.Errorf("%w, but %v", errVCPURefused, err)
+	}
+	return nil
+}
+
+func kernelCheck(k Kernel) Check {
+	const b = "qemu"
+	switch {
+	case k.Path == "":
+		return Check{Backend: b, Name: "kernel", Status: Warning, Detail: "no kernel for enclave images found (images built without one only run on the sandbox backend)",
+			Fix: "apt-get install linux-image-cloud-amd64, then build-enclave --kernel /boot/vmlinuz-<version>-cloud-amd64, or install AWS's blobs under /usr/share/nitro_enclaves/blobs"}
+	case k.Hazard != "":
+		return Check{Backend: b, Name: "kernel", Status: Warning, Detail: "enclave kernel: " + k.Path + ", but " + k.Hazard,
+			Fix: "apt-get install linux-image-cloud-amd64 (Debian 12's 6.1 kernel) and build images with it, or install QEMU 10: apt-get install -t bookworm-backports qemu-system-x86"}
+	}
+	d := "enclave kernel available: " + k.Path + " (pass it to build-enclave --kernel)"
+	if k.PassedOver != "" {
+		d += "; passed over " + k.PassedOver
+	}
+	return Check{Backend: b, Name: "kernel", Status: OK, Detail: d}
+}
+
+// Kernel is the kernel the doctor recommends for microVM enclave images.
+type Kernel struct {
+	// Path is the kernel image: AWS's bzImage blob or /boot/vmlinuz-<release>.
+	Path string
+	// ModulesDir is /lib/modules/<release> for a /boot kernel, else "".
+	ModulesDir string
+	// PassedOver names newer kernels not recommended, and why.
+	PassedOver string
+	// Hazard says why Path may not boot reliably here, when every kernel
+	// on the host is one to pass over.
+	Hazard string
+}
+
+// EnclaveKernel picks the kernel for microVM enclave images on this host:
+// AWS's blob when installed, else the newest Debian kernel in /boot that
+// this host's QEMU boots reliably (see [pickKernel]).
+func EnclaveKernel(ctx context.Context, h Host) Kernel {
+	h = h.withDefaults()
+	bin, err := h.LookPath("qemu-system-x86_64")
+	if err != nil {
+		bin = ""
+	}
+	return pickKernel(ctx, h, bin, bin != "" && kvmUsable(ctx, h, bin) == nil)
+}
+
+// tcgSafeBelow is the first kernel series that QEMU older than
+// tcgSafeQEMU, under TCG, does not boot reliably: Debian 12's QEMU 7.2
+// double-faults Debian's 6.12 backports kernel early in boot (in the SLUB
+// fast path, kmem_cache_alloc, just after its cmpxchg16b), in 6 of 84
+// boots measured, with or without 5-level paging; it booted Debian 12's
+// own 6.1 kernel 70 times of 70, and QEMU 10.0 booted 6.12 30 of 30.
+var tcgSafeBelow = [2]int{6, 12}
+
+const tcgSafeQEMU = 10
+
+// pickKernel chooses among the host's kernels; kvm says whether microVMs
+// run on KVM, qemuBin is the QEMU on PATH ("" if none).
+func pickKernel(ctx context.Context, h Host, qemuBin string, kvm bool) Kernel {
+	var dirs []string
+	if d := h.Env("CLOISTER_BLOBS"); d != "" {
+		dirs = append(dirs, d)
+	}
+	dirs = append(dirs, "/usr/share/nitro_enclaves/blobs")
+	for _, d := range dirs {
+		if p := filepath.Join(d, "bzImage"); h.exists(p) {
+			return Kernel{Path: p}
+		}
+	}
+	ks := bootKernels(h)
+	if len(ks) == 0 {
+		return Kernel{}
+	}
+	best := ks[0]
+	if kvm || qemuBin == "" {
+		return best.kernel()
+	}
+	if major := qemuMajor(ctx, h, qemuBin); major == 0 || major >= tcgSafeQEMU {
+		return best.kernel()
+	}
+	var passed []string
+	for _, k := range ks {
+		if !k.atLeast(tcgSafeBelow) {
+			out := k.kernel()
+			if len(passed) > 0 {
+				out.PassedOver = strings.Join(passed, ", ") + fmt.Sprintf(": QEMU older than %d under TCG does not boot %d.%d or newer kernels reliably", tcgSafeQEMU, tcgSafeBelow[0], tcgSafeBelow[1])
+			}
+			return out
+		}
+		passed = append(passed, k.path)
+	}
+	out := best.kernel()
+	out.Hazard = fmt.Sprintf("this QEMU (older than %d, under TCG) double-faults %d.%d and newer kernels early in boot in about one boot in 15", tcgSafeQEMU, tcgSafeBelow[0], tcgSafeBelow[1])
+	return out
+}
+
+// bootKernel is a /boot/vmlinuz-<release> file.
+type bootKernel struct {
+	path, release string
+	version       [3]int // from the release: 6.12.95+deb12-cloud-amd64 → 6, 12, 95
+}
+
+func (k bootKernel) kernel() Kernel {
+	return Kernel{Path: k.path, ModulesDir: "/lib/modules/" + k.release}
+}
+
+func (k bootKernel) atLeast(v [2]int) bool {
+	return k.version[0] > v[0] || k.version[0] == v[0] && k.version[1] >= v[1]
+}
+
+// bootKernels returns /boot's kernels, newest version first.
+func bootKernels(h Host) []bootKernel {
+	ents, err := fs.ReadDir(h.FS, "boot")
+	if err != nil {
+		return nil
+	}
+	var ks []bootKernel
+	for _, e := range ents {
+		rel, ok := strings.CutPrefix(e.Name(), "vmlinuz-")
+		if !ok || rel == "" {
+			continue
+		}
+		k := bootKernel{path: "/boot/" + e.Name(), release: rel}
+		nums := strings.FieldsFunc(rel, func(r rune) bool { return r < '0' || r > '9' })
+		for i := 0; i < len(k.version) && i < len(nums); i++ {
+			k.version[i], _ = strconv.Atoi(nums[i])
+		}
+		ks = append(ks, k)
+	}
+	sort.SliceStable(ks, func(i, j int) bool {
+		a, b := ks[i].version, ks[j].version
+		if a != b {
+			return a[0] > b[0] || a[0] == b[0] && (a[1] > b[1] || a[1] == b[1] && a[2] > b[2])
+		}
+		return ks[i].release > ks[j].release
+	})
+	return ks
+}
+
+// qemuMajor returns the major version "qemu -version" prints, or 0.
+func qemuMajor(ctx context.Context, h Host, bin string) int {
+	out, err := h.Output(ctx, bin, "-version")
+	if err != nil {
+		return 0
+	}
+	_, rest, ok := strings.Cut(string(out), "version ")
+	if !ok {
+		return 0
+	}
+	major, _, _ := strings.Cut(rest, ".")
+	n, _ := strconv.Atoi(major)
+	return n
 }
 
 // nitroEnclaveCheck reports whether a QEMU with the nitro-enclave machine
@@ -247,35 +423,6 @@ func nitroEnclaveCheck(ctx context.Context, h Host, pathQEMU, pathMachines strin
 	return Check{Backend: "qemu", Name: name, Status: Warning,
 		Detail: "no QEMU with the nitro-enclave machine (optional: qemu.machine: nitro-enclave, the cross-check against QEMU's Nitro model; Debian's QEMU is built without it)",
 		Fix:    "scripts/build-qemu-nitro.sh (builds it from Debian's QEMU source package into " + qemu.NitroCacheDir + ")"}
-}
-
-// findKernel looks where build-enclave looks for a kernel, then in /boot.
-func findKernel(h Host) string {
-	var dirs []string
-	if d := h.Env("CLOISTER_BLOBS"); d != "" {
-		dirs = append(dirs, d)
-	}
-	dirs = append(dirs, "/usr/share/nitro_enclaves/blobs")
-	for _, d := range dirs {
-		if p := filepath.Join(d, "bzImage"); h.exists(p) {
-			return p
-		}
-	}
-	ents, err := fs.ReadDir(h.FS, "boot")
-	if err != nil {
-		return ""
-	}
-	var ks []string
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "vmlinuz-") {
-			ks = append(ks, "/boot/"+e.Name())
-		}
-	}
-	sort.Strings(ks)
-	if len(ks) == 0 {
-		return ""
-	}
-	return ks[len(ks)-1]
 }
 
 func nitroChecks(h Host, add func(Check)) {

@@ -58,7 +58,8 @@ func hostWith(extra fstest.MapFS, euid int, have map[string]bool) Host {
 			}
 			return fs.ErrNotExist
 		},
-		Env: func(string) string { return "" },
+		Env:      func(string) string { return "" },
+		ProbeKVM: func(context.Context, string) error { return nil },
 	}
 }
 
@@ -173,6 +174,105 @@ func TestNitroEnclaveCheck(t *testing.T) {
 			c := find(t, r, "qemu", "qemu nitro-enclave")
 			if c.Status != tc.want || !strings.Contains(c.Detail, tc.detail) {
 				t.Errorf("check = %+v, want status %s and detail containing %q", c, tc.want, tc.detail)
+			}
+		})
+	}
+}
+
+func TestKVMProbe(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		opens  bool
+		probe  error
+		want   Status
+		detail string
+	}{
+		{"no device", false, nil, Warning, "/dev/kvm is not usable"},
+		{"vCPU refused", true, errors.New("QEMU cannot run a KVM vCPU here (exit status 134: failed to set MSR 0x10a)"), Warning, "/dev/kvm opens, but QEMU cannot run a KVM vCPU here"},
+		{"usable", true, nil, OK, "/dev/kvm usable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := hostWith(nil, 0, map[string]bool{"qemu-system-x86_64": true, "/dev/kvm": tc.opens})
+			probed := false
+			h.ProbeKVM = func(_ context.Context, bin string) error {
+				probed = true
+				if bin != "/usr/bin/qemu-system-x86_64" {
+					t.Errorf("probed %s", bin)
+				}
+				return tc.probe
+			}
+			c := find(t, Run(context.Background(), h), "qemu", "kvm")
+			if c.Status != tc.want || !strings.HasPrefix(c.Detail, tc.detail) {
+				t.Errorf("check = %+v, want %s, detail starting %q", c, tc.want, tc.detail)
+			}
+			if tc.probe != nil && !strings.HasPrefix(c.Fix, "nothing to do") {
+				t.Errorf("fix for a refused vCPU: %q", c.Fix)
+			}
+			if probed != tc.opens {
+				t.Errorf("probe ran: %v, want %v (only once /dev/kvm opens)", probed, tc.opens)
+			}
+		})
+	}
+}
+
+func TestEnclaveKernel(t *testing.T) {
+	const (
+		k61  = "boot/vmlinuz-6.1.0-57-cloud-amd64"
+		k612 = "boot/vmlinuz-6.12.95+deb12-cloud-amd64"
+		k69  = "boot/vmlinuz-6.9.7+bpo-cloud-amd64"
+		k510 = "boot/vmlinuz-5.10.0-30-cloud-amd64"
+		blob = "usr/share/nitro_enclaves/blobs/bzImage"
+	)
+	for _, tc := range []struct {
+		name    string
+		files   []string
+		kvm     bool
+		qemu    string // what "qemu -version" prints
+		want    string
+		passed  string // substring of PassedOver, "" for none
+		hazard  bool
+		checkOK bool
+	}{
+		{"kvm takes the newest (version order, not name order)", []string{k61, k612, k69}, true, "QEMU emulator version 7.2.22", "/" + k612, "", false, true},
+		{"tcg on QEMU 10 takes the newest", []string{k61, k612}, false, "QEMU emulator version 10.0.13 (Debian)", "/" + k612, "", false, true},
+		{"tcg on QEMU 7.2 passes over 6.12", []string{k510, k61, k612}, false, "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)", "/" + k61, "/" + k612 + ": QEMU older than 10", false, true},
+		{"tcg on QEMU 7.2 with only 6.12", []string{k612}, false, "QEMU emulator version 7.2.22", "/" + k612, "", true, false},
+		{"unknown QEMU version takes the newest", []string{k61, k612}, false, "garbage", "/" + k612, "", false, true},
+		{"AWS's blob first", []string{k61, k612, blob}, false, "QEMU emulator version 7.2.22", "/" + blob, "", false, true},
+		{"none", nil, false, "QEMU emulator version 7.2.22", "", "", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			files := fstest.MapFS{}
+			for _, f := range tc.files {
+				files[f] = file("")
+			}
+			h := hostWith(files, 0, map[string]bool{"qemu-system-x86_64": true, "/dev/kvm": true})
+			if !tc.kvm {
+				h.ProbeKVM = func(context.Context, string) error { return errors.New("QEMU cannot run a KVM vCPU here") }
+			}
+			base := h.Output
+			h.Output = func(ctx context.Context, name string, args ...string) ([]byte, error) {
+				if args[0] == "-version" {
+					return []byte(tc.qemu + "\nCopyright (c) 2003-2022 Fabrice Bellard\n"), nil
+				}
+				return base(ctx, name, args...)
+			}
+			k := EnclaveKernel(context.Background(), h)
+			if k.Path != tc.want {
+				t.Fatalf("kernel %+v, want %s", k, tc.want)
+			}
+			if rel, ok := strings.CutPrefix(k.Path, "/boot/vmlinuz-"); ok && k.ModulesDir != "/lib/modules/"+rel {
+				t.Errorf("modules dir %q for %s", k.ModulesDir, k.Path)
+			}
+			if !strings.Contains(k.PassedOver, tc.passed) || (tc.passed == "") != (k.PassedOver == "") {
+				t.Errorf("passed over %q, want %q", k.PassedOver, tc.passed)
+			}
+			if (k.Hazard != "") != tc.hazard {
+				t.Errorf("hazard %q, want one: %v", k.Hazard, tc.hazard)
+			}
+			c := find(t, Run(context.Background(), h), "qemu", "kernel")
+			if (c.Status == OK) != tc.checkOK || (tc.want != "" && !strings.Contains(c.Detail, tc.want)) {
+				t.Errorf("kernel check %+v, want ok=%v naming %s", c, tc.checkOK, tc.want)
 			}
 		})
 	}

@@ -239,16 +239,17 @@ func (b *Backend) ResolveAccel(ctx context.Context) (accel, why string, err erro
 	if err != nil {
 		return "", "", err
 	}
-	if err := probeKVM(ctx, bin, cred); err != nil {
+	if err := ProbeKVM(ctx, bin, cred); err != nil {
 		return "tcg", err.Error(), nil
 	}
 	return "kvm", "", nil
 }
 
-// probeKVM starts QEMU stopped (-S) on KVM with the CPU model VMs use,
+// ProbeKVM starts QEMU stopped (-S) on KVM with the CPU model VMs use,
 // completes the QMP handshake (which resets the vCPUs) and quits. It fails
-// when QEMU does not answer and exit cleanly.
-func probeKVM(ctx context.Context, bin string, cred *syscall.Credential) error {
+// when QEMU does not answer and exit cleanly. cred, when not nil, is the
+// account QEMU runs as.
+func ProbeKVM(ctx context.Context, bin string, cred *syscall.Credential) error {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "-M", "microvm", "-accel", "kvm", "-cpu", cpuModel("kvm"),
@@ -257,11 +258,14 @@ func probeKVM(ctx context.Context, bin string, cred *syscall.Credential) error {
 	cmd.Stdin = strings.NewReader(`{"execute":"qmp_capabilities"}` + "\n" + `{"execute":"quit"}` + "\n")
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), `"return"`) {
-		msg := strings.TrimSpace(string(out))
-		if i := strings.LastIndex(msg, "}\n"); i >= 0 {
-			msg = strings.TrimSpace(msg[i+2:])
+		// QEMU's own complaint, without the QMP greeting and replies.
+		var msg []string
+		for _, l := range strings.Split(string(out), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "{") {
+				msg = append(msg, l)
+			}
 		}
-		return fmt.Errorf("QEMU cannot run a KVM vCPU here (%v: %s)", err, msg)
+		return fmt.Errorf("QEMU cannot run a KVM vCPU here (%v: %s)", err, strings.Join(msg, "; "))
 	}
 	return nil
 }

@@ -58,6 +58,8 @@ type Config struct {
 	// Kernel and ModulesDir are the microVM's kernel and its
 	// /lib/modules/<version> directory (qemu backend only).
 	Kernel, ModulesDir string
+	// KernelNote, when set, is said with the kernel: why it was chosen.
+	KernelNote string
 	// NewBackend creates the daemon's backend (the cloister command's).
 	NewBackend func(daemon.Config) (backend.Backend, error)
 	// MonitorBinary is the daemon's monitor executable (cloister-monitor,
@@ -139,6 +141,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	n.infof("PCR0 %s", m.PCR0)
 	n.infof("PCR1 %s", m.PCR1)
 	n.infof("PCR2 %s", m.PCR2)
+	if cfg.Backend == "qemu" {
+		n.infof("kernel %s", cfg.Kernel)
+		if cfg.KernelNote != "" {
+			n.infof("(%s)", cfg.KernelNote)
+		}
+	}
 
 	// 2. The daemon.
 	n.stepf("Starting the parent daemon (%s backend)", cfg.Backend)
@@ -286,7 +294,7 @@ func buildImage(ctx context.Context, ws string, cfg Config) (string, parent.Meas
 	opts := build.Options{InitPath: cfg.Init, Cmd: []string{"/bin/kms-secret-enclave"}, Name: "kms-secret", Version: "demo"}
 	if cfg.Backend == "qemu" {
 		if cfg.Kernel == "" || cfg.ModulesDir == "" {
-			return "", parent.Measurements{}, errors.New("the qemu backend needs --kernel and --kernel-modules-dir")
+			return "", parent.Measurements{}, errors.New("the qemu backend needs a kernel and its modules directory: apt-get install linux-image-cloud-amd64, or pass --kernel and --kernel-modules-dir")
 		}
 		mods, err := kmod.MicroVMModules(cfg.ModulesDir)
 		if err != nil {
