@@ -49,7 +49,7 @@ func allocChild(mib string) int {
 
 // realManager returns a manager on the host's cgroups under a parent
 // unique to this test process, removed at the end.
-func realManager(t *testing.T) *Manager {
+func realManager(t testing.TB) *Manager {
 	t.Helper()
 	testenv.RequireRoot(t)
 	mode, err := DetectMode("/sys/fs/cgroup")

@@ -49,7 +49,8 @@ func step(what string, err error) error {
 }
 
 func child(status *os.File) error {
-	// Released by the parent once this process is in its cgroup.
+	// Sent by the parent once the start is set up (this process is in
+	// its cgroup from birth: cgroups.Group.Start).
 	b, err := io.ReadAll(io.LimitReader(os.NewFile(fdConfig, "config"), 1<<20))
 	if err != nil {
 		return step("read config", err)

@@ -1,7 +1,7 @@
 package sandbox
 
 // childConfig is what the parent sends the child over the release pipe
-// (JSON), once the child is in its cgroup.
+// (JSON) once it has started it (in its cgroup from birth).
 type childConfig struct {
 	CID       uint32 `json:"cid"`
 	MemoryMiB int    `json:"memory_mib"`

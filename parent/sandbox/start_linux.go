@@ -258,7 +258,6 @@ func (s *starter) steps() []backend.Step {
 		{Name: "create cgroup", Do: s.createCgroup, Undo: s.removeCgroup},
 		{Name: "create pipes", Do: s.createPipes, Undo: s.closePipes},
 		{Name: "start launcher", Do: s.startLauncher, Undo: s.stopLauncher},
-		{Name: "join cgroup", Do: func(context.Context) error { return s.group.Attach(s.cmd.Process.Pid) }},
 		{Name: "release launcher", Do: s.releaseLauncher},
 		{Name: "wait for init", Do: s.waitInit},
 	}
@@ -377,7 +376,8 @@ func (s *starter) closePipes() {
 }
 
 // startLauncher starts the launcher (this executable as childMarker) in
-// its new namespaces, then closes this process's copies of its ends of
+// its new namespaces and, from its first instruction, in its cgroup
+// (cgroups.Group.Start), then closes this process's copies of its ends of
 // the pipes and of the files it was handed.
 func (s *starter) startLauncher(context.Context) error {
 	s.cmd = &exec.Cmd{
@@ -404,8 +404,14 @@ func (s *starter) startLauncher(context.Context) error {
 			Setsid:     true,
 		},
 	}
-	if err := s.cmd.Start(); err != nil {
-		s.cmd = nil
+	if err := s.group.Start(s.cmd); err != nil {
+		if s.cmd.Process == nil {
+			s.cmd = nil
+		} else {
+			_ = s.cmd.Process.Kill()
+			_ = s.cmd.Wait()
+			s.cmd = nil
+		}
 		return fmt.Errorf("%w: start child: %w", ErrSetup, err)
 	}
 	closeFile(&s.conW)
@@ -437,8 +443,8 @@ func (s *starter) stopLauncher() {
 	s.pump.finish(consoleDrainTimeout)
 }
 
-// releaseLauncher sends the launcher its configuration: it waits for it
-// once it is in its cgroup.
+// releaseLauncher sends the launcher its configuration, which it waits
+// for before it does anything.
 func (s *starter) releaseLauncher(context.Context) error {
 	cfg, _ := json.Marshal(childConfig{
 		CID: s.spec.CID, MemoryMiB: s.spec.MemoryMiB, PidsMax: s.spec.PidsMax, Ramdisks: s.ranges, Debug: s.spec.Debug,
