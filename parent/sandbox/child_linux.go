@@ -3,7 +3,6 @@
 package sandbox
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -218,7 +217,7 @@ func buildRoot(cfg childConfig) error {
 		if rr.Size >= 0 {
 			r = io.NewSectionReader(f, rr.Offset, rr.Size)
 		}
-		err := unpack(root, bufio.NewReaderSize(r, 256<<10))
+		err := unpack(root, r)
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("unpack ramdisk %d: %w", i, err)

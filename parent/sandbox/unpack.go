@@ -52,6 +52,7 @@ type linkKey struct{ major, minor, ino uint32 }
 func unpack(root *os.Root, r io.Reader) error {
 	cr := cpio.NewReader(bufio.NewReaderSize(r, 256<<10), cpio.Limits{})
 	links := map[linkKey]string{}
+	buf := make([]byte, 1<<20) // file contents are written through it (copyData)
 	for {
 		h, err := cr.Next()
 		if errors.Is(err, io.EOF) {
@@ -75,7 +76,7 @@ func unpack(root *os.Root, r io.Reader) error {
 		case cpio.TypeDir:
 			err = unpackDir(root, rel, h, mode)
 		case cpio.TypeReg:
-			err = unpackFile(root, rel, h, mode, cr, links)
+			err = unpackFile(root, rel, h, mode, cr, links, buf)
 		case cpio.TypeSymlink:
 			err = unpackSymlink(root, rel, h, cr)
 		default:
@@ -133,7 +134,7 @@ func unpackDir(root *os.Root, rel string, h *cpio.Header, mode fs.FileMode) erro
 	return root.Chmod(rel, mode.Perm()|mode&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky))
 }
 
-func unpackFile(root *os.Root, rel string, h *cpio.Header, mode fs.FileMode, data io.Reader, links map[linkKey]string) error {
+func unpackFile(root *os.Root, rel string, h *cpio.Header, mode fs.FileMode, data io.Reader, links map[linkKey]string, buf []byte) error {
 	if err := parentDir(root, rel); err != nil {
 		return err
 	}
@@ -154,7 +155,7 @@ func unpackFile(root *os.Root, rel string, h *cpio.Header, mode fs.FileMode, dat
 			if err != nil {
 				return err
 			}
-			_, err = io.Copy(f, data)
+			_, err = copyData(f, data, buf)
 			return errors.Join(err, f.Close())
 		}
 		links[key] = rel
@@ -163,7 +164,7 @@ func unpackFile(root *os.Root, rel string, h *cpio.Header, mode fs.FileMode, dat
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(f, data)
+	_, err = copyData(f, data, buf)
 	if err == nil {
 		err = f.Chown(int(h.UID), int(h.GID))
 	}
@@ -188,4 +189,10 @@ func unpackSymlink(root *os.Root, rel string, h *cpio.Header, data io.Reader) er
 		return err
 	}
 	return root.Lchown(rel, int(h.UID), int(h.GID))
+}
+
+// copyData copies data to f through buf: in writes of len(buf), where
+// io.Copy into an *os.File (its ReadFrom) would write 32 KiB at a time.
+func copyData(f *os.File, data io.Reader, buf []byte) (int64, error) {
+	return io.CopyBuffer(struct{ io.Writer }{f}, data, buf)
 }
