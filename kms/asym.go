@@ -192,13 +192,7 @@ func (s *Server) sign(c *call) (any, error) {
 	if err := checkMessage(in.Message); err != nil {
 		return nil, err
 	}
-	if err := checkEnum("signingAlgorithm", in.SigningAlgorithm, allSigningAlgorithms); err != nil {
-		return nil, err
-	}
-	if err := s.checkGrantTokens(in.GrantTokens); err != nil {
-		return nil, err
-	}
-	digest, err := messageDigest(in.SigningAlgorithm, in.MessageType, in.Message)
+	digest, err := s.signingDigest(in.SigningAlgorithm, in.MessageType, in.Message, in.GrantTokens)
 	if err != nil {
 		return nil, err
 	}
@@ -206,17 +200,7 @@ func (s *Server) sign(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, err := s.cryptoKey(c, in.KeyID, "kms:Sign", usageSign, nil, att)
-	if err != nil {
-		return nil, err
-	}
-	if err := wantAlgorithm(k, in.SigningAlgorithm, keySpecs[k.KeySpec].signing); err != nil {
-		return nil, err
-	}
-	if in.DryRun {
-		return nil, dryRun()
-	}
-	priv, err := s.keyPair(c, k)
+	k, priv, err := s.signingKeyPair(c, in.KeyID, "kms:Sign", in.SigningAlgorithm, att, in.DryRun)
 	if err != nil {
 		return nil, err
 	}
@@ -238,27 +222,11 @@ func (s *Server) verify(c *call) (any, error) {
 	if len(in.Signature) == 0 || len(in.Signature) > maxSignature {
 		return nil, apiErr(CodeValidation, "1 validation error detected: Value at 'signature' failed to satisfy constraint: Member must have length between 1 and %d", maxSignature)
 	}
-	if err := checkEnum("signingAlgorithm", in.SigningAlgorithm, allSigningAlgorithms); err != nil {
-		return nil, err
-	}
-	if err := s.checkGrantTokens(in.GrantTokens); err != nil {
-		return nil, err
-	}
-	digest, err := messageDigest(in.SigningAlgorithm, in.MessageType, in.Message)
+	digest, err := s.signingDigest(in.SigningAlgorithm, in.MessageType, in.Message, in.GrantTokens)
 	if err != nil {
 		return nil, err
 	}
-	k, err := s.cryptoKey(c, in.KeyID, "kms:Verify", usageSign, nil, nil)
-	if err != nil {
-		return nil, err
-	}
-	if err := wantAlgorithm(k, in.SigningAlgorithm, keySpecs[k.KeySpec].signing); err != nil {
-		return nil, err
-	}
-	if in.DryRun {
-		return nil, dryRun()
-	}
-	priv, err := s.keyPair(c, k)
+	k, priv, err := s.signingKeyPair(c, in.KeyID, "kms:Verify", in.SigningAlgorithm, nil, in.DryRun)
 	if err != nil {
 		return nil, err
 	}
@@ -266,6 +234,40 @@ func (s *Server) verify(c *call) (any, error) {
 		return nil, apiErr(CodeInvalidSignature, "The signature does not verify with %s and %s.", k.ARN, in.SigningAlgorithm)
 	}
 	return verifyOutput{KeyID: k.ARN, SignatureValid: true, SigningAlgorithm: in.SigningAlgorithm}, nil
+}
+
+// signingDigest is the validation Sign and Verify share after their
+// message checks: the signing algorithm, the grant tokens, and the digest
+// the algorithm signs.
+func (s *Server) signingDigest(alg, messageType string, msg []byte, grantTokens []string) ([]byte, error) {
+	if err := checkEnum("signingAlgorithm", alg, allSigningAlgorithms); err != nil {
+		return nil, err
+	}
+	if err := s.checkGrantTokens(grantTokens); err != nil {
+		return nil, err
+	}
+	return messageDigest(alg, messageType, msg)
+}
+
+// signingKeyPair is the key half Sign and Verify share: the key resolved
+// and authorized for action (with att, Sign's attestation, or nil),
+// usable for signing with alg, then DryRun honoured, then its key pair.
+func (s *Server) signingKeyPair(c *call, keyID, action, alg string, att *attestedRecipient, dryRunOnly bool) (store.Key, crypto.Signer, error) {
+	k, err := s.cryptoKey(c, keyID, action, usageSign, nil, att)
+	if err != nil {
+		return store.Key{}, nil, err
+	}
+	if err := wantAlgorithm(k, alg, keySpecs[k.KeySpec].signing); err != nil {
+		return store.Key{}, nil, err
+	}
+	if dryRunOnly {
+		return store.Key{}, nil, dryRun()
+	}
+	priv, err := s.keyPair(c, k)
+	if err != nil {
+		return store.Key{}, nil, err
+	}
+	return k, priv, nil
 }
 
 func (s *Server) getPublicKey(c *call) (any, error) {
