@@ -2,8 +2,10 @@ package attest
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -345,5 +347,79 @@ func TestIssuerConcurrent(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestLoadIssuerVerifiedSHA256: with the SHA-256 of the bytes a verifying
+// load accepted, LoadIssuer gives the same issuer without checking the
+// signatures again; other bytes (a changed or a re-signed chain) fail,
+// even ones that would load on their own.
+func TestLoadIssuerVerifiedSHA256(t *testing.T) {
+	clk := &fakeClock{t: testNow}
+	iss, err := NewIssuer(IssuerConfig{Clock: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := iss.MarshalPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(p)
+	loaded, err := LoadIssuer(p, IssuerConfig{Clock: clk.Now, VerifiedSHA256: sum[:]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(iss.bundleDER(), loaded.bundleDER()); diff != "" {
+		t.Error("vouched load re-issued the intermediates")
+	}
+	doc, err := loaded.Issue(IssueRequest{PCRs: pcrs16()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(doc, clk.Now(), VerifierConfig{NoAWSRoot: true, Roots: []*x509.Certificate{iss.Root()}}); err != nil {
+		t.Errorf("document from the vouched issuer: %v", err)
+	}
+
+	other, err := NewIssuer(IssuerConfig{Clock: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, err := other.MarshalPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, in := range map[string][]byte{
+		"another valid issuer": op,
+		"one byte appended":    append(slices.Clone(p), '\n'),
+	} {
+		if _, err := LoadIssuer(in, IssuerConfig{Clock: clk.Now, VerifiedSHA256: sum[:]}); err == nil || !strings.Contains(err.Error(), "SHA-256 differs") {
+			t.Errorf("LoadIssuer(%s) with another PEM's digest = %v, want a digest mismatch", name, err)
+		}
+	}
+}
+
+// BenchmarkLoadIssuer is a monitor's load of the daemon's development
+// root, with and without the daemon's digest.
+func BenchmarkLoadIssuer(b *testing.B) {
+	iss, err := NewIssuer(IssuerConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := iss.MarshalPEM()
+	if err != nil {
+		b.Fatal(err)
+	}
+	sum := sha256.Sum256(p)
+	for _, bc := range []struct {
+		name string
+		cfg  IssuerConfig
+	}{{"verify-signatures", IssuerConfig{}}, {"verified-sha256", IssuerConfig{VerifiedSHA256: sum[:]}}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := LoadIssuer(p, bc.cfg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -64,8 +64,8 @@ func (r record) spec(dir backend.Dir, image *os.File) backend.Spec {
 // the heartbeat timeout, the image's PCRs for the emulated security module
 // and the development root's file ("" when the backend has a real
 // security module).
-func (r record) newMonitorSpec(spec backend.Spec, cfg Config, heartbeat time.Duration, pcrs pcrSet, issuerFile string) monitorSpec {
-	return monitorSpec{Spec: spec, Config: cfg, Egress: cloneEgress(r.Egress), HeartbeatTimeout: heartbeat, PCRs: pcrs, IssuerFile: issuerFile}
+func (r record) newMonitorSpec(spec backend.Spec, cfg Config, heartbeat time.Duration, pcrs pcrSet, issuer issuerRef) monitorSpec {
+	return monitorSpec{Spec: spec, Config: cfg, Egress: cloneEgress(r.Egress), HeartbeatTimeout: heartbeat, PCRs: pcrs, issuerRef: issuer}
 }
 
 // runResult is run-enclave's answer for the launched enclave of r.

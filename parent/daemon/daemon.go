@@ -75,15 +75,18 @@ type Options struct {
 
 // Daemon is the control plane. Its methods are safe for concurrent use.
 type Daemon struct {
-	cfg     Config
-	opts    Options
-	log     *slog.Logger
-	now     func() time.Time
-	pool    *pool
-	issuer  *attest.Issuer
-	devRoot []byte
-	hostID  string
-	caps    backend.Capabilities // of opts.Backend
+	cfg    Config
+	opts   Options
+	log    *slog.Logger
+	now    func() time.Time
+	pool   *pool
+	issuer *attest.Issuer
+	// issuerRef is what monitors are told of the issuer (its file and
+	// the SHA-256 of the bytes loaded); zero without an emulated NSM.
+	issuerRef issuerRef
+	devRoot   []byte
+	hostID    string
+	caps      backend.Capabilities // of opts.Backend
 
 	spares bool  // keep a spare monitor ready (the default monitor command)
 	spare  spare // the waiting spare monitor
@@ -166,7 +169,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 	}
 	if d.caps.EmulatedNSM {
 		var err error
-		if d.issuer, err = loadOrCreateIssuer(d.issuerPath(), opts.Clock); err != nil {
+		if d.issuer, d.issuerRef, err = loadOrCreateIssuer(d.issuerPath(), opts.Clock); err != nil {
 			return nil, err
 		}
 		d.devRoot = d.issuer.RootPEM()

@@ -27,11 +27,7 @@ func (d *Daemon) launch(ctx context.Context, e *enclave, img *image) error {
 		return newErr("E03", parent.ErrInvalidArgument, "%v", err)
 	}
 	hbTimeout := d.heartbeatTimeout(e.rec.EIFSize, e.rec.MemoryMiB)
-	var issuerFile string
-	if d.issuer != nil {
-		issuerFile = d.issuerPath()
-	}
-	ms := e.rec.newMonitorSpec(spec, d.cfg, hbTimeout, img.info.pcrs, issuerFile)
+	ms := e.rec.newMonitorSpec(spec, d.cfg, hbTimeout, img.info.pcrs, d.issuerRef)
 	if err := writeMonitorSpec(e.dir, ms); err != nil {
 		return fmt.Errorf("daemon: write monitor spec: %w", err)
 	}

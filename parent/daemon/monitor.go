@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,8 +34,17 @@ type monitorSpec struct {
 	// configured one (format version 2; nil: the configured one alone).
 	Egress           *parent.EgressPolicy `json:"egress,omitempty"`
 	HeartbeatTimeout time.Duration        `json:"heartbeat_timeout"`
-	IssuerFile       string               `json:"issuer_file,omitempty"`
-	PCRs             pcrSet               `json:"pcrs,omitempty"` // measured PCRs for the emulated NSM (hex in JSON)
+	issuerRef
+	PCRs pcrSet `json:"pcrs,omitempty"` // measured PCRs for the emulated NSM (hex in JSON)
+}
+
+// issuerRef is where a monitor finds the daemon's development root: the
+// file, and the SHA-256 of the bytes the daemon loaded (checking the
+// chain's signatures) or wrote, so that the monitor loads those very
+// bytes without checking the signatures again (attest.IssuerConfig).
+type issuerRef struct {
+	IssuerFile   string `json:"issuer_file,omitempty"`
+	IssuerSHA256 []byte `json:"issuer_sha256,omitempty"`
 }
 
 // monitorStatus is the monitor's answer to GET /status, /wait and
@@ -288,7 +298,7 @@ func (m *monitor) startServices(ctx context.Context, spec backend.Spec, wg *sync
 		if err != nil {
 			return fmt.Errorf("read development root: %w", err)
 		}
-		iss, err := attest.LoadIssuer(pemBytes, attest.IssuerConfig{})
+		iss, err := attest.LoadIssuer(pemBytes, attest.IssuerConfig{VerifiedSHA256: m.spec.IssuerSHA256})
 		if err != nil {
 			return fmt.Errorf("load development root: %w", err)
 		}
@@ -498,30 +508,34 @@ func monitorTerminate(ctx context.Context, dir backend.Dir) error {
 
 // loadOrCreateIssuer loads the development root from path, creating and
 // saving a new one (mode 0600) on first use.
-func loadOrCreateIssuer(path string, clock func() time.Time) (*attest.Issuer, error) {
+func loadOrCreateIssuer(path string, clock func() time.Time) (*attest.Issuer, issuerRef, error) {
 	cfg := attest.IssuerConfig{Clock: clock}
+	ref := func(b []byte) issuerRef {
+		sum := sha256.Sum256(b)
+		return issuerRef{IssuerFile: path, IssuerSHA256: sum[:]}
+	}
 	if b, err := os.ReadFile(path); err == nil {
 		iss, err := attest.LoadIssuer(b, cfg)
 		if err != nil {
-			return nil, fmt.Errorf("daemon: development root %s is unusable (%v); move it away to create a new one", path, err)
+			return nil, issuerRef{}, fmt.Errorf("daemon: development root %s is unusable (%v); move it away to create a new one", path, err)
 		}
-		return iss, nil
+		return iss, ref(b), nil
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("daemon: read development root: %w", err)
+		return nil, issuerRef{}, fmt.Errorf("daemon: read development root: %w", err)
 	}
 	iss, err := attest.NewIssuer(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("daemon: create development root: %w", err)
+		return nil, issuerRef{}, fmt.Errorf("daemon: create development root: %w", err)
 	}
 	b, err := iss.MarshalPEM()
 	if err != nil {
-		return nil, fmt.Errorf("daemon: encode development root: %w", err)
+		return nil, issuerRef{}, fmt.Errorf("daemon: encode development root: %w", err)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("daemon: development root directory: %w", err)
+		return nil, issuerRef{}, fmt.Errorf("daemon: development root directory: %w", err)
 	}
 	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return nil, fmt.Errorf("daemon: save development root: %w", err)
+		return nil, issuerRef{}, fmt.Errorf("daemon: save development root: %w", err)
 	}
-	return iss, nil
+	return iss, ref(b), nil
 }

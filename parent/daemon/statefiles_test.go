@@ -144,7 +144,8 @@ func TestStateFilesEgress(t *testing.T) {
 			if err := writeRecord(dir, rec); err != nil {
 				t.Fatal(err)
 			}
-			if err := writeMonitorSpec(dir, rec.newMonitorSpec(backend.Spec{}, Config{}, time.Minute, nil, "")); err != nil {
+			iss := issuerRef{IssuerFile: "/state/devroot/issuer.pem", IssuerSHA256: []byte{0xde, 0xad, 0xbe, 0xef}}
+			if err := writeMonitorSpec(dir, rec.newMonitorSpec(backend.Spec{}, Config{}, time.Minute, nil, iss)); err != nil {
 				t.Fatal(err)
 			}
 			got, err := readRecord(dir)
@@ -157,6 +158,9 @@ func TestStateFilesEgress(t *testing.T) {
 			}
 			if diff := cmp.Diff(tc.own, got.Egress); diff != "" {
 				t.Errorf("record.json egress (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(iss, ms.issuerRef, cmp.AllowUnexported(issuerRef{})); diff != "" {
+				t.Errorf("monitor.json issuer (-want +got):\n%s", diff)
 			}
 			if diff := cmp.Diff(tc.own, ms.Egress); diff != "" {
 				t.Errorf("monitor.json egress (-want +got):\n%s", diff)
