@@ -145,6 +145,53 @@ func TestSandboxAttestationMatchesDescribeEIF(t *testing.T) {
 	}
 }
 
+// TestSandboxDevRootReplacedUnderDaemon: monitors sign with exactly the
+// development root the daemon loaded and serves. A different (valid)
+// issuer written over issuer.pem while the daemon runs fails the launch,
+// naming why, instead of signing documents under a root nobody is told
+// about; putting the file back makes launches work again.
+func TestSandboxDevRootReplacedUnderDaemon(t *testing.T) {
+	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig)
+	img := appImage(t, parenttest.ShortTemp(t), "attest", nil, "attest")
+	path := filepath.Join(d.State, "devroot", "issuer.pem")
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := attest.NewIssuer(attest.IssuerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, err := other.MarshalPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, op, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = d.Client.Run(ctx, parent.RunRequest{EIFPath: img, MemoryMiB: 128, CPUCount: 1})
+	if err == nil || !strings.Contains(err.Error(), "not the one whose chain was verified") {
+		t.Fatalf("launch with a replaced development root: %v", err)
+	}
+	if err := os.WriteFile(path, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res := d.Run(img, 128, false)
+	d.ConsoleUntil(res.EnclaveID, "ATTEST READY", time.Minute)
+	c, err := d.Client.Connect(ctx, res.EnclaveID, 5001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := io.ReadAll(c)
+	c.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyDevRoot(ctx, t, d, doc, "the document after the root was put back")
+}
+
 func TestSandboxDebugModeZeroesPCRs(t *testing.T) {
 	d := parenttest.StartDaemon(t, "sandbox", sandboxConfig)
 	dir := parenttest.ShortTemp(t)
