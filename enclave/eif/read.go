@@ -208,6 +208,18 @@ func readLayout(r io.ReaderAt, size int64) (*Layout, error) {
 	return l, nil
 }
 
+// FileLayout validates the header and section table of the EIF in f and
+// returns its layout, without reading the sections: for an image whose
+// CRC was checked when its bytes were last trusted to change (a sealed
+// copy [Read] or [CheckFile] validated).
+func FileLayout(f *os.File) (*Layout, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("eif: %w", err)
+	}
+	return readLayout(f, fi.Size())
+}
+
 // CheckFile validates the EIF in f like [Read] — layout and CRC — while
 // holding only a small buffer in memory, and returns its layout. Callers
 // then copy the sections they need straight from the file.

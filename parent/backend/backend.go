@@ -48,6 +48,11 @@ type Spec struct {
 	// boots"). A backend reads the image only from here (ReadAt, or
 	// copy_file_range from it), never from EIFPath, and does not close it.
 	Image *os.File `json:"-"`
+	// ImageVerified says Image is the sealed copy whose CRC the daemon
+	// checked when it validated and measured it (the monitor sets it
+	// once it has checked the seals): backends then check its layout
+	// only, not the CRC again.
+	ImageVerified bool `json:"-"`
 	// Dir is the enclave's private directory; [Dir]'s methods name every
 	// path in it.
 	Dir Dir

@@ -19,12 +19,17 @@ type Sections struct {
 }
 
 // ImageSections opens the image f (named name in messages) for booting:
-// eif.CheckFile validates its layout and CRC inside the kernel, so no copy
-// of the image passes through this process's memory, and the kernel,
+// eif.CheckFile validates its layout and CRC, reading it through a small
+// buffer (eif.FileLayout, the layout alone, when crcChecked: the daemon's
+// sealed copy, Spec.ImageVerified), and the kernel,
 // command line and ramdisk sections are picked from the layout (the last
 // kernel and command line when an image has several).
-func ImageSections(f *os.File, name string) (Sections, error) {
-	layout, err := eif.CheckFile(f)
+func ImageSections(f *os.File, name string, crcChecked bool) (Sections, error) {
+	check := eif.CheckFile
+	if crcChecked {
+		check = eif.FileLayout
+	}
+	layout, err := check(f)
 	if err != nil {
 		return Sections{}, fmt.Errorf("%s: %w", name, err)
 	}

@@ -103,7 +103,7 @@ func TestImageSections(t *testing.T) {
 				eif.Section{Type: eif.SectionRamdisk, Data: []byte("bootstrap")},
 				eif.Section{Type: eif.SectionRamdisk, Data: []byte("customer ramdisk")},
 			)
-			s, err := ImageSections(f, "x.eif")
+			s, err := ImageSections(f, "x.eif", false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -145,7 +145,19 @@ func TestImageSectionsCorrupt(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Close()
-	if _, err := ImageSections(f, "x.eif"); err == nil {
-		t.Fatal("ImageSections accepted an image with a bad CRC")
+	if _, err := ImageSections(f, "x.eif", false); !errors.Is(err, eif.ErrCRC) {
+		t.Fatalf("ImageSections on an image with a bad CRC: %v, want %v", err, eif.ErrCRC)
+	}
+	// An image whose CRC the daemon checked before sealing it: the layout
+	// alone is checked.
+	if secs, err := ImageSections(f, "x.eif", true); err != nil || len(secs.Ramdisks) != 1 {
+		t.Fatalf("ImageSections(crcChecked) = %+v, %v", secs, err)
+	}
+	// A layout that does not hold is refused either way.
+	if err := os.Truncate(f.Name(), fi.Size()-1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ImageSections(f, "x.eif", true); err == nil {
+		t.Fatal("ImageSections(crcChecked) accepted a truncated image")
 	}
 }

@@ -97,6 +97,8 @@ func RunMonitor(ctx context.Context, path string, img *os.File, newBackend Backe
 	if err := checkSealed(img); err != nil {
 		return m.fail("E36", err)
 	}
+	// Sealed: the bytes the daemon validated (CRC included) and measured.
+	m.spec.Spec.ImageVerified = true
 	return m.run(ctx)
 }
 

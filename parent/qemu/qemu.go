@@ -405,7 +405,7 @@ func (l *launch) findQEMU(context.Context) error {
 // built without a kernel and reads its command line.
 func (l *launch) checkImage(context.Context) error {
 	var err error
-	if l.secs, err = backend.ImageSections(l.spec.Image, l.spec.EIFPath); err != nil {
+	if l.secs, err = backend.ImageSections(l.spec.Image, l.spec.EIFPath, l.spec.ImageVerified); err != nil {
 		return err
 	}
 	if l.secs.NoKernel {

@@ -99,7 +99,7 @@ func (b *Backend) Launch(ctx context.Context, spec backend.Spec) (backend.Instan
 	var ramdisks []Section
 	err := backend.RunSteps(ctx, backend.KindSandbox, []backend.Step{
 		{Name: "check image", Do: func(context.Context) error {
-			secs, err := backend.ImageSections(spec.Image, spec.EIFPath)
+			secs, err := backend.ImageSections(spec.Image, spec.EIFPath, spec.ImageVerified)
 			if err != nil {
 				return err
 			}
