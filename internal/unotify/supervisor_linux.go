@@ -322,6 +322,10 @@ type answer struct {
 	val   int64
 	errno syscall.Errno
 	slow  func() answer // answerSlow: the rest of the work, which may wait
+	// lost, if set, runs when the answer cannot be given because the
+	// caller was interrupted meanwhile (by a signal: the call is made
+	// again if it restarts).
+	lost func()
 }
 
 type answerKind int
@@ -361,6 +365,9 @@ func (s *Supervisor) finish(n *Notification, a answer) {
 	}
 	if errors.Is(err, ErrGone) {
 		s.interrupted.Add(1)
+		if a.lost != nil {
+			a.lost()
+		}
 	} else if err != nil && !errors.Is(err, ErrClosed) {
 		s.log.Warn("unotify: answering a call failed", "nr", n.Nr, "pid", n.Pid, "err", err)
 	}

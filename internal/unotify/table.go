@@ -37,6 +37,11 @@ type vsock struct {
 	// AF_VSOCK-level options (SO_VM_SOCKETS_*).
 	bufSize, bufMin, bufMax uint64
 	connectTimeoutMS        int64
+	// done is the last bind or connect made on the socket, and lost
+	// whether its caller was interrupted before hearing of its success
+	// (see [vsock.replays]).
+	done lastCall
+	lost bool
 
 	// acceptMu serialises the supervisor's accepts on a listener, so that
 	// an accept that found a connection pending never blocks.
@@ -172,4 +177,55 @@ func (t *table) ephemeral(s *vsock) (uint32, bool) {
 		}
 	}
 	return 0, false
+}
+
+// lastCall is a bind or connect: the calling thread, the call and its
+// address argument.
+type lastCall struct {
+	tid  uint32
+	nr   int32
+	addr string
+}
+
+// replays reports whether call nr by thread tid with address raw is the
+// bind or connect just made on v being made again because a signal
+// interrupted the caller before it heard of its success (Go's signal
+// handlers restart calls: SA_RESTART); it is then answered with that
+// success instead of being made twice, which would find the socket bound
+// (EINVAL) or connected (EISCONN). It is a replay when the supervisor saw
+// the answer lost, or, with repeat (bind), when the same thread makes the
+// same call as its next one on v: the kernel can also restart a call
+// after taking its answer (a signal that woke the caller just before the
+// answer did), and no answer is lost then as far as the supervisor can
+// see. So a program that binds a socket to the same address twice in a
+// row (EINVAL on Linux) is told 0 the second time. v.mu is held.
+func (v *vsock) replays(tid uint32, nr int32, raw []byte, repeat bool) bool {
+	c := lastCall{tid: tid, nr: nr, addr: string(raw)}
+	replay := v.done.nr != 0 && v.done == c && (v.lost || repeat)
+	v.done, v.lost = lastCall{}, false
+	return replay
+}
+
+// otherCall notes a call on v other than a bind or connect: a bind made
+// again after it is no longer a repeat (an answer known lost still is).
+// v.mu is held.
+func (v *vsock) otherCall() {
+	if !v.lost {
+		v.done = lastCall{}
+	}
+}
+
+// succeeded is the answer to the bind or connect that v has just made by
+// thread tid: 0, and the call remembered for [vsock.replays].
+func (v *vsock) succeeded(tid uint32, nr int32, raw []byte) answer {
+	v.done, v.lost = lastCall{tid: tid, nr: nr, addr: string(raw)}, false
+	a := ret(0)
+	a.lost = func() {
+		v.mu.Lock()
+		if v.done.nr == nr && v.done.tid == tid {
+			v.lost = true
+		}
+		v.mu.Unlock()
+	}
+	return a
 }

@@ -211,6 +211,11 @@ func (s *Supervisor) sysOnSocket(ctx context.Context, c *Caller, n *Notification
 	if !ok {
 		return a
 	}
+	if n.Nr != unix.SYS_BIND && n.Nr != unix.SYS_CONNECT {
+		v.mu.Lock()
+		v.otherCall()
+		v.mu.Unlock()
+	}
 	switch n.Nr {
 	case unix.SYS_CONNECT:
 		// A blocking connect waits while the parent's backlog is full.
@@ -302,6 +307,11 @@ func (s *Supervisor) sysBind(c *Caller, n *Notification, fd int, v *vsock) answe
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if v.replays(n.Pid, n.Nr, raw, true) {
+		// Answered as the first time, and remembered again: this answer
+		// too may be lost to a signal.
+		return v.succeeded(n.Pid, n.Nr, raw)
+	}
 	if v.state != stateUnbound || v.bound {
 		return fail(unix.EINVAL)
 	}
@@ -324,7 +334,7 @@ func (s *Supervisor) sysBind(c *Caller, n *Notification, fd int, v *vsock) answe
 	}
 	v.bound, v.hasFile, v.state = true, true, stateBound
 	v.local = NewSockaddrVM(sa.CID, port)
-	return ret(0)
+	return v.succeeded(n.Pid, n.Nr, raw)
 }
 
 // reservePort reserves port for v; a holder that no longer exists (the
@@ -455,6 +465,10 @@ func (s *Supervisor) sysConnect(ctx context.Context, c *Caller, n *Notification,
 		return s.errAnswer("connect", err)
 	}
 	v.mu.Lock()
+	if v.replays(n.Pid, n.Nr, raw, false) {
+		defer v.mu.Unlock()
+		return v.succeeded(n.Pid, n.Nr, raw)
+	}
 	switch v.state {
 	case stateConnected:
 		v.mu.Unlock()
@@ -496,7 +510,7 @@ func (s *Supervisor) sysConnect(ctx context.Context, c *Caller, n *Notification,
 	defer v.mu.Unlock()
 	if err == nil {
 		v.state, v.remote = stateConnected, sa
-		return ret(0)
+		return v.succeeded(n.Pid, n.Nr, raw)
 	}
 	v.state = prev
 	switch {

@@ -756,3 +756,19 @@ func TestSandboxNitroConnectPeerCreds(t *testing.T) {
 		t.Fatal("no connection reached the parent's listener")
 	}
 }
+
+// TestSandboxNitroBindUnderSignals: a call the supervisor has begun is not
+// redone when a signal interrupts it. A Go program's threads take signals
+// all the time (preemption), and a restarted bind used to find its socket
+// already bound by the first attempt and fail with EINVAL (1 bind in
+// about 45,000 under load, most of them under this storm). The filter's
+// SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV makes the caller wait through
+// signals once the supervisor has the call.
+func TestSandboxNitroBindUnderSignals(t *testing.T) {
+	const rounds = 3000
+	pr := startProbe(t, probeOpts{nitro: &Nitro{}}, "bind-signal-storm", "5011", fmt.Sprint(rounds))
+	want := map[string]string{"signals": "true", "outcomes": fmt.Sprintf("map[ok:%d]", rounds)}
+	if diff := cmp.Diff(want, pr.results(t)); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+}

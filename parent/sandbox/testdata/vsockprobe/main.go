@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"runtime"
 	"strconv"
 	"strings"
@@ -83,6 +84,7 @@ func main() {
 		"sweep-accepted":       sweepAccepted,
 		"flood-waiting":        floodWaiting,
 		"attack-bind-links":    attackBindLinks,
+		"bind-signal-storm":    bindSignalStorm,
 		"compat-int80-child":   compatInt80Child,
 		"bench-connect":        benchConnect,
 		"bench-rtt":            benchRoundTrip,
@@ -1034,5 +1036,49 @@ func attackBindLinks(args []string) {
 	close(stop)
 	wg.Wait()
 	_ = unix.Unlink(name)
+	result("outcomes", fmt.Sprint(outcomes))
+}
+
+// bindSignalStorm binds rounds emulated sockets to port (closing each)
+// while another thread sends the binding thread signals as fast as it
+// can: Go installs its handlers with SA_RESTART, so a bind interrupted
+// while the supervisor works on it is made again. Every bind must still
+// succeed once: a redone bind would find its socket bound (EINVAL).
+func bindSignalStorm(args []string) {
+	port, rounds := uint32(atoi(args[0])), atoi(args[1])
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1)
+	go func() {
+		for range sigs {
+		}
+	}()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	pid, tid := unix.Getpid(), unix.Gettid()
+	var stop atomic.Bool
+	var sent atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for !stop.Load() {
+			if unix.Tgkill(pid, tid, syscall.SIGUSR1) == nil {
+				sent.Add(1)
+			}
+		}
+	}()
+	outcomes := map[string]int{}
+	for range rounds {
+		fd, err := vsock(unix.SOCK_CLOEXEC)
+		if err != nil {
+			outcomes["socket "+errName(err)]++
+			continue
+		}
+		err = unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port})
+		outcomes[errName(err)]++
+		unix.Close(fd)
+	}
+	stop.Store(true)
+	<-done
+	result("signals", fmt.Sprint(sent.Load() > 0))
 	result("outcomes", fmt.Sprint(outcomes))
 }
