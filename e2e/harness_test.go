@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"io"
 	"os"
 	"sync"
 	"testing"
@@ -46,6 +47,22 @@ func appImage(t testing.TB, dir, name string, extra []string, args ...string) st
 		Cmd:   append([]string{"/bin/enclaveapp"}, args...),
 		Extra: extra,
 	})
+}
+
+// attestationFrom reads the attestation document the attest test
+// program serves on port 5001 of enclave id.
+func attestationFrom(ctx context.Context, t testing.TB, d *parenttest.Daemon, id string) []byte {
+	t.Helper()
+	c, err := d.Client.Connect(ctx, id, 5001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := io.ReadAll(c)
+	c.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
 }
 
 // verifyDevRoot verifies an attestation document under d's development

@@ -125,15 +125,7 @@ func TestMicroVMAttestationMatchesDescribeEIF(t *testing.T) {
 	d.ConsoleUntil(res.EnclaveID, "ATTEST READY", 2*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := d.Client.Connect(ctx, res.EnclaveID, 5001)
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := io.ReadAll(c)
-	c.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := attestationFrom(ctx, t, d, res.EnclaveID)
 	v := verifyDevRoot(ctx, t, d, doc, "the document from the microVM")
 	desc := describeEIF(t, img)
 	if got := hex.EncodeToString(v.Document().PCRs[0]); got != desc.PCR0 {

@@ -113,15 +113,7 @@ func TestSandboxAttestationMatchesDescribeEIF(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := d.Client.Connect(ctx, res.EnclaveID, 5001)
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := io.ReadAll(c)
-	c.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := attestationFrom(ctx, t, d, res.EnclaveID)
 	v := verifyDevRoot(ctx, t, d, doc, "the document from the enclave")
 	if _, err := attest.Verify(doc, time.Now(), attest.VerifierConfig{}); err == nil {
 		t.Fatal("a development document verified under the AWS root")
@@ -180,15 +172,7 @@ func TestSandboxDevRootReplacedUnderDaemon(t *testing.T) {
 	}
 	res := d.Run(img, 128, false)
 	d.ConsoleUntil(res.EnclaveID, "ATTEST READY", time.Minute)
-	c, err := d.Client.Connect(ctx, res.EnclaveID, 5001)
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := io.ReadAll(c)
-	c.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := attestationFrom(ctx, t, d, res.EnclaveID)
 	verifyDevRoot(ctx, t, d, doc, "the document after the root was put back")
 }
 
