@@ -1024,14 +1024,7 @@ func attackBindLinks(args []string) {
 	}()
 	outcomes := map[string]int{}
 	for range rounds {
-		fd, err := vsock(unix.SOCK_CLOEXEC)
-		if err != nil {
-			outcomes["socket "+errName(err)]++
-			continue
-		}
-		err = unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: uint32(atoi(port))})
-		outcomes[errName(err)]++
-		unix.Close(fd)
+		outcomes[bindOnce(uint32(atoi(port)))]++
 	}
 	close(stop)
 	wg.Wait()
@@ -1068,17 +1061,21 @@ func bindSignalStorm(args []string) {
 	}()
 	outcomes := map[string]int{}
 	for range rounds {
-		fd, err := vsock(unix.SOCK_CLOEXEC)
-		if err != nil {
-			outcomes["socket "+errName(err)]++
-			continue
-		}
-		err = unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port})
-		outcomes[errName(err)]++
-		unix.Close(fd)
+		outcomes[bindOnce(port)]++
 	}
 	stop.Store(true)
 	<-done
 	result("signals", fmt.Sprint(sent.Load() > 0))
 	result("outcomes", fmt.Sprint(outcomes))
+}
+
+// bindOnce binds a new emulated socket to port and closes it; it returns
+// bind's outcome, or "socket <errno>" if there was no socket.
+func bindOnce(port uint32) string {
+	fd, err := vsock(unix.SOCK_CLOEXEC)
+	if err != nil {
+		return "socket " + errName(err)
+	}
+	defer unix.Close(fd)
+	return errName(unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port}))
 }
