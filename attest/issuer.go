@@ -149,7 +149,9 @@ func (i *Issuer) init(now time.Time) error {
 	i.moduleID = "i-" + id + "-enc" + enc
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	return i.refresh(now)
+	// The leaf waits for the first Issue: its key and certificate cost
+	// about 1.5 ms, which a monitor would otherwise pay on every launch.
+	return i.refresh(now, false)
 }
 
 func (i *Issuer) name(cn string) pkix.Name {
@@ -199,8 +201,9 @@ func stale(c *x509.Certificate, now time.Time) bool {
 }
 
 // refresh re-issues every certificate below the root that is stale at now,
-// and everything below it. i.mu must be held.
-func (i *Issuer) refresh(now time.Time) error {
+// and everything below it; the leaf only if leaf is set (it is dropped
+// when the chain is renewed). i.mu must be held.
+func (i *Issuer) refresh(now time.Time, leaf bool) error {
 	if now.Before(i.root.cert.NotBefore) || now.After(i.root.cert.NotAfter) {
 		return fmt.Errorf("attest: issuer: root certificate is not valid at %s", now.UTC().Format(time.RFC3339))
 	}
@@ -242,8 +245,11 @@ func (i *Issuer) refresh(now time.Time) error {
 	if renew || i.bundle == nil {
 		i.bundle = [][]byte{i.root.cert.Raw, i.chain[0].cert.Raw, i.chain[1].cert.Raw, i.chain[2].cert.Raw}
 	}
-	if renew || i.leaf.cert == nil || now.Before(i.leaf.cert.NotBefore) || now.After(i.leaf.cert.NotAfter) ||
-		i.leaf.cert.NotAfter.Sub(now) < i.cfg.LeafLifetime/3 {
+	if renew {
+		i.leaf = issued{} // signed by the old chain
+	}
+	if leaf && (i.leaf.cert == nil || now.Before(i.leaf.cert.NotBefore) || now.After(i.leaf.cert.NotAfter) ||
+		i.leaf.cert.NotAfter.Sub(now) < i.cfg.LeafLifetime/3) {
 		key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 		if err != nil {
 			return fmt.Errorf("attest: issuer: generate leaf key: %w", err)
@@ -338,7 +344,7 @@ func (i *Issuer) Issue(req IssueRequest) ([]byte, error) {
 	}
 
 	i.mu.Lock()
-	if err := i.refresh(now); err != nil {
+	if err := i.refresh(now, true); err != nil {
 		i.mu.Unlock()
 		return nil, err
 	}
