@@ -830,22 +830,8 @@ func attackStuckConnect(args []string) {
 // (SIOCGIFINDEX), a host interface. Then the same through a socket of
 // its own. Network device ioctls on a socket act on its namespace.
 func attackIfconf(args []string) {
-	port := uint32(atoi(args[0]))
-	l, err := vsock(unix.SOCK_CLOEXEC)
-	if err == nil {
-		err = unix.Bind(l, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port})
-	}
-	if err == nil {
-		err = unix.Listen(l, 4)
-	}
-	if err != nil {
-		result("listening", errName(err))
-		return
-	}
-	result("listening", "yes")
-	c, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
-	if err != nil {
-		result("accept", errName(err))
+	c, ok := acceptOne(uint32(atoi(args[0])))
+	if !ok {
 		return
 	}
 	own, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -903,22 +889,8 @@ func ifconf(fd int) string {
 // no longer exist), one more after that, and asks the accepted socket
 // for its peer and its domain: it is still an AF_VSOCK socket.
 func sweepAccepted(args []string) {
-	port := uint32(atoi(args[0]))
-	l, err := vsock(unix.SOCK_CLOEXEC)
-	if err == nil {
-		err = unix.Bind(l, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port})
-	}
-	if err == nil {
-		err = unix.Listen(l, 4)
-	}
-	if err != nil {
-		result("listening", errName(err))
-		return
-	}
-	result("listening", "yes")
-	c, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
-	if err != nil {
-		result("accept", errName(err))
+	c, ok := acceptOne(uint32(atoi(args[0])))
+	if !ok {
 		return
 	}
 	n := 0
@@ -928,7 +900,7 @@ func sweepAccepted(args []string) {
 			break
 		}
 	}
-	_, err = vsock(unix.SOCK_CLOEXEC)
+	_, err := vsock(unix.SOCK_CLOEXEC)
 	result("after_refusal", errName(err))
 	result("accepted_peer", vmName(unix.Getpeername(c)))
 	d, err := unix.GetsockoptInt(c, unix.SOL_SOCKET, unix.SO_DOMAIN)
@@ -1078,4 +1050,28 @@ func bindOnce(port uint32) string {
 	}
 	defer unix.Close(fd)
 	return errName(unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port}))
+}
+
+// acceptOne listens on an emulated socket at port (result "listening":
+// "yes" or the error) and accepts one connection (result "accept" on
+// failure); ok is false if either failed.
+func acceptOne(port uint32) (int, bool) {
+	l, err := vsock(unix.SOCK_CLOEXEC)
+	if err == nil {
+		err = unix.Bind(l, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port})
+	}
+	if err == nil {
+		err = unix.Listen(l, 4)
+	}
+	if err != nil {
+		result("listening", errName(err))
+		return -1, false
+	}
+	result("listening", "yes")
+	c, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
+	if err != nil {
+		result("accept", errName(err))
+		return -1, false
+	}
+	return c, true
 }
