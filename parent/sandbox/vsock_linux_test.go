@@ -165,6 +165,25 @@ func (pr *probe) done() <-chan struct{} {
 // hybridServer serves a hybrid CONNECT socket for the sandbox, as the
 // monitor does (handoff of the client's socket to the enclave's listener),
 // and returns its path.
+// dialListening waits for the probe to report "listening" = "yes", then
+// connects to its port through a hybrid server of the sandbox (closed at
+// the end of the test).
+func (pr *probe) dialListening(t testing.TB, port uint32) net.Conn {
+	t.Helper()
+	if got := pr.result(t, "listening"); got != "yes" {
+		t.Fatalf("listening = %q", got)
+	}
+	sock := pr.hybridServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := hybrid.Dial(ctx, sock, port, nil)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func (pr *probe) hybridServer(t testing.TB) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "vsock.sock")
@@ -192,17 +211,7 @@ func (pr *probe) hybridServer(t testing.TB) string {
 func TestSandboxHandoffSocketCannotClaimHostNames(t *testing.T) {
 	name := fmt.Sprintf("cloister-test-squat-%d", os.Getpid())
 	pr := startProbe(t, probeOpts{}, "handoffbind", "5005", name)
-	if got := pr.result(t, "listening"); got != "yes" {
-		t.Fatalf("listening = %q", got)
-	}
-	sock := pr.hybridServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := hybrid.Dial(ctx, sock, 5005, nil)
-	if err != nil {
-		t.Fatalf("Dial: %v", err)
-	}
-	defer c.Close()
+	pr.dialListening(t, 5005) // open until the test ends
 	bind := pr.result(t, "bind")
 	// Whether the name is taken in the host's namespace.
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -432,17 +441,7 @@ func TestSandboxNitroFakeDescriptors(t *testing.T) {
 // reach that accept.
 func TestSandboxNitroForkDuringAccept(t *testing.T) {
 	pr := startProbe(t, probeOpts{nitro: &Nitro{}}, "attack-fork", "5006")
-	if got := pr.result(t, "listening"); got != "yes" {
-		t.Fatalf("listening = %q", got)
-	}
-	sock := pr.hybridServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := hybrid.Dial(ctx, sock, 5006, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := pr.dialListening(t, 5006)
 	if _, err := c.Write([]byte("after forks")); err != nil {
 		t.Fatal(err)
 	}
@@ -598,17 +597,7 @@ func TestSandboxNitroHandoffIfconf(t *testing.T) {
 		t.Fatal("the host has no network interface but lo to look for")
 	}
 	pr := startProbe(t, probeOpts{nitro: &Nitro{}}, "attack-ifconf", "5008", hostIf)
-	if got := pr.result(t, "listening"); got != "yes" {
-		t.Fatalf("listening = %q", got)
-	}
-	sock := pr.hybridServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := hybrid.Dial(ctx, sock, 5008, nil)
-	if err != nil {
-		t.Fatalf("Dial: %v", err)
-	}
-	defer c.Close()
+	pr.dialListening(t, 5008) // open until the test ends
 	got := pr.results(t)
 	want := map[string]string{
 		"listening": "yes", "handed_off_ifconf": "[]", "own_ifconf": "[]",
