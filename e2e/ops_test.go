@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/cloister/cloister/internal/cgroups"
+	"github.com/cloister/cloister/internal/sdnotify/sdnotifytest"
 	"github.com/cloister/cloister/internal/testenv"
 	"github.com/cloister/cloister/parent"
 	"github.com/cloister/cloister/parent/parenttest"
@@ -174,37 +175,7 @@ func TestOpsMonitorsRunLean(t *testing.T) {
 // machine's PID 1 is not systemd; docs/install.md says how the unit was
 // checked under systemd itself.
 func TestOpsDaemonNotifiesServiceManager(t *testing.T) {
-	sockPath := filepath.Join(parenttest.ShortTemp(t), "notify")
-	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan string, 8)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := ln.Read(buf)
-			if err != nil {
-				close(got)
-				return
-			}
-			got <- string(buf[:n])
-		}
-	}()
-	next := func(what string) string {
-		t.Helper()
-		select {
-		case s, ok := <-got:
-			if !ok {
-				t.Fatalf("notification socket closed waiting for %s", what)
-			}
-			return s
-		case <-time.After(30 * time.Second):
-			t.Fatalf("no %s notification", what)
-		}
-		return ""
-	}
+	sockPath, next := sdnotifytest.Listen(t, parenttest.ShortTemp(t))
 	d := parenttest.StartDaemonWith(t, "sandbox", sandboxConfig, parenttest.DaemonOptions{Env: []string{"NOTIFY_SOCKET=" + sockPath}})
 	if s := next("READY"); s != "READY=1" {
 		t.Fatalf("first notification %q, want READY=1", s)

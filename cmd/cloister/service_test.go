@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -10,45 +9,8 @@ import (
 	"time"
 
 	"github.com/cloister/cloister/internal/sdnotify"
+	"github.com/cloister/cloister/internal/sdnotify/sdnotifytest"
 )
-
-// notifySocket listens where a service manager would (NOTIFY_SOCKET, a
-// Unix datagram socket) and returns its path and a function returning the
-// next notification.
-func notifySocket(t *testing.T) (string, func(what string) string) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "notify")
-	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	got := make(chan string, 8)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := ln.Read(buf)
-			if err != nil {
-				close(got)
-				return
-			}
-			got <- string(buf[:n])
-		}
-	}()
-	return path, func(what string) string {
-		t.Helper()
-		select {
-		case s, ok := <-got:
-			if !ok {
-				t.Fatalf("notification socket closed waiting for %s", what)
-			}
-			return s
-		case <-time.After(30 * time.Second):
-			t.Fatalf("no %s notification", what)
-		}
-		return ""
-	}
-}
 
 // TestServicesNotifyServiceManager runs kms serve and attest serve as
 // systemd runs a Type=notify service: READY=1 must come once the service
@@ -74,7 +36,7 @@ func TestServicesNotifyServiceManager(t *testing.T) {
 		}, "/readyz"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sock, next := notifySocket(t)
+			sock, next := sdnotifytest.Listen(t, t.TempDir())
 			t.Setenv(sdnotify.SocketEnv, sock)
 			addr := freeAddr(t)
 			ctx, cancel := context.WithCancel(context.Background())
