@@ -30,10 +30,16 @@ type Options struct {
 // [Documented] accepts, keyed by file name: the command path with spaces
 // replaced by "_" plus ".md" (cobra/doc's naming, e.g. "cloister_kms_serve.md").
 func Render(root *cobra.Command, opts Options) map[string][]byte {
+	return renderTree(root, FileName, func(c *cobra.Command) []byte { return renderPage(c, opts) })
+}
+
+// renderTree renders root and every command below it that [Documented]
+// accepts, keyed by name.
+func renderTree(root *cobra.Command, name func(*cobra.Command) string, render func(*cobra.Command) []byte) map[string][]byte {
 	pages := make(map[string][]byte)
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
-		pages[FileName(c)] = renderPage(c, opts)
+		pages[name(c)] = render(c)
 		for _, sub := range documentedChildren(c) {
 			walk(sub)
 		}

@@ -31,16 +31,7 @@ func ManPageName(c *cobra.Command) string {
 // RenderMan returns the roff manual page (section 1) of root and of every
 // command below it that [Documented] accepts, keyed by [ManPageName].
 func RenderMan(root *cobra.Command, opts ManOptions) map[string][]byte {
-	pages := make(map[string][]byte)
-	var walk func(c *cobra.Command)
-	walk = func(c *cobra.Command) {
-		pages[ManPageName(c)] = renderMan(c, opts)
-		for _, sub := range documentedChildren(c) {
-			walk(sub)
-		}
-	}
-	walk(root)
-	return pages
+	return renderTree(root, ManPageName, func(c *cobra.Command) []byte { return renderMan(c, opts) })
 }
 
 func renderMan(c *cobra.Command, opts ManOptions) []byte {
